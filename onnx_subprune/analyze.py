@@ -1,0 +1,228 @@
+"""Find the channel groups of a model: producer -> channel-wise ops -> consumers.
+
+Every Conv (group=1), Gemm and MatMul with a constant weight is a candidate producer. Its
+output channels are followed through the channel-wise ops of :data:`ops.PASS_THROUGH` to the
+layers that read them (Conv, Gemm, MatMul). A candidate that cannot be pruned safely is
+reported as :class:`Skipped` with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph import const_value, import_graph
+from .ops import PASS_THROUGH, Layout, NotChannelWise
+from .types import (
+    Analysis, ChannelGroup, Consumer, ConvGeometry, PassThrough, Producer, ShapeFix, Skipped,
+)
+
+LAYERS = ("Conv", "Gemm", "MatMul")
+
+
+def analyze(model: onnx.ModelProto) -> Analysis:
+    """Channel groups (in topological order of their producers) and skipped producers."""
+    graph = import_graph(model)
+    outputs = {tensor.name for tensor in graph.outputs}
+    groups, skipped = [], []
+    for node in graph.nodes:
+        if node.op not in LAYERS:
+            continue
+        try:
+            producer, layout = _producer(node)
+            groups.append(_follow(producer, layout, node.outputs[0], outputs))
+        except NotChannelWise as reason:
+            skipped.append(Skipped(node=node.name, op=node.op, reason=str(reason)))
+    return Analysis(groups=tuple(groups), skipped=tuple(skipped))
+
+
+def _producer(node: gs.Node) -> tuple[Producer, Layout]:
+    """The producer description of ``node`` and the layout of its output channels."""
+    weight = _own_constant(node, 1)
+    if node.op == "Conv":
+        if node.attrs.get("group", 1) != 1:
+            raise NotChannelWise(f"grouped or depthwise Conv (group={node.attrs['group']})")
+        bias = _optional_constant(node, 2)
+        producer = Producer(node.name, node.op, node.inputs[1].name, 0, bias)
+        layout = Layout(channels=weight.shape[0], axis=1 - weight.ndim, rank=weight.ndim)
+    elif node.op == "Gemm":
+        if node.attrs.get("transA", 0):
+            raise NotChannelWise("Gemm with transA=1")
+        axis = 0 if node.attrs.get("transB", 0) else 1
+        bias = _optional_constant(node, 2)
+        if bias is not None and node.attrs.get("beta", 1.0) != 1.0:
+            raise NotChannelWise("Gemm with beta != 1")
+        producer = Producer(node.name, node.op, node.inputs[1].name, axis, bias)
+        layout = Layout(channels=weight.shape[axis], axis=-1, rank=2)
+    else:
+        if weight.ndim != 2:
+            raise NotChannelWise(f"MatMul weight has rank {weight.ndim}, not 2")
+        producer = Producer(node.name, node.op, node.inputs[1].name, 1)
+        shape = node.outputs[0].shape
+        layout = Layout(channels=weight.shape[1], axis=-1, rank=len(shape) if shape else None)
+    if layout.channels < 2:
+        raise NotChannelWise("only one output channel")
+    return producer, layout
+
+
+def _follow(producer: Producer, layout: Layout, start: gs.Tensor, outputs: set[str]) -> ChannelGroup:
+    """Propagate the channels of ``start`` to their consumers (breadth first)."""
+    layouts: dict[str, Layout] = {start.name: layout}
+    queue = [start]
+    passthrough: dict[str, PassThrough] = {}
+    consumers: dict[str, Consumer] = {}
+    fixes: list[ShapeFix] = []
+    readers: list[tuple[gs.Node, gs.Tensor]] = []
+    while queue:
+        tensor = queue.pop(0)
+        if tensor.name in outputs:
+            raise NotChannelWise(f"channels reach graph output {tensor.name}")
+        for node in tensor.outputs:
+            readers.append((node, tensor))
+            if node.name in passthrough or node.name in consumers:
+                continue
+            current = layouts[tensor.name]
+            if node.op in LAYERS:
+                consumers[node.name] = _consumer(node, tensor, current)
+                continue
+            rule = PASS_THROUGH.get(node.op)
+            if rule is None:
+                raise NotChannelWise(f"channels reach {node.op} {node.name}, which mixes channels")
+            out_layout, params = rule(node, current, None)
+            passthrough[node.name] = PassThrough(node.name, node.op, params)
+            if node.op == "Reshape" and const_value(node.inputs[1])[-1] > 0:
+                fixes.append(ShapeFix(node.name, out_layout.block))
+            out = node.outputs[0]
+            if out.name not in layouts:
+                layouts[out.name] = out_layout
+                queue.append(out)
+    for node, tensor in readers:
+        if node.name in passthrough:
+            _check_inputs(node, layouts)
+    if not consumers:
+        raise NotChannelWise("channels reach no Conv, Gemm or MatMul")
+    return ChannelGroup(
+        name=producer.node,
+        channels=layout.channels,
+        producers=(producer,),
+        consumers=tuple(consumers.values()),
+        passthrough=tuple(passthrough.values()),
+        shape_fixes=tuple(fixes),
+    )
+
+
+def _check_inputs(node: gs.Node, layouts: dict[str, Layout]) -> None:
+    """Every non-constant input of a pass-through node must carry the group, laid out alike."""
+    seen = [layouts[t.name] for t in node.inputs if t.name in layouts]
+    if any(other != seen[0] for other in seen[1:]):
+        raise NotChannelWise(f"inputs of {node.op} {node.name} lay the channels out differently")
+    PASS_THROUGH[node.op](node, seen[0], set(layouts))
+
+
+def _consumer(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:
+    """Describe ``node`` reading the group's channels from ``tensor``."""
+    if node.inputs[0] is not tensor:
+        raise NotChannelWise(f"channels reach {node.op} {node.name} as its weight operand")
+    weight = _own_constant(node, 1)
+    width = layout.channels * layout.block
+    if node.op == "Conv":
+        if node.attrs.get("group", 1) != 1:
+            raise NotChannelWise(f"channels reach grouped/depthwise Conv {node.name}")
+        if not layout.is_nchw or layout.block != 1 or weight.shape[1] != layout.channels:
+            raise NotChannelWise(f"Conv {node.name} does not read the channels on axis 1")
+        return Consumer(
+            node.name, node.op, tensor.name, node.inputs[1].name, in_axis=1,
+            block=int(np.prod(weight.shape[2:])), bias=_optional_constant(node, 2),
+            conv=_geometry(node, weight, tensor),
+        )
+    if layout.axis != -1:
+        raise NotChannelWise(f"{node.op} {node.name} does not read the channels on the last axis")
+    if node.op == "Gemm":
+        if node.attrs.get("transA", 0):
+            raise NotChannelWise(f"Gemm {node.name} with transA=1")
+        bias = _optional_constant(node, 2)
+        if bias is not None and node.attrs.get("beta", 1.0) != 1.0:
+            raise NotChannelWise(f"Gemm {node.name} with beta != 1")
+        in_axis = 1 if node.attrs.get("transB", 0) else 0
+        scale = float(node.attrs.get("alpha", 1.0))
+        bias_node = None
+    else:
+        if weight.ndim != 2:
+            raise NotChannelWise(f"MatMul {node.name} weight has rank {weight.ndim}, not 2")
+        in_axis, scale = 0, 1.0
+        bias_node, bias = _bias_add(node, weight.shape[1])
+    if weight.shape[in_axis] != width:
+        raise NotChannelWise(f"{node.op} {node.name} weight does not have {width} inputs")
+    return Consumer(
+        node.name, node.op, tensor.name, node.inputs[1].name, in_axis=in_axis,
+        block=layout.block, bias=bias, bias_node=bias_node, scale=scale,
+    )
+
+
+def _bias_add(node: gs.Node, width: int) -> tuple[str | None, str | None]:
+    """The Add of a constant bias (``width`` entries or a scalar) right after a MatMul."""
+    out = node.outputs[0]
+    if len(out.outputs) != 1 or out.outputs[0].op != "Add":
+        return None, None
+    add = out.outputs[0]
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    value = const_value(other)
+    if value is None or value.size not in (1, width) or value.shape[-1:] not in ((1,), (width,)):
+        return None, None
+    if len(other.outputs) != 1:
+        return None, None
+    return add.name, other.name
+
+
+def _geometry(node: gs.Node, weight: np.ndarray, tensor: gs.Tensor) -> ConvGeometry:
+    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", weight.shape[2:]))
+    dims = len(kernel)
+    strides = tuple(node.attrs.get("strides", (1,) * dims))
+    dilations = tuple(node.attrs.get("dilations", (1,) * dims))
+    pads = tuple(node.attrs.get("pads", (0,) * (2 * dims)))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(node, tensor, kernel, strides, dilations, auto_pad == "SAME_UPPER")
+    elif auto_pad == "VALID":
+        pads = (0,) * (2 * dims)
+    return ConvGeometry(kernel, strides, dilations, pads)
+
+
+def _same_pads(node, tensor, kernel, strides, dilations, upper: bool) -> tuple[int, ...]:
+    spatial = tensor.shape[2:] if tensor.shape is not None else None
+    if not spatial or not all(isinstance(d, int) for d in spatial):
+        raise NotChannelWise(f"Conv {node.name} uses auto_pad with an unknown input size")
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    return tuple(begin + end)
+
+
+def _own_constant(node: gs.Node, index: int) -> np.ndarray:
+    """The constant weight at input ``index``; it must be read by ``node`` alone."""
+    if len(node.inputs) <= index:
+        raise NotChannelWise(f"{node.op} {node.name} has no weight input")
+    tensor = node.inputs[index]
+    value = const_value(tensor)
+    if value is None:
+        source = tensor.inputs[0] if tensor.inputs else None
+        what = f"computed by {source.op} {source.name}" if source else "a graph input"
+        raise NotChannelWise(f"weight {tensor.name} is {what}, not a constant")
+    others = [user.name for user in tensor.outputs if user is not node]
+    if others:
+        raise NotChannelWise(f"weight {tensor.name} is shared with {others[0]}")
+    return value
+
+
+def _optional_constant(node: gs.Node, index: int) -> str | None:
+    """Name of the constant bias at input ``index`` (None when absent)."""
+    if len(node.inputs) <= index or node.inputs[index].name == "":
+        return None
+    tensor = node.inputs[index]
+    if const_value(tensor) is None:
+        raise NotChannelWise(f"bias {tensor.name} of {node.op} {node.name} is not a constant")
+    return tensor.name

@@ -1,0 +1,153 @@
+"""Streaming least-squares statistics of every consumer of the given channel groups.
+
+Each batch is run through onnxruntime once per model; each consumer's input is unfolded into
+rows (:mod:`unfold`) and folded into Gram matrices, so memory is O(d^2) per consumer whatever
+the number of samples. When a consumer will see fewer rows than it has columns, its rows are
+kept instead (O(N d)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .runtime import batches, run
+from .select.stats import ConsumerStats
+from .types import ChannelGroup, Consumer
+from .unfold import unfold_conv, unfold_dense
+
+CHUNK_ELEMENTS = 1 << 22
+"""Unfolded entries processed at once (float64: 32 MiB), bounding memory per batch."""
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sample indices used for the statistics (calibration) and kept out of them (holdout)."""
+
+    calibration: np.ndarray
+    holdout: np.ndarray
+
+
+def split_samples(samples: int, holdout: float, seed: int) -> Split:
+    """Hold out ``round(holdout * samples)`` random samples (at least 1 if holdout > 0 and
+    samples > 1), keeping at least one for calibration."""
+    order = np.random.default_rng(seed).permutation(samples)
+    count = min(samples - 1, max(1, round(holdout * samples))) if holdout > 0 else 0
+    return Split(calibration=np.sort(order[count:]), holdout=np.sort(order[:count]))
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Statistics of a group's consumers (in ``group.consumers`` order) on both sample sets."""
+
+    calibration: tuple[ConsumerStats, ...]
+    holdout: tuple[ConsumerStats, ...] | None
+
+
+def capture_stats(
+    groups: Sequence[ChannelGroup],
+    source,
+    reference,
+    weights: dict[str, np.ndarray],
+    feeds: dict[str, np.ndarray],
+    split: Split,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> list[GroupStats]:
+    """Statistics for every consumer of ``groups``.
+
+    source: onnxruntime session giving B (it outputs every consumer's input tensor);
+    reference: session giving A from the original model, or None for A = B;
+    weights: consumer node name -> (d, m) original weight matrix W, so that Y = A W.
+    """
+    consumers = [c for group in groups for c in group.consumers]
+    results = {}
+    for label, indices in (("calibration", split.calibration), ("holdout", split.holdout)):
+        if len(indices) == 0:
+            continue
+        accumulators = {c.node: _Accumulator(weights[c.node], c.block, len(indices)) for c in consumers}
+        names = sorted({c.input for c in consumers})
+        total = -(-len(indices) // batch_size)
+        for done, feed in enumerate(batches(feeds, indices, batch_size), start=1):
+            inputs_b = run(source, feed, names)
+            inputs_a = run(reference, feed, names) if reference is not None else inputs_b
+            for consumer in consumers:
+                accumulators[consumer.node].add(
+                    consumer, inputs_b[consumer.input], inputs_a[consumer.input]
+                )
+            if progress:
+                progress(f"capture ({label})", done, total)
+        results[label] = {node: acc.stats() for node, acc in accumulators.items()}
+    return [
+        GroupStats(
+            calibration=tuple(results["calibration"][c.node] for c in group.consumers),
+            holdout=tuple(results["holdout"][c.node] for c in group.consumers) if "holdout" in results else None,
+        )
+        for group in groups
+    ]
+
+
+def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:
+    """Rows of ``consumer``'s least-squares problem from its input ``x`` (first axis = samples)."""
+    if consumer.conv is not None:
+        return unfold_conv(x, consumer.conv)
+    return unfold_dense(x)
+
+
+class _Accumulator:
+    """Running B^T B, B^T Y, ||Y||^2 and column sums of one consumer (or its rows when few)."""
+
+    def __init__(self, weight: np.ndarray, block: int, samples: int):
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.block = block
+        self.samples = samples
+        d, m = self.weight.shape
+        self.gram = self.cross = None
+        self.rows: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.b_sum, self.y_sum = np.zeros(d), np.zeros(m)
+        self.y_sq, self.n_rows = 0.0, 0
+        self.row_form: bool | None = None
+        self.per_sample = 0
+
+    def add(self, consumer: Consumer, x_b: np.ndarray, x_a: np.ndarray) -> None:
+        """Fold in one batch of the consumer's input from both models, (n, ...) each."""
+        d = self.weight.shape[0]
+        if self.row_form is None:
+            self.per_sample = max(1, unfold(consumer, x_b[:1]).shape[0])
+            self.row_form = self.per_sample * self.samples < d
+            if not self.row_form:
+                self.gram, self.cross = np.zeros((d, d)), np.zeros((d, self.weight.shape[1]))
+        step = max(1, CHUNK_ELEMENTS // (self.per_sample * d))
+        for start in range(0, len(x_b), step):
+            rows = unfold(consumer, x_b[start : start + step]).astype(np.float64)
+            if rows.shape[1] != d:
+                raise ValueError(f"{consumer.node}: unfolded {rows.shape[1]} columns, weight has {d}")
+            same = x_a is x_b
+            targets = (rows if same else unfold(consumer, x_a[start : start + step]).astype(np.float64)) @ self.weight
+            self._fold(rows, targets)
+
+    def _fold(self, rows: np.ndarray, targets: np.ndarray) -> None:
+        self.b_sum += rows.sum(axis=0)
+        self.y_sum += targets.sum(axis=0)
+        self.y_sq += float(np.einsum("ij,ij->", targets, targets))
+        self.n_rows += rows.shape[0]
+        if self.row_form:
+            self.rows.append(rows)
+            self.targets.append(targets)
+        else:
+            self.gram += rows.T @ rows
+            self.cross += rows.T @ targets
+
+    def stats(self) -> ConsumerStats:
+        common = dict(
+            block=self.block, n_rows=self.n_rows, y_sq=self.y_sq, b_sum=self.b_sum,
+            y_sum=self.y_sum, weight=self.weight,
+        )
+        if self.row_form:
+            return ConsumerStats(**common, rows=np.concatenate(self.rows), targets=np.concatenate(self.targets))
+        return ConsumerStats(**common, gram=self.gram, cross=self.cross)

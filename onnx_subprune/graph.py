@@ -1,0 +1,119 @@
+"""Loading, saving and small onnx-graphsurgeon helpers shared by analyze and rewrite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from .errors import SubpruneError
+from .files import write_atomic
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read and check an ONNX model; every failure is a one-line :class:`SubpruneError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubpruneError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises several unrelated types
+        raise SubpruneError(f"cannot read ONNX model {path}: {_one_line(exc)}") from None
+    if not model.graph.node:
+        raise SubpruneError(f"cannot read ONNX model {path}: the graph has no nodes")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise SubpruneError(f"invalid ONNX model {path}: {_one_line(exc)}") from None
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write ``model`` atomically."""
+    write_atomic(path, model.SerializeToString())
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Shape-infer ``model`` (nodes named by :func:`name_nodes`) and import it."""
+    return gs.import_onnx(onnx.shape_inference.infer_shapes(name_nodes(model)))
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose nameless nodes carry the names :func:`import_graph` gives."""
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    taken = {node.name for node in named.graph.node}
+    for index, node in enumerate(named.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return named
+
+
+def read_constants(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
+    """Values of the named initializers and ``Constant`` node outputs of ``model``."""
+    found = {
+        init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name in names
+    }
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in names:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                found[node.output[0]] = numpy_helper.to_array(value.t)
+    return found
+
+
+def const_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or ``Constant`` node output), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def set_const_value(graph: gs.Graph, node: gs.Node, index: int, value: np.ndarray) -> None:
+    """Give input ``index`` of ``node`` the constant ``value``.
+
+    The tensor is changed in place when ``node`` is its only reader (names are kept); a shared
+    constant is left alone and the node gets a fresh initializer instead.
+    """
+    tensor = node.inputs[index]
+    readers = [user for user in tensor.outputs if user is not node]
+    if not readers and not _is_graph_output(graph, tensor):
+        if isinstance(tensor, gs.Constant):
+            tensor.values = value
+            return
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is not None and producer.op == "Constant":
+            producer.attrs["value"] = gs.Constant(tensor.name + "_value", value)
+            return
+    fresh = gs.Constant(_fresh_name(graph, f"{tensor.name}_pruned"), value)
+    node.inputs[index] = fresh
+
+
+def _is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(out.name == tensor.name for out in graph.outputs)
+
+
+def _fresh_name(graph: gs.Graph, base: str) -> str:
+    taken = set(graph.tensors().keys())
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    return name
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__

@@ -1,0 +1,46 @@
+"""Model size: float parameters and multiply-accumulates (per run with symbolic dims as 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of float entries in initializers and Constant nodes."""
+    tensors = list(model.graph.initializer)
+    tensors += [
+        attr.t for node in model.graph.node if node.op_type == "Constant"
+        for attr in node.attribute if attr.name == "value"
+    ]
+    return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in FLOAT_TYPES)
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of the Conv, Gemm and MatMul nodes for one sample.
+
+    Shapes come from shape inference; symbolic dims (batch, sequence) count as 1.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        info.name: [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
+        for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
+    shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
+    total = 0
+    for node in inferred.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
+        if out is None or weight is None:
+            continue
+        if node.op_type == "Conv":
+            total += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            total += int(np.prod(out[1:])) * weight[1 if trans_b else 0]
+        else:
+            total += int(np.prod(out[1:])) * (weight[-2] if len(weight) >= 2 else 1)
+    return total

@@ -1,0 +1,190 @@
+"""Per-op channel rules: where a tensor carries channels and how each op type treats them.
+
+A :class:`Layout` says where the channels of a group sit in a tensor. The registry
+:data:`PASS_THROUGH` maps an op type to a rule that, given a node reached by the group, returns
+the layout of its output and the per-channel parameters to slice, or a reason why it is not
+channel-wise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph import const_value
+from .types import Consumer, SlicedParam
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Channels of a tensor: ``axis`` (negative, from the end) holds ``channels * block`` entries.
+
+    ``rank`` is the tensor rank when known. ``block`` > 1 after a Flatten, where channel j owns
+    the ``block`` consecutive features [j*block, (j+1)*block).
+    """
+
+    channels: int
+    axis: int
+    rank: int | None
+    block: int = 1
+
+    @property
+    def is_nchw(self) -> bool:
+        """Channels on axis 1 of a rank >= 3 tensor (Conv/pooling/BN layout)."""
+        return self.rank is not None and self.rank >= 3 and self.axis == 1 - self.rank
+
+
+class NotChannelWise(Exception):
+    """Raised by a rule: the node mixes channels or cannot be sliced (message = reason)."""
+
+
+Rule = Callable[[gs.Node, Layout, "set[str] | None"], tuple[Layout, tuple[SlicedParam, ...]]]
+"""(node, layout of the group's input, names of the group's tensors) -> (output layout, params).
+
+While the group is still being discovered the names are None: a non-constant input is then
+accepted, and checked once the whole group is known.
+"""
+
+
+def per_channel_param(value: np.ndarray, layout: Layout, index: int) -> SlicedParam | None:
+    """How an elementwise constant broadcast against ``layout`` is sliced (None: not at all)."""
+    if layout.rank is not None and value.ndim > layout.rank:
+        raise NotChannelWise(f"constant of rank {value.ndim} broadcasts the tensor to a higher rank")
+    position = value.ndim + layout.axis
+    if position < 0 or value.shape[position] == 1:
+        return None
+    if value.shape[position] != layout.channels * layout.block:
+        raise NotChannelWise(
+            f"constant of shape {list(value.shape)} does not match {layout.channels} channels"
+        )
+    return SlicedParam(index=index, axis=position, block=layout.block)
+
+
+def _unary(node: gs.Node, layout: Layout, group: set[str] | None) -> tuple[Layout, tuple[SlicedParam, ...]]:
+    _only_first_output(node)
+    return layout, ()
+
+
+def _scalar_extra_inputs(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Clip (min/max), Dropout (ratio, training_mode): extra inputs must be constant scalars."""
+    _only_first_output(node)
+    for tensor in node.inputs[1:]:
+        if tensor.name == "":
+            continue
+        value = const_value(tensor)
+        if value is None or value.size != 1:
+            raise NotChannelWise(f"input {tensor.name} of {node.op} is not a constant scalar")
+    return layout, ()
+
+
+def _elementwise(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Add/Sub/Mul/Div/Pow/PRelu: other inputs are group tensors or broadcastable constants."""
+    _only_first_output(node)
+    params = []
+    for index, tensor in enumerate(node.inputs):
+        if group is not None and tensor.name in group:
+            continue
+        value = const_value(tensor)
+        if value is None and group is None:
+            continue
+        if value is None:
+            raise NotChannelWise(
+                f"channels meet tensor {tensor.name} from outside the group at {node.op} "
+                f"{node.name} (residual or gating connection)"
+            )
+        param = per_channel_param(value, layout, index)
+        if param is not None:
+            params.append(param)
+    return layout, tuple(params)
+
+
+def _batchnorm(node: gs.Node, layout: Layout, group: set[str] | None):
+    _only_first_output(node)
+    if not layout.is_nchw or layout.block != 1:
+        raise NotChannelWise("BatchNormalization does not act on the channel axis here")
+    for tensor in node.inputs[1:]:
+        if const_value(tensor) is None:
+            raise NotChannelWise(f"BatchNormalization parameter {tensor.name} is not constant")
+    return layout, tuple(SlicedParam(index=i, axis=0) for i in range(1, 5))
+
+
+def _pool(node: gs.Node, layout: Layout, group: set[str] | None):
+    _only_first_output(node)
+    if not layout.is_nchw or layout.block != 1:
+        raise NotChannelWise(f"{node.op} is not applied to an N x C x ... tensor")
+    return layout, ()
+
+
+def _flatten(node: gs.Node, layout: Layout, group: set[str] | None):
+    if not layout.is_nchw or layout.block != 1 or node.attrs.get("axis", 1) != 1:
+        raise NotChannelWise("Flatten does not map N x C x H x W to N x (C*H*W)")
+    return _flat_layout(node, layout), ()
+
+
+def _reshape(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Reshape N x C x H x W -> N x (C*H*W), written as [0|-1|N, C*H*W] or [0|N, -1]."""
+    shape = const_value(node.inputs[1])
+    if shape is None:
+        raise NotChannelWise(f"Reshape {node.name} has a computed shape")
+    flat = _flat_layout(node, layout) if layout.is_nchw and layout.block == 1 else None
+    features = None if flat is None else flat.channels * flat.block
+    if flat is None or shape.size != 2 or not (
+        shape[1] == features or (shape[1] == -1 and shape[0] != -1)
+    ):
+        raise NotChannelWise(f"Reshape {node.name} to {shape.tolist()} is not a flatten")
+    return flat, ()
+
+
+def _flat_layout(node: gs.Node, layout: Layout) -> Layout:
+    dims = node.inputs[0].shape
+    spatial = dims[2:] if dims is not None else None
+    if not spatial or not all(isinstance(d, int) for d in spatial):
+        raise NotChannelWise(f"spatial size before {node.op} {node.name} is unknown")
+    block = int(np.prod(spatial))
+    return replace(layout, axis=-1, rank=2, block=block)
+
+
+def _only_first_output(node: gs.Node) -> None:
+    for extra in node.outputs[1:]:
+        if extra.outputs:
+            raise NotChannelWise(f"second output {extra.name} of {node.op} is used")
+
+
+PASS_THROUGH: dict[str, Rule] = {
+    **{
+        op: _unary
+        for op in (
+            "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Erf", "Gelu",
+            "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "Identity", "Neg", "Abs",
+            "ThresholdedRelu",
+        )
+    },
+    "Clip": _scalar_extra_inputs,
+    "Dropout": _scalar_extra_inputs,
+    **{op: _elementwise for op in ("Add", "Sub", "Mul", "Div", "Pow", "PRelu")},
+    "BatchNormalization": _batchnorm,
+    **{
+        op: _pool
+        for op in ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool")
+    },
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+}
+
+
+def consumer_matrix(consumer: Consumer, weight: np.ndarray) -> np.ndarray:
+    """The consumer's weight as the (d, m) matrix W of ``rows @ W`` (alpha folded in)."""
+    if consumer.op == "Conv":
+        return weight.reshape(weight.shape[0], -1).T * consumer.scale
+    matrix = weight if consumer.in_axis == 0 else weight.T
+    return matrix * consumer.scale
+
+
+def matrix_to_weight(consumer: Consumer, matrix: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`consumer_matrix` for a matrix with fewer rows; alpha is taken as 1."""
+    if consumer.op == "Conv":
+        return matrix.T.reshape(like.shape[0], -1, *like.shape[2:]).astype(like.dtype)
+    return (matrix if consumer.in_axis == 0 else matrix.T).astype(like.dtype)

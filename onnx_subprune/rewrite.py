@@ -1,0 +1,131 @@
+"""Apply pruning plans to a model with onnx-graphsurgeon.
+
+For every group: consumers get their re-fitted weights and bias shifts (or their kept input
+rows), then producers, per-channel parameters of pass-through ops and Reshape constants are
+sliced to the kept channels. Consumer updates come first, so a node that is the consumer of one
+group and the producer of the next receives both.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph import const_value, name_nodes, set_const_value
+from .ops import matrix_to_weight
+from .types import Consumer, ConsumerUpdate, GroupPlan
+
+WEIGHT, BIAS = 1, 2
+
+
+def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
+    """The pruned model: same opset, IR version, metadata and names of untouched nodes."""
+    graph = gs.import_onnx(name_nodes(model))
+    nodes = {node.name: node for node in graph.nodes}
+    added_bias: dict[str, gs.Node] = {}
+    for plan in plans:
+        updates = {update.node: update for update in plan.updates}
+        for consumer in plan.group.consumers:
+            update = updates.get(consumer.node, ConsumerUpdate(consumer.node))
+            _update_consumer(graph, nodes, consumer, update, plan.kept, added_bias)
+    for plan in plans:
+        _slice_group(graph, nodes, plan, added_bias)
+    return _export(graph, model)
+
+
+def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
+                     kept: tuple[int, ...], added_bias: dict[str, gs.Node]) -> None:
+    node = nodes[consumer.node]
+    weight = const_value(node.inputs[WEIGHT])
+    if update.weight is not None:
+        new = matrix_to_weight(consumer, update.weight, weight)
+        if consumer.op == "Gemm":
+            node.attrs["alpha"] = 1.0
+    else:
+        block = 1 if consumer.op == "Conv" else consumer.block
+        new = np.take(weight, _columns(kept, block), axis=consumer.in_axis)
+    set_const_value(graph, node, WEIGHT, new)
+    if update.bias_shift is not None and np.any(update.bias_shift):
+        _shift_bias(graph, nodes, consumer, update.bias_shift.astype(weight.dtype), added_bias)
+
+
+def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias) -> None:
+    """Add ``shift`` (m,) to the consumer's bias, creating the bias where there is none."""
+    if consumer.bias_node is not None:
+        add = nodes[consumer.bias_node]
+        index = 0 if add.inputs[0].name == consumer.bias else 1
+        set_const_value(graph, add, index, const_value(add.inputs[index]) + shift)
+        return
+    node = nodes[consumer.node]
+    if consumer.op in ("Conv", "Gemm"):
+        if consumer.bias is None:
+            while len(node.inputs) < BIAS:
+                node.inputs.append(gs.Variable.empty())
+            node.inputs.append(gs.Constant(f"{node.name}_bias", shift))
+        else:
+            old = np.broadcast_to(const_value(node.inputs[BIAS]), shift.shape)
+            set_const_value(graph, node, BIAS, old + shift)
+        return
+    out = node.outputs[0]
+    product = gs.Variable(f"{out.name}_before_bias", dtype=out.dtype)
+    node.outputs.clear()
+    node.outputs.append(product)
+    add = gs.Node("Add", f"{node.name}_bias_add", inputs=[product, gs.Constant(f"{node.name}_bias", shift)], outputs=[out])
+    graph.nodes.append(add)
+    added_bias[node.name] = add
+
+
+def _slice_group(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) -> None:
+    kept = np.asarray(plan.kept, dtype=np.int64)
+    channels = plan.group.channels
+    for producer in plan.group.producers:
+        node = nodes[producer.node]
+        set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), kept, axis=producer.out_axis))
+        if len(node.inputs) > BIAS and node.inputs[BIAS].name:
+            _slice_last(graph, node, BIAS, kept, channels)
+        if producer.node in added_bias:
+            _slice_last(graph, added_bias[producer.node], 1, kept, channels)
+    for passthrough in plan.group.passthrough:
+        node = nodes[passthrough.node]
+        for param in passthrough.params:
+            value = const_value(node.inputs[param.index])
+            set_const_value(graph, node, param.index, np.take(value, _columns(kept, param.block), axis=param.axis))
+    for fix in plan.group.shape_fixes:
+        node = nodes[fix.node]
+        shape = const_value(node.inputs[1]).copy()
+        shape[-1] = len(kept) * fix.block
+        set_const_value(graph, node, 1, shape)
+
+
+def _slice_last(graph, node: gs.Node, index: int, kept: np.ndarray, channels: int) -> None:
+    """Slice a bias-like constant along its last axis if it has one entry per channel."""
+    value = const_value(node.inputs[index])
+    if value.ndim and value.shape[-1] == channels:
+        set_const_value(graph, node, index, np.take(value, kept, axis=-1))
+
+
+def _columns(kept: Sequence[int] | np.ndarray, block: int) -> np.ndarray:
+    """Indices of the ``block`` consecutive entries owned by each kept channel."""
+    kept = np.asarray(kept, dtype=np.int64)
+    return (kept[:, None] * block + np.arange(block)).ravel()
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export with the original's IR version, opsets and metadata; shapes re-inferred."""
+    keep = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in keep:
+            tensor.shape = None
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph)
+    model.ir_version = original.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(original, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    return onnx.shape_inference.infer_shapes(model)

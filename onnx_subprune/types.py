@@ -1,0 +1,131 @@
+"""Frozen dataclasses passed between the stages; tensors and nodes are referred to by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """How a Conv consumer unfolds its input: spatial kernel, strides, dilations, pads.
+
+    ``pads`` is ONNX-ordered: (begin_0, begin_1, ..., end_0, end_1, ...).
+    """
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Producer:
+    """A layer whose output channels are pruned: its weight is sliced along ``out_axis``."""
+
+    node: str
+    op: str
+    weight: str
+    out_axis: int
+    bias: str | None = None
+
+
+@dataclass(frozen=True)
+class SlicedParam:
+    """A per-channel parameter of a pass-through node (input ``index``), sliced along ``axis``.
+
+    ``block`` is the number of consecutive entries a channel owns along that axis (1 except
+    after a Flatten).
+    """
+
+    index: int
+    axis: int
+    block: int = 1
+
+
+@dataclass(frozen=True)
+class PassThrough:
+    """A channel-wise node between producer and consumers and the parameters to slice."""
+
+    node: str
+    op: str
+    params: tuple[SlicedParam, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShapeFix:
+    """A Reshape whose constant shape's last entry is ``channels * block`` features."""
+
+    node: str
+    block: int
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer reading the group's channels: its input (``in_axis`` of ``weight``) is re-fitted.
+
+    ``input`` is the data tensor to capture; ``block`` columns of the unfolded input belong
+    to each channel (kernel window size for a Conv, H*W after a Flatten, else 1). ``bias`` is
+    the tensor holding the bias (Conv B, Gemm C, or the constant of a following Add named by
+    ``bias_node``), None if the layer has none.
+    """
+
+    node: str
+    op: str
+    input: str
+    weight: str
+    in_axis: int
+    block: int
+    bias: str | None = None
+    bias_node: str | None = None
+    conv: ConvGeometry | None = None
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Tensors whose channel axis is pruned identically: producers -> pass-throughs -> consumers."""
+
+    name: str
+    channels: int
+    producers: tuple[Producer, ...]
+    consumers: tuple[Consumer, ...]
+    passthrough: tuple[PassThrough, ...] = ()
+    shape_fixes: tuple[ShapeFix, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A candidate producer that is not pruned, with the reason."""
+
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Result of analyze: prunable groups in topological order and skipped producers."""
+
+    groups: tuple[ChannelGroup, ...]
+    skipped: tuple[Skipped, ...]
+
+
+@dataclass(frozen=True)
+class ConsumerUpdate:
+    """New weights for one consumer: ``weight`` (len(kept)*block, m) in matrix form (None: keep
+    the original rows of the kept channels), ``bias_shift`` (m,) added to the bias (None: none)."""
+
+    node: str
+    weight: np.ndarray | None = None
+    bias_shift: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """What rewrite does to one group: keep ``kept`` (sorted channel indices) and update consumers."""
+
+    group: ChannelGroup
+    kept: tuple[int, ...]
+    updates: tuple[ConsumerUpdate, ...] = field(default_factory=tuple)

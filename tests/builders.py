@@ -1,0 +1,95 @@
+"""Tiny ONNX test models built from text (onnx.parser) with seeded random weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+IR_VERSION = 8
+
+
+def build(text: str, weights: dict[str, tuple[int, ...] | np.ndarray], seed: int = 0) -> onnx.ModelProto:
+    """Parse a graph and attach initializers: a shape gets N(0, 1/fan_in) values, an array is used as is."""
+    model = onnx.parser.parse_model(text)
+    model.ir_version = IR_VERSION
+    rng = np.random.default_rng(seed)
+    for name, spec in weights.items():
+        if isinstance(spec, np.ndarray):
+            value = spec
+        else:
+            fan_in = int(np.prod(spec[1:])) if len(spec) > 1 else 1
+            value = (rng.standard_normal(spec) / np.sqrt(fan_in)).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+    onnx.checker.check_model(model)
+    return model
+
+
+def header(inputs: str, outputs: str) -> str:
+    return f'<ir_version: {IR_VERSION}, opset_import: ["" : 17]>\ng ({inputs}) => ({outputs})'
+
+
+def conv_bn_pool_conv() -> onnx.ModelProto:
+    """Conv -> BN -> Relu -> MaxPool -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm."""
+    text = header("float[N,3,12,12] x", "float[N,5] y") + """ {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1, b1)
+        b = BatchNormalization (a, s1, o1, m1, v1)
+        c = Relu (b)
+        d = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (c)
+        e = Conv <kernel_shape = [3, 3], strides = [2, 2], pads = [1, 0, 1, 2]> (d, w2, b2)
+        f = Relu (e)
+        g = GlobalAveragePool (f)
+        h = Flatten (g)
+        y = Gemm <transB = 1> (h, w3, b3)
+    }"""
+    rng = np.random.default_rng(1)
+    return build(text, {
+        "w1": (8, 3, 3, 3), "b1": (8,), "s1": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "o1": (8,), "m1": (8,), "v1": rng.uniform(0.5, 2, 8).astype(np.float32),
+        "w2": (6, 8, 3, 3), "b2": (6,), "w3": (5, 6), "b3": (5,),
+    })
+
+
+def conv_flatten_gemm() -> onnx.ModelProto:
+    """Conv -> Relu -> Flatten -> Gemm (each channel owns H*W features) -> Relu -> Gemm."""
+    text = header("float[N,2,6,6] x", "float[N,4] y") + """ {
+        a = Conv <kernel_shape = [3, 3]> (x, w1, b1)
+        b = Relu (a)
+        c = Flatten (b)
+        d = Gemm <transB = 1> (c, w2, b2)
+        e = Relu (d)
+        y = Gemm (e, w3, b3)
+    }"""
+    return build(text, {"w1": (6, 2, 3, 3), "b1": (6,), "w2": (7, 96), "b2": (7,), "w3": (7, 4), "b3": (4,)})
+
+
+def gemm_gemm() -> onnx.ModelProto:
+    """Gemm -> Relu -> Gemm -> Sigmoid -> Gemm."""
+    text = header("float[N,10] x", "float[N,3] y") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        c = Gemm <transB = 1, alpha = 0.5> (b, w2, b2)
+        d = Sigmoid (c)
+        y = Gemm (d, w3, b3)
+    }"""
+    return build(text, {"w1": (12, 10), "b1": (12,), "w2": (9, 12), "b2": (9,), "w3": (9, 3), "b3": (3,)})
+
+
+def matmul_gelu_matmul() -> onnx.ModelProto:
+    """Transformer FFN on [batch, seq, features]: MatMul + Add -> Erf-GELU -> MatMul + Add."""
+    text = header("float[N,5,8] x", "float[N,5,8] y") + """ {
+        a = MatMul (x, w1)
+        b = Add (a, b1)
+        c = Div (b, sqrt2)
+        d = Erf (c)
+        e = Add (d, one)
+        f = Mul (b, e)
+        g = Mul (f, half)
+        h = MatMul (g, w2)
+        y = Add (h, b2)
+    }"""
+    return build(text, {
+        "w1": (8, 16), "b1": (16,), "w2": (16, 8), "b2": (8,),
+        "sqrt2": np.array(np.sqrt(2), np.float32), "one": np.array(1, np.float32),
+        "half": np.array(0.5, np.float32),
+    })

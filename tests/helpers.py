@@ -1,0 +1,45 @@
+"""Shared test utilities: running models and masking channels in the original."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from onnx_subprune.types import ChannelGroup
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of ``model`` on ``feeds`` (CPU)."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def masked(model: onnx.ModelProto, group: ChannelGroup, kept) -> onnx.ModelProto:
+    """Copy of ``model`` whose consumers of ``group`` ignore the removed channels (weights zeroed)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    removed = np.setdiff1d(np.arange(group.channels), kept)
+    inits = {init.name: init for init in copy.graph.initializer}
+    for consumer in group.consumers:
+        weight = numpy_helper.to_array(inits[consumer.weight]).copy()
+        index = [slice(None)] * weight.ndim
+        if consumer.op == "Conv":
+            index[consumer.in_axis] = removed
+        else:
+            index[consumer.in_axis] = (removed[:, None] * consumer.block + np.arange(consumer.block)).ravel()
+        weight[tuple(index)] = 0
+        inits[consumer.weight].CopyFrom(numpy_helper.from_array(weight, consumer.weight))
+    return copy
+
+
+def random_feeds(model: onnx.ModelProto, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal float32 inputs; symbolic dims other than the first become 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+        dims[0] = samples
+        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds

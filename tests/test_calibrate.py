@@ -1,0 +1,90 @@
+"""Streaming statistics equal those of the full unfolded matrix; memory does not grow with samples."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import builders
+from helpers import random_feeds
+from onnx_subprune import runtime
+from onnx_subprune.analyze import analyze
+from onnx_subprune.calibrate import _Accumulator, capture_stats, split_samples, unfold
+from onnx_subprune.graph import read_constants
+from onnx_subprune.ops import consumer_matrix
+
+
+def _setup(model, samples):
+    groups = analyze(model).groups
+    consumers = [c for g in groups for c in g.consumers]
+    values = read_constants(model, {c.weight for c in consumers})
+    weights = {c.node: consumer_matrix(c, values[c.weight]) for c in consumers}
+    names = tuple(c.input for c in consumers)
+    session = runtime.session(model, ["CPUExecutionProvider"], names)
+    feeds = random_feeds(model, samples)
+    return groups, weights, session, feeds
+
+
+@pytest.mark.parametrize("name", ["conv_bn_pool_conv", "conv_flatten_gemm", "matmul_gelu_matmul"])
+def test_streaming_equals_full_unfolded_matrix(name):
+    model = getattr(builders, name)()
+    groups, weights, session, feeds = _setup(model, 40)
+    split = split_samples(40, 0.25, seed=3)
+    stats = capture_stats(groups, session, None, weights, feeds, split, batch_size=7)
+    captured = runtime.run(session, feeds)
+    for group, group_stats in zip(groups, stats):
+        for consumer, cal, hold in zip(group.consumers, group_stats.calibration, group_stats.holdout):
+            for s, indices in ((cal, split.calibration), (hold, split.holdout)):
+                rows = unfold(consumer, captured[consumer.input][indices]).astype(np.float64)
+                targets = rows @ weights[consumer.node]
+                assert s.n_rows == len(rows)
+                if s.is_row_form:
+                    np.testing.assert_allclose(s.rows, rows, rtol=1e-6, atol=1e-9)
+                else:
+                    np.testing.assert_allclose(s.gram, rows.T @ rows, rtol=1e-6, atol=1e-6)
+                    np.testing.assert_allclose(s.cross, rows.T @ targets, rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(s.y_sq, np.sum(targets**2), rtol=1e-6)
+                np.testing.assert_allclose(s.b_sum, rows.sum(0), rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(s.y_sum, targets.sum(0), rtol=1e-6, atol=1e-6)
+
+
+def test_row_form_when_fewer_rows_than_columns():
+    model = builders.conv_flatten_gemm()  # Gemm after Flatten: 96 columns
+    groups, weights, session, feeds = _setup(model, 20)
+    stats = capture_stats(groups, session, None, weights, feeds, split_samples(20, 0, 0), 8)
+    flatten_gemm = stats[0].calibration[0]
+    assert flatten_gemm.is_row_form and flatten_gemm.rows.shape == (20, 96)
+    assert not stats[1].calibration[0].is_row_form
+
+
+def test_cross_statistics_use_the_reference_model():
+    model = builders.conv_bn_pool_conv()
+    groups, weights, session, feeds = _setup(model, 12)
+    shifted = {k: v + 1.0 for k, v in feeds.items()}
+    consumer = groups[0].consumers[0]
+    acc = _Accumulator(weights[consumer.node], consumer.block, 12)
+    x_b = runtime.run(session, feeds)[consumer.input]
+    x_a = runtime.run(session, shifted)[consumer.input]
+    acc.add(consumer, x_b, x_a)
+    rows, ref_rows = unfold(consumer, x_b).astype(float), unfold(consumer, x_a).astype(float)
+    np.testing.assert_allclose(acc.stats().cross, rows.T @ (ref_rows @ weights[consumer.node]), rtol=1e-6, atol=1e-6)
+
+
+def test_memory_does_not_grow_with_samples():
+    model = builders.conv_bn_pool_conv()
+    groups, weights, session, _ = _setup(model, 1)
+    consumer = groups[0].consumers[0]
+    x = runtime.run(session, random_feeds(model, 64))[consumer.input]
+
+    def peak(batches: int) -> int:
+        tracemalloc.start()
+        acc = _Accumulator(weights[consumer.node], consumer.block, 64 * batches)
+        for _ in range(batches):
+            acc.add(consumer, x, x)
+        acc.stats()
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(2), peak(16)
+    assert large < 1.2 * small, (small, large)
