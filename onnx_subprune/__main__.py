@@ -1,0 +1,5 @@
+"""python -m onnx_subprune."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""analyze finds the channel groups of chain-structured graphs and says why it skips the rest."""
+
+import numpy as np
+import onnx
+
+import builders
+from onnx_subprune.analyze import analyze
+
+
+def _summary(model):
+    result = analyze(model)
+    groups = [(g.name, g.channels, [c.node for c in g.consumers], [p.op for p in g.passthrough]) for g in result.groups]
+    return groups, {s.node: s.reason for s in result.skipped}
+
+
+def test_conv_bn_pool_conv():
+    groups, skipped = _summary(builders.conv_bn_pool_conv())
+    assert groups == [
+        ("Conv_0", 8, ["Conv_4"], ["BatchNormalization", "Relu", "MaxPool"]),
+        ("Conv_4", 6, ["Gemm_8"], ["Relu", "GlobalAveragePool", "Flatten"]),
+    ]
+    assert "graph output" in skipped["Gemm_8"]
+    conv = analyze(builders.conv_bn_pool_conv()).groups[0].consumers[0]
+    assert conv.block == 9 and conv.conv.strides == (2, 2) and conv.conv.pads == (1, 0, 1, 2)
+    bn = analyze(builders.conv_bn_pool_conv()).groups[0].passthrough[0]
+    assert [p.index for p in bn.params] == [1, 2, 3, 4]
+
+
+def test_flatten_gives_each_channel_its_spatial_block():
+    group = analyze(builders.conv_flatten_gemm()).groups[0]
+    assert group.consumers[0].block == 16 and group.consumers[0].in_axis == 1
+
+
+def test_gemm_alpha_is_a_scale_and_bias_is_found():
+    group = analyze(builders.gemm_gemm()).groups[0]
+    assert group.consumers[0].scale == 0.5 and group.consumers[0].bias == "b2"
+
+
+def test_matmul_ffn_with_erf_gelu_and_bias_add():
+    groups, skipped = _summary(builders.matmul_gelu_matmul())
+    assert len(groups) == 1 and groups[0][2] == ["MatMul_7"]
+    consumer = analyze(builders.matmul_gelu_matmul()).groups[0].consumers[0]
+    assert consumer.bias_node == "Add_8" and consumer.bias == "b2"
+    assert "graph output" in skipped["MatMul_7"]
+
+
+def test_constant_node_weights_are_read():
+    text = builders.header("float[N,4] x", "float[N,2] y") + """ {
+        w1 = Constant <value = float[4, 3] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}> ()
+        a = MatMul (x, w1)
+        b = Relu (a)
+        y = MatMul (b, w2)
+    }"""
+    model = builders.build(text, {"w2": (3, 2)})
+    groups, _ = _summary(model)
+    assert [g[0] for g in groups] == ["MatMul_1"]
+
+
+def test_skip_reasons():
+    text = builders.header("float[N,4] x, float[3,4] wx", "float[N,3] y, float[N,3] z") + """ {
+        a = Gemm <transB = 1> (x, wx)
+        b = Gemm <transB = 1> (x, w1)
+        c = Relu (b)
+        s = Softmax (c)
+        d = Gemm <transB = 1> (x, w2)
+        e = Add (d, a)
+        y = Gemm (e, w3)
+        f = Gemm <transB = 1> (x, w4)
+        g = Gemm <transB = 1> (f, w5)
+        z = Add (g, s)
+    }"""
+    model = builders.build(text, {"w1": (3, 4), "w2": (3, 4), "w3": (3, 3), "w4": (3, 4), "w5": (3, 3)})
+    _, skipped = _summary(model)
+    assert "graph input" in skipped["Gemm_0"]
+    assert "Softmax" in skipped["Gemm_1"]
+    assert "outside the group at Add" in skipped["Gemm_4"]
+    assert "graph output" in skipped["Gemm_6"]
+    assert len(analyze(model).groups) == 1  # w4 -> w5
+
+
+def test_shared_weight_and_grouped_conv_are_skipped():
+    text = builders.header("float[N,4,5,5] x", "float[N,4,5,5] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w)
+        b = Conv <kernel_shape = [1, 1]> (a, w)
+        c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (b, dw)
+        y = Conv <kernel_shape = [1, 1]> (c, w2)
+    }"""
+    model = builders.build(text, {"w": (4, 4, 1, 1), "dw": (4, 1, 3, 3), "w2": (4, 4, 1, 1)})
+    result = analyze(model)
+    reasons = {s.node: s.reason for s in result.skipped}
+    assert "shared" in reasons["Conv_0"] and "depthwise" in reasons["Conv_2"]
+    assert "shared" in reasons["Conv_1"]
+
+
+def test_reshape_flatten_is_followed_and_its_constant_fixed():
+    text = builders.header("float[N,2,4,4] x", "float[N,3] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w1)
+        b = Reshape (a, shape)
+        y = Gemm <transB = 1> (b, w2)
+    }"""
+    model = builders.build(text, {"w1": (5, 2, 1, 1), "w2": (3, 80), "shape": np.array([-1, 80], np.int64)})
+    (group,) = analyze(model).groups
+    assert group.consumers[0].block == 16
+    assert [f.block for f in group.shape_fixes] == [16]
