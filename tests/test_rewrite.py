@@ -60,3 +60,45 @@ def test_refit_weights_and_bias_shift_are_written():
     np.testing.assert_array_equal(inits[consumer.weight], weight)
     original_bias = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}[consumer.bias]
     np.testing.assert_allclose(inits[consumer.bias], original_bias + shift)
+
+
+def _biasless_chain() -> onnx.ModelProto:
+    """Conv (no bias) -> Relu -> Conv (no bias) -> Flatten -> MatMul (no bias) -> Relu -> MatMul."""
+    text = builders.header("float[N,2,5,5] x", "float[N,3] y") + """ {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1)
+        b = Relu (a)
+        c = Conv <kernel_shape = [1, 1]> (b, w2)
+        d = GlobalAveragePool (c)
+        e = Flatten (d)
+        f = MatMul (e, w3)
+        g = Relu (f)
+        y = MatMul (g, w4)
+    }"""
+    return builders.build(text, {"w1": (6, 2, 3, 3), "w2": (5, 6, 1, 1), "w3": (5, 7), "w4": (7, 3)})
+
+
+def test_bias_shift_creates_missing_biases():
+    """A consumer without bias gets one (Conv input, or an Add after MatMul), and a consumer that
+    is also the next group's producer has that new bias sliced with its channels."""
+    model = _biasless_chain()
+    groups = analyze(model).groups
+    assert [g.channels for g in groups] == [6, 5, 7]
+    plans = []
+    for group in groups:
+        kept = tuple(range(0, group.channels, 2))
+        consumer = group.consumers[0]
+        rows = len(kept) * (1 if consumer.op == "Conv" else consumer.block)
+        width = {"Conv_2": 5, "MatMul_5": 7, "MatMul_7": 3}[consumer.node]
+        shift = np.linspace(1, 2, width).astype(np.float32)
+        weight = None if consumer.op == "Conv" else np.ones((rows, width), np.float32)
+        plans.append(GroupPlan(group, kept, (ConsumerUpdate(consumer.node, weight, shift),)))
+    pruned = rewrite(model, plans)
+    onnx.checker.check_model(pruned, full_check=True)
+    ops = [n.op_type for n in pruned.graph.node]
+    assert ops.count("Add") == 2
+    zeros = {"x": np.zeros((1, 2, 5, 5), np.float32)}
+    (out,) = run(pruned, zeros)
+    # Zero input: conv2 output = its bias shift -> GAP -> kept [0, 2, 4]; MatMul_5 with ones -> Add shift
+    c_bias = np.linspace(1, 2, 5)[[0, 2, 4]]
+    hidden = np.maximum(c_bias.sum() + np.linspace(1, 2, 7), 0)[[0, 2, 4, 6]]
+    np.testing.assert_allclose(out[0], hidden.sum() + np.linspace(1, 2, 3), rtol=1e-5)
