@@ -11,7 +11,7 @@ from . import runtime
 from .analyze import analyze
 from .calibrate import Progress
 from .config import PruneConfig
-from .data import check_inputs, load_arrays
+from .data import check_inputs, check_labels, load_arrays
 from .errors import SubpruneError
 from .files import check_writable, write_atomic
 from .graph import load_model, name_nodes, save_model
@@ -73,21 +73,22 @@ def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path
     extra = (labels,) if labels else ()
     feeds = check_inputs(arrays, original, source, extra)
     check_inputs(arrays, pruned, source, extra)
+    samples = len(next(iter(feeds.values())))
+    truth = check_labels(arrays[labels], samples, source) if labels is not None else None
+    batch = runtime.batch_size_for(original, batch_size, samples)
     providers, note = runtime.choose_providers(device)
     if log:
         log(note)
-    batch = runtime.batch_size_for(original, batch_size, len(next(iter(feeds.values()))))
     ref, cand = predict(original, feeds, providers, batch), predict(pruned, feeds, providers, batch)
     if set(ref) != set(cand):
         raise SubpruneError(f"the models have different outputs: {sorted(ref)} vs {sorted(cand)}")
     report = {"outputs": fidelity(ref, cand), "provider": providers[0]}
-    if labels is not None:
-        first = next(name for name, value in ref.items() if is_classifier(value)) if any(
-            is_classifier(v) for v in ref.values()) else None
+    if truth is not None:
+        first = next((name for name, value in ref.items() if is_classifier(value)), None)
         if first is None:
             raise SubpruneError("--labels given but no output is shaped (samples, classes)")
-        report["accuracy"] = {"original": accuracy(ref[first], arrays[labels]),
-                              "pruned": accuracy(cand[first], arrays[labels]), "output": first}
+        report["accuracy"] = {"original": accuracy(ref[first], truth),
+                              "pruned": accuracy(cand[first], truth), "output": first}
     one = {name: value[:batch] for name, value in feeds.items()}
     for label, model in (("original", original), ("pruned", pruned)):
         report[label] = {

@@ -74,13 +74,26 @@ def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.
                 f"{source}: input {info.name!r} has shape {list(array.shape)}, the model expects "
                 f"{_shape_text(dims)} (axis {axis})"
             )
-    if array.dtype != expected:
-        if not (np.issubdtype(array.dtype, np.floating) and np.issubdtype(expected, np.floating)):
-            raise SubpruneError(f"{source}: input {info.name!r} has dtype {array.dtype}, the model expects {expected}")
-        array = array.astype(expected)
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    floating = np.issubdtype(array.dtype, np.floating)
+    if array.dtype != expected and not (floating and np.issubdtype(expected, np.floating)):
+        raise SubpruneError(f"{source}: input {info.name!r} has dtype {array.dtype}, the model expects {expected}")
+    if floating and not np.isfinite(array).all():
         raise SubpruneError(f"{source}: input {info.name!r} contains NaN or Inf")
+    if array.dtype != expected:
+        with np.errstate(over="ignore"):
+            array = array.astype(expected)
+        if not np.isfinite(array).all():
+            raise SubpruneError(f"{source}: input {info.name!r} has values out of the range of {expected}")
     return array
+
+
+def check_labels(labels: np.ndarray, samples: int, source: str) -> np.ndarray:
+    """Integer class labels, one per sample: shape (samples,) (or (samples, 1))."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SubpruneError(f"{source}: labels must be integers, got dtype {labels.dtype}")
+    if labels.shape not in ((samples,), (samples, 1)):
+        raise SubpruneError(f"{source}: labels have shape {list(labels.shape)}, expected [{samples}] (one class index per sample)")
+    return labels.reshape(-1)
 
 
 def _shape_text(dims: list[int | None]) -> str:

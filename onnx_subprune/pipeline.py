@@ -44,11 +44,11 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
     timings["analyze"] = time.perf_counter() - clock
+    samples = len(next(iter(feeds.values())))
+    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
     providers, note = runtime.choose_providers(config.device)
     if log:
         log(note)
-    samples = len(next(iter(feeds.values())))
-    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
     split = split_samples(samples, config.holdout, config.seed)
     weights = _consumer_matrices(model, analysis.groups)
     plans, entries = _prune_groups(model, analysis.groups, weights, feeds, split, batch_size,

@@ -1,0 +1,155 @@
+"""Residual statistics of one consumer during greedy selection (METHOD.md sec. 3).
+
+For the kept set S and the effective Gram matrix G' = G (+ centering) + lambda I, the state holds
+
+- ``diag`` (n, r, r): the diagonal blocks Gr[J, J] of Gr = G' - G'[:, S] G'[S, S]^+ G'[S, :];
+- ``cross`` (d, m'): Cr = C - G'[:, S] G'[S, S]^+ C[S], with m' = min(m, d) (Gram form) or
+  min(m, N) (row form) after :func:`~onnx_subprune.select.linalg.compress_columns`, which leaves
+  every gain unchanged.
+
+Gains and updates need only one block column ``g = Gr[:, J]`` (d, r) per step; the two storage
+forms differ in how they produce it:
+
+- Gram form (left-looking block Cholesky): Gr = G' - V V^T with V (d, s) grown by one block per
+  step, so ``g = G'[:, J] - V V[J]^T``. The original Gram matrix is only read, never copied
+  (centering and ridge are applied to each block column as it is read). Memory: V, k*r x d.
+- Row form: whitened rows Bw (N, d), updated in place, with Gr = Bw^T Bw + lambda I on the
+  unpicked channels and Cr = Bw^T Yw (Yw itself is never stored: Cr is updated like in the Gram
+  form, and tr(Cr[J]^T Gr[J,J]^+ Cr[J]) = ||Q_J^T Yw||^2 for an orthonormal basis Q_J of
+  Bw[:, J] when lambda = 0). Picking J with Bw[:, J] = Q diag(sigma) E^T maps
+  Bw <- (I - Q diag(c) Q^T) Bw, c = 1 - sqrt(lambda / (lambda + sigma^2)): the plain projection
+  when lambda = 0, and with lambda > 0 exactly the ridge objective (the same as appending
+  sqrt(lambda) I rows to B and zero rows to Y) without forming any d x d matrix.
+  Memory O(N d + d m').
+
+The rank-r update ``Gr -= K Gr[J, :]``, ``Cr -= K Cr[J, :]`` with K = Gr[:, J] Gr[J, J]^+ is applied
+through the factor ``v = g E Lambda^{-1/2}`` of the kept eigen-directions of Gr[J, J].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from .linalg import compress_columns, pinv_values, psd_tolerance
+from .stats import ConsumerStats
+
+
+class Residual(ABC):
+    """Shared part of the residual state of one consumer (see the module docstring).
+
+    ``diag`` (n, r, r) and ``cross`` (d, m') are the initial G and C blocks, without the ridge.
+    """
+
+    def __init__(
+        self,
+        stats: ConsumerStats,
+        diag: np.ndarray,
+        cross: np.ndarray,
+        lam: float,
+        centered: bool,
+    ) -> None:
+        self.n = stats.n_channels
+        self.r = stats.block
+        self.lam = lam
+        self.tol = psd_tolerance(stats.gram_diag(centered))
+        self.diag = diag + lam * np.eye(self.r)
+        self.cross = cross
+        # (n,) channels not numerically dead in the original statistics
+        self.live = np.linalg.eigvalsh(diag)[:, -1] > self.tol
+
+    def _span(self, j: int) -> slice:
+        return slice(j * self.r, (j + 1) * self.r)
+
+    def gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gains (n,) tr(Cr[J]^T Gr[J,J]^+ Cr[J]) of every channel, and the mask (n,) of alive ones.
+
+        A channel is alive when its residual block (without the ridge) has an eigenvalue above the
+        tolerance; dead channels get gain 0.
+        """
+        w, e = np.linalg.eigh(self.diag)
+        blocks = self.cross.reshape(self.n, self.r, -1)
+        energy = blocks @ blocks.transpose(0, 2, 1)
+        quad = np.einsum("jrs,jrt,jts->js", e, energy, e)
+        gain = np.maximum(np.sum(quad * pinv_values(w, self.tol), axis=1), 0.0)
+        alive = w[:, -1] > self.lam + self.tol
+        return np.where(alive, gain, 0.0), alive
+
+    def commit(self, j: int) -> None:
+        """Add channel ``j`` to the kept set: Gr -= K Gr[J, :], Cr -= K Cr[J, :]."""
+        span = self._span(j)
+        g = self.column(j)
+        w, e = np.linalg.eigh(g[span])
+        keep = w > self.tol
+        factor = e[:, keep] / np.sqrt(w[keep])
+        v = g @ factor
+        vb = v.reshape(self.n, self.r, -1)
+        self.diag -= vb @ vb.transpose(0, 2, 1)
+        self.cross -= v @ (factor.T @ self.cross[span])
+        self._extend(j, v, w, e)
+
+    @abstractmethod
+    def column(self, j: int) -> np.ndarray:
+        """Block column Gr[:, J] (d, r) of the current residual Gram matrix (with the ridge)."""
+
+    @abstractmethod
+    def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+        """Form-specific update after picking channel ``j``: ``v`` (d, r') is the factor
+        g E Lambda^{-1/2} and ``w`` (r,), ``e`` (r, r) the eigen-decomposition of Gr[J, J]."""
+
+
+class GramResidual(Residual):
+    """Residual state over Gram-form statistics (left-looking block Cholesky)."""
+
+    def __init__(self, stats: ConsumerStats, lam: float, centered: bool, capacity: int) -> None:
+        cross = compress_columns(stats.cross_matrix(centered))
+        super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered)
+        self.gram = stats.gram
+        self.scaled_mean = np.sqrt(stats.n_rows) * stats.mean_b if centered else None
+        self.factor_t = np.empty((capacity * self.r, stats.d))
+        self.rank = 0
+
+    def column(self, j: int) -> np.ndarray:
+        span = self._span(j)
+        g = self.gram[span].T.copy()
+        if self.scaled_mean is not None:
+            g -= np.outer(self.scaled_mean, self.scaled_mean[span])
+        g[span] += self.lam * np.eye(self.r)
+        done = self.factor_t[: self.rank]
+        g -= done.T @ done[:, span]
+        return g
+
+    def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+        self.factor_t[self.rank : self.rank + v.shape[1]] = v.T
+        self.rank += v.shape[1]
+
+
+class RowResidual(Residual):
+    """Residual state over row-form statistics (whitened rows updated in place)."""
+
+    def __init__(self, stats: ConsumerStats, lam: float, centered: bool) -> None:
+        rows, targets = stats.row_matrices(centered)
+        cross = rows.T @ compress_columns(targets)
+        super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered)
+        self.rows = rows
+
+    def column(self, j: int) -> np.ndarray:
+        span = self._span(j)
+        g = self.rows.T @ np.ascontiguousarray(self.rows[:, span])
+        g[span] += self.lam * np.eye(self.r)
+        return g
+
+    def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+        sigma_sq = w - self.lam
+        keep = sigma_sq > self.tol
+        q = self.rows[:, self._span(j)] @ (e[:, keep] / np.sqrt(sigma_sq[keep]))
+        shrink = 1.0 - np.sqrt(self.lam / w[keep])
+        self.rows -= (q * shrink) @ (q.T @ self.rows)
+
+
+def make_residual(stats: ConsumerStats, *, lam: float, centered: bool, capacity: int) -> Residual:
+    """Residual state for ``stats`` in its storage form; ``capacity``: most channels picked."""
+    if stats.is_row_form:
+        return RowResidual(stats, lam, centered)
+    return GramResidual(stats, lam, centered, capacity)

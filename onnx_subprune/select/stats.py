@@ -1,0 +1,257 @@
+"""Least-squares statistics of one consumer of a channel group.
+
+Notation (METHOD.md sec. 1-2): B (N, d) is the consumer's unfolded input, d = n * block, channel j
+owning columns ``[j*block, (j+1)*block)``; W (d, m) is the consumer weight and Y (N, m) the target.
+"Centered" quantities subtract the column means over the N rows (bias compensation, sec. 4):
+``G_c = G - N mu mu^T``, ``C_c = C - N mu ybar^T``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_ARRAYS = ("b_sum", "y_sum", "weight", "gram", "cross", "rows", "targets")
+
+
+@dataclass(frozen=True, eq=False)
+class ConsumerStats:
+    """Streaming least-squares statistics of one consumer. Two storage forms:
+
+    Gram form: ``gram`` (d, d) = B^T B, ``cross`` (d, m) = B^T Y, float64.
+    Row form (used when N < d): ``rows`` (N, d) = B, ``targets`` (N, m) = Y, float64;
+    ``gram``/``cross`` None.
+    Always: ``y_sq`` = ||Y||_F^2, ``b_sum`` (d,) column sums of B, ``y_sum`` (m,) column sums of Y,
+    ``n_rows`` N, ``block`` columns per channel, ``weight`` (d, m) the consumer's original weight W.
+
+    Arrays are converted to float64 on construction (no copy when they already are).
+    ``eq=False``: instances compare by identity (arrays have no boolean equality).
+    """
+
+    block: int
+    n_rows: int
+    y_sq: float
+    b_sum: np.ndarray
+    y_sum: np.ndarray
+    weight: np.ndarray
+    gram: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    targets: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in _ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, np.asarray(value, dtype=np.float64))
+        object.__setattr__(self, "y_sq", float(self.y_sq))
+        self._validate()
+
+    @classmethod
+    def from_rows(
+        cls, rows: np.ndarray, targets: np.ndarray, weight: np.ndarray, block: int
+    ) -> ConsumerStats:
+        """Row-form statistics of B = ``rows`` (N, d), Y = ``targets`` (N, m), weight W (d, m).
+
+        The sums are computed here; the rows are kept (converted to float64).
+        """
+        rows = np.asarray(rows, dtype=np.float64)
+        targets = np.asarray(targets, dtype=np.float64)
+        if rows.ndim != 2 or targets.ndim != 2:
+            raise ValueError(
+                f"rows and targets must be 2-D, got shapes {rows.shape} and {targets.shape}"
+            )
+        return cls(
+            block=block,
+            n_rows=rows.shape[0],
+            y_sq=float(np.sum(targets * targets)),
+            b_sum=rows.sum(axis=0),
+            y_sum=targets.sum(axis=0),
+            weight=weight,
+            rows=rows,
+            targets=targets,
+        )
+
+    @classmethod
+    def from_gram(
+        cls,
+        gram: np.ndarray,
+        cross: np.ndarray,
+        *,
+        y_sq: float,
+        b_sum: np.ndarray,
+        y_sum: np.ndarray,
+        n_rows: int,
+        weight: np.ndarray,
+        block: int,
+    ) -> ConsumerStats:
+        """Gram-form statistics: ``gram`` (d, d) = B^T B, ``cross`` (d, m) = B^T Y, and sums."""
+        return cls(
+            block=block,
+            n_rows=n_rows,
+            y_sq=y_sq,
+            b_sum=b_sum,
+            y_sum=y_sum,
+            weight=weight,
+            gram=gram,
+            cross=cross,
+        )
+
+    # ----------------------------------------------------------------------------- shapes
+    @property
+    def d(self) -> int:
+        """Number of input columns, n_channels * block."""
+        return self.weight.shape[0]
+
+    @property
+    def m(self) -> int:
+        """Number of output columns of the consumer."""
+        return self.weight.shape[1]
+
+    @property
+    def n_channels(self) -> int:
+        """Number of producer channels n."""
+        return self.d // self.block
+
+    @property
+    def is_row_form(self) -> bool:
+        """True when the statistics hold the rows themselves rather than Gram matrices."""
+        return self.rows is not None
+
+    @property
+    def mean_b(self) -> np.ndarray:
+        """Column means mu (d,) of B."""
+        return self.b_sum / self.n_rows
+
+    @property
+    def mean_y(self) -> np.ndarray:
+        """Column means ybar (m,) of Y."""
+        return self.y_sum / self.n_rows
+
+    # ----------------------------------------------------------------------------- accessors
+    def columns(self, channels: np.ndarray) -> np.ndarray:
+        """Column indices (len(channels) * block,) of the given channels, channel-major."""
+        channels = np.asarray(channels, dtype=np.int64)
+        return (channels[:, None] * self.block + np.arange(self.block)).ravel()
+
+    def gram_diag(self, centered: bool) -> np.ndarray:
+        """Diagonal (d,) of G (or of G_c when ``centered``)."""
+        if self.is_row_form:
+            diag = np.einsum("ij,ij->j", self.rows, self.rows)
+        else:
+            diag = np.diag(self.gram).copy()
+        if centered:
+            diag -= self.n_rows * self.mean_b**2
+        return diag
+
+    def diag_blocks(self, centered: bool) -> np.ndarray:
+        """Per-channel diagonal blocks (n, block, block) of G (or G_c)."""
+        n, r = self.n_channels, self.block
+        if self.is_row_form:
+            rows = self.row_matrices(centered)[0].reshape(-1, n, r)
+            return np.einsum("kjr,kjs->jrs", rows, rows)
+        blocks = np.diagonal(self.gram.reshape(n, r, n, r), axis1=0, axis2=2).transpose(2, 0, 1)
+        blocks = blocks.copy()
+        if centered:
+            mu = self.mean_b.reshape(n, r)
+            blocks -= self.n_rows * mu[:, :, None] * mu[:, None, :]
+        return blocks
+
+    def gram_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
+        """New array G[cols, cols] (s, s) (all columns when ``cols`` is None), centered if asked."""
+        if self.is_row_form:
+            rows = self.row_matrices(centered, cols)[0]
+            return rows.T @ rows
+        idx = np.arange(self.d) if cols is None else cols
+        gram = self.gram[np.ix_(idx, idx)]
+        if centered:
+            mu = self.mean_b[idx]
+            gram -= self.n_rows * np.outer(mu, mu)
+        return gram
+
+    def cross_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
+        """C[cols] (s, m) (all columns when ``cols`` is None), centered if asked; a new array."""
+        if self.is_row_form:
+            rows, targets = self.row_matrices(centered, cols)
+            return rows.T @ targets
+        idx = np.arange(self.d) if cols is None else cols
+        cross = self.cross[idx]
+        if centered:
+            cross -= self.n_rows * np.outer(self.mean_b[idx], self.mean_y)
+        return cross
+
+    def row_matrices(
+        self, centered: bool, cols: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row form only: copies of (B[:, cols] (N, s), Y (N, m)), column-centered if asked."""
+        if not self.is_row_form:
+            raise ValueError("row_matrices needs row-form statistics (rows/targets)")
+        rows = self.rows.copy() if cols is None else self.rows[:, cols]
+        targets = self.targets.copy()
+        if centered:
+            rows -= self.mean_b if cols is None else self.mean_b[cols]
+            targets -= self.mean_y
+        return rows, targets
+
+    def target_energy(self, centered: bool) -> float:
+        """||Y||_F^2, or ||Y - 1 ybar^T||_F^2 when ``centered``."""
+        if centered:
+            return self.y_sq - self.n_rows * float(self.mean_y @ self.mean_y)
+        return self.y_sq
+
+    def ridge_lambda(self, ridge: float, centered: bool) -> float:
+        """Absolute ridge lambda = ``ridge`` * mean(diag(G)) (G centered when ``centered``)."""
+        if ridge < 0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        if ridge == 0:
+            return 0.0
+        return ridge * max(float(np.mean(self.gram_diag(centered))), 0.0)
+
+    # ----------------------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        if not isinstance(self.block, (int, np.integer)) or self.block < 1:
+            raise ValueError(f"block must be a positive integer, got {self.block!r}")
+        if not isinstance(self.n_rows, (int, np.integer)) or self.n_rows < 1:
+            raise ValueError(f"n_rows must be a positive integer, got {self.n_rows!r}")
+        if self.weight.ndim != 2:
+            raise ValueError(f"weight must be 2-D (d, m), got shape {self.weight.shape}")
+        d, m = self.weight.shape
+        if d == 0 or d % self.block:
+            raise ValueError(
+                f"weight has d={d} rows, not a positive multiple of block={self.block}"
+            )
+        gram_form = self.gram is not None or self.cross is not None
+        row_form = self.rows is not None or self.targets is not None
+        if gram_form == row_form:
+            raise ValueError("give exactly one form: (gram, cross) or (rows, targets)")
+        expected = {"b_sum": (d,), "y_sum": (m,)}
+        if gram_form:
+            expected.update(gram=(d, d), cross=(d, m))
+        else:
+            expected.update(rows=(self.n_rows, d), targets=(self.n_rows, m))
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is None:
+                raise ValueError(f"{name} is missing")
+            if value.shape != shape:
+                raise ValueError(f"{name} has shape {value.shape}, expected {shape} (d={d}, m={m})")
+        if not np.isfinite(self.y_sq) or self.y_sq < 0:
+            raise ValueError(f"y_sq must be finite and >= 0, got {self.y_sq}")
+
+
+def group_channels(consumers: Sequence[ConsumerStats]) -> int:
+    """Common n_channels of a group's consumers; ValueError if empty or inconsistent."""
+    if len(consumers) == 0:
+        raise ValueError("a channel group needs at least one consumer")
+    counts = {c.n_channels for c in consumers}
+    if len(counts) != 1:
+        raise ValueError(f"consumers disagree on the number of channels: {sorted(counts)}")
+    return counts.pop()
+
+
+def check_k(k: int, n: int) -> None:
+    """ValueError unless 1 <= k <= n."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k must satisfy 1 <= k <= n_channels={n}, got {k}")
