@@ -93,3 +93,17 @@ def matmul_gelu_matmul() -> onnx.ModelProto:
         "sqrt2": np.array(np.sqrt(2), np.float32), "one": np.array(1, np.float32),
         "half": np.array(0.5, np.float32),
     })
+
+
+def to_constant_nodes(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """Copy of ``model`` with the named initializers turned into Constant nodes (first in the graph)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    chosen = [init for init in copy.graph.initializer if init.name in names]
+    for init in chosen:
+        copy.graph.initializer.remove(init)
+    nodes = [onnx.helper.make_node("Constant", [], [init.name], value=init) for init in chosen]
+    for index, node in enumerate(nodes):
+        copy.graph.node.insert(index, node)
+    onnx.checker.check_model(copy)
+    return copy

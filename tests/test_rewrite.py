@@ -102,3 +102,42 @@ def test_bias_shift_creates_missing_biases():
     c_bias = np.linspace(1, 2, 5)[[0, 2, 4]]
     hidden = np.maximum(c_bias.sum() + np.linspace(1, 2, 7), 0)[[0, 2, 4, 6]]
     np.testing.assert_allclose(out[0], hidden.sum() + np.linspace(1, 2, 3), rtol=1e-5)
+
+
+def test_constant_nodes_prelu_and_per_channel_constants_are_sliced():
+    """Weights given as Constant nodes, a PRelu slope, a per-channel Mul and a Reshape flatten."""
+    rng = np.random.default_rng(5)
+    text = builders.header("float[N,3,4,4] x", "float[N,2] y") + """ {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1)
+        b = PRelu (a, slope)
+        c = Mul (b, scale)
+        d = Dropout (c)
+        e = Reshape (d, shape)
+        y = Gemm <transB = 1> (e, w2)
+    }"""
+    model = builders.build(text, {
+        "slope": rng.uniform(0, 0.3, (5, 1, 1)).astype(np.float32),
+        "scale": rng.uniform(0.5, 2, (1, 5, 1, 1)).astype(np.float32),
+        "shape": np.array([-1, 80], np.int64), "w1": (5, 3, 3, 3), "w2": (2, 80),
+    })
+    model = builders.to_constant_nodes(model, {"w1", "w2"})
+    (group,) = analyze(model).groups
+    assert [p.op for p in group.passthrough] == ["PRelu", "Mul", "Dropout", "Reshape"]
+    kept = (1, 3, 4)
+    pruned = rewrite(model, [GroupPlan(group, kept)])
+    onnx.checker.check_model(pruned, full_check=True)
+    assert not pruned.graph.initializer or all(i.name in ("slope", "scale", "shape") for i in pruned.graph.initializer)
+    feeds = random_feeds(model, 4)
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(_masked_constants(model, kept), feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def _masked_constants(model: onnx.ModelProto, kept) -> onnx.ModelProto:
+    """Zero the Gemm weight columns of removed channels (the weight is a Constant node)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    node = next(n for n in copy.graph.node if n.output[0] == "w2")
+    weight = onnx.numpy_helper.to_array(node.attribute[0].t).copy()
+    removed = np.setdiff1d(np.arange(5), kept)
+    weight[:, (removed[:, None] * 16 + np.arange(16)).ravel()] = 0
+    node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(weight))
+    return copy
