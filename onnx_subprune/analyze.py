@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
-from .ops import PASS_THROUGH, Layout, NotChannelWise
+from .ops import Layout, NotChannelWise, input_layout, is_depthwise, rule_for
 from .types import (
     Analysis, ChannelGroup, Consumer, ConvGeometry, PassThrough, Producer, ShapeFix, Skipped,
 )
@@ -22,27 +22,40 @@ LAYERS = ("Conv", "Gemm", "MatMul")
 
 
 def analyze(model: onnx.ModelProto) -> Analysis:
-    """Channel groups (in topological order of their producers) and skipped producers."""
+    """Channel groups (in topological order of their first producer) and skipped producers."""
     graph = import_graph(model)
-    outputs = {tensor.name for tensor in graph.outputs}
-    groups, skipped = [], []
+    boundary = _Boundary(graph)
+    groups, skipped, taken = [], [], set()
     for node in graph.nodes:
-        if node.op not in LAYERS:
+        if node.op not in LAYERS or node.name in taken:
             continue
         try:
             producer, layout = _producer(node)
-            groups.append(_follow(producer, layout, node.outputs[0], outputs))
+            group = _component(producer, layout, node.outputs[0], boundary)
         except NotChannelWise as reason:
             skipped.append(Skipped(node=node.name, op=node.op, reason=str(reason)))
+            continue
+        taken.update(p.node for p in group.producers)
+        groups.append(group)
     return Analysis(groups=tuple(groups), skipped=tuple(skipped))
+
+
+class _Boundary:
+    """Graph inputs and outputs, where a group must not reach."""
+
+    def __init__(self, graph: gs.Graph):
+        self.inputs = {t.name for t in graph.inputs}
+        self.outputs = {t.name for t in graph.outputs}
 
 
 def _producer(node: gs.Node) -> tuple[Producer, Layout]:
     """The producer description of ``node`` and the layout of its output channels."""
+    if is_depthwise(node):
+        raise NotChannelWise("depthwise Conv: its channels are pruned with its input's group")
     weight = _own_constant(node, 1)
     if node.op == "Conv":
         if node.attrs.get("group", 1) != 1:
-            raise NotChannelWise(f"grouped or depthwise Conv (group={node.attrs['group']})")
+            raise NotChannelWise(f"grouped Conv (group={node.attrs['group']})")
         bias = _optional_constant(node, 2)
         producer = Producer(node.name, node.op, node.inputs[1].name, 0, bias)
         layout = Layout(channels=weight.shape[0], axis=1 - weight.ndim, rank=weight.ndim)
@@ -66,46 +79,79 @@ def _producer(node: gs.Node) -> tuple[Producer, Layout]:
     return producer, layout
 
 
-def _follow(producer: Producer, layout: Layout, start: gs.Tensor, outputs: set[str]) -> ChannelGroup:
-    """Propagate the channels of ``start`` to their consumers (breadth first)."""
+def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _Boundary) -> ChannelGroup:
+    """All tensors tied to the channels of ``start``, walking both ways through channel-wise ops.
+
+    Downstream, a tensor's readers are consumers (Conv/Gemm/MatMul) or pass-through ops; an
+    elementwise op joining another tensor (residual Add, gating Mul) pulls that tensor in too.
+    Upstream, a tensor comes from a pass-through op or from another producer, which then joins
+    the group (its output channels are pruned identically).
+    """
     layouts: dict[str, Layout] = {start.name: layout}
-    queue = [start]
+    producers: dict[str, Producer] = {producer.node: producer}
     passthrough: dict[str, PassThrough] = {}
     consumers: dict[str, Consumer] = {}
     fixes: list[ShapeFix] = []
-    readers: list[tuple[gs.Node, gs.Tensor]] = []
+    nodes: dict[str, gs.Node] = {}
+    queue = [start]
+
+    def reach(tensor: gs.Tensor, tensor_layout: Layout) -> None:
+        known = layouts.get(tensor.name)
+        if known is None:
+            layouts[tensor.name] = tensor_layout
+            queue.append(tensor)
+        elif known != tensor_layout:
+            raise NotChannelWise(f"tensor {tensor.name} carries the channels in two layouts")
+
+    def add_passthrough(node: gs.Node, in_layout: Layout) -> None:
+        out_layout, params = rule_for(node)(node, in_layout, None)
+        passthrough[node.name] = PassThrough(node.name, node.op, params)
+        nodes[node.name] = node
+        if node.op == "Reshape" and const_value(node.inputs[1])[-1] > 0:
+            fixes.append(ShapeFix(node.name, out_layout.block))
+        for tensor in node.inputs:
+            if const_value(tensor) is None and tensor.name:
+                reach(tensor, in_layout)
+        reach(node.outputs[0], out_layout)
+
     while queue:
         tensor = queue.pop(0)
-        if tensor.name in outputs:
+        current = layouts[tensor.name]
+        if tensor.name in boundary.outputs:
             raise NotChannelWise(f"channels reach graph output {tensor.name}")
+        if tensor.name in boundary.inputs:
+            raise NotChannelWise(f"channels are tied to graph input {tensor.name}")
+        source = tensor.inputs[0] if tensor.inputs else None
+        if source is not None and source.name not in producers and source.name not in passthrough:
+            if source.op in LAYERS and not is_depthwise(source):
+                try:
+                    other, other_layout = _producer(source)
+                except NotChannelWise as reason:
+                    raise NotChannelWise(f"channels are tied to {source.op} {source.name}, not prunable: {reason}") from None
+                if other_layout.channels != current.channels or other_layout.axis != current.axis:
+                    raise NotChannelWise(f"{source.op} {source.name} joins the group with other channels")
+                producers[source.name] = other
+            elif rule_for(source) is not None:
+                add_passthrough(source, input_layout(source, current))
+            else:
+                raise NotChannelWise(f"channels come from {source.op} {source.name}, which mixes channels")
         for node in tensor.outputs:
-            readers.append((node, tensor))
             if node.name in passthrough or node.name in consumers:
                 continue
-            current = layouts[tensor.name]
-            if node.op in LAYERS:
+            if node.op in LAYERS and not is_depthwise(node):
                 consumers[node.name] = _consumer(node, tensor, current)
-                continue
-            rule = PASS_THROUGH.get(node.op)
-            if rule is None:
+            elif rule_for(node) is not None:
+                add_passthrough(node, current)
+            else:
                 raise NotChannelWise(f"channels reach {node.op} {node.name}, which mixes channels")
-            out_layout, params = rule(node, current, None)
-            passthrough[node.name] = PassThrough(node.name, node.op, params)
-            if node.op == "Reshape" and const_value(node.inputs[1])[-1] > 0:
-                fixes.append(ShapeFix(node.name, out_layout.block))
-            out = node.outputs[0]
-            if out.name not in layouts:
-                layouts[out.name] = out_layout
-                queue.append(out)
-    for node, tensor in readers:
-        if node.name in passthrough:
-            _check_inputs(node, layouts)
+    for node in nodes.values():
+        _check_inputs(node, layouts)
     if not consumers:
         raise NotChannelWise("channels reach no Conv, Gemm or MatMul")
     return ChannelGroup(
         name=producer.node,
         channels=layout.channels,
-        producers=(producer,),
+        producers=tuple(producers.values()),
         consumers=tuple(consumers.values()),
         passthrough=tuple(passthrough.values()),
         shape_fixes=tuple(fixes),
@@ -117,7 +163,7 @@ def _check_inputs(node: gs.Node, layouts: dict[str, Layout]) -> None:
     seen = [layouts[t.name] for t in node.inputs if t.name in layouts]
     if any(other != seen[0] for other in seen[1:]):
         raise NotChannelWise(f"inputs of {node.op} {node.name} lay the channels out differently")
-    PASS_THROUGH[node.op](node, seen[0], set(layouts))
+    rule_for(node)(node, seen[0], set(layouts))
 
 
 def _consumer(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:

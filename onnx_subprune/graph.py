@@ -58,26 +58,39 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def read_constants(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
-    """Values of the named initializers and ``Constant`` node outputs of ``model``."""
+    """Values of the named initializers and ``Constant`` node outputs of ``model`` (also when
+    reached through ``Identity`` nodes)."""
+    alias = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "Identity"}
+    source = {}
+    for name in names:
+        origin = name
+        while origin in alias:
+            origin = alias[origin]
+        source[name] = origin
+    wanted = set(source.values())
     found = {
-        init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name in names
+        init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name in wanted
     }
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] in names:
+        if node.op_type == "Constant" and node.output[0] in wanted:
             value = next((a for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 found[node.output[0]] = numpy_helper.to_array(value.t)
-    return found
+    return {name: found[origin] for name, origin in source.items() if origin in found}
 
 
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant tensor (initializer or ``Constant`` node output), else None."""
+    """The value of a constant tensor (initializer, ``Constant`` node output, or either behind
+    ``Identity`` nodes), else None."""
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
+    source = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if source is not None and source.op == "Constant":
+        value = source.attrs.get("value")
         if isinstance(value, gs.Constant):
             return np.asarray(value.values)
+    if source is not None and source.op == "Identity":
+        return const_value(source.inputs[0])
     return None
 
 
@@ -85,7 +98,7 @@ def set_const_value(graph: gs.Graph, node: gs.Node, index: int, value: np.ndarra
     """Give input ``index`` of ``node`` the constant ``value``.
 
     The tensor is changed in place when ``node`` is its only reader (names are kept); a shared
-    constant is left alone and the node gets a fresh initializer instead.
+    constant, or one behind an Identity, is left alone and the node gets a fresh initializer.
     """
     tensor = node.inputs[index]
     readers = [user for user in tensor.outputs if user is not node]

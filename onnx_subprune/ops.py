@@ -147,6 +147,53 @@ def _flat_layout(node: gs.Node, layout: Layout) -> Layout:
     return replace(layout, axis=-1, rank=2, block=block)
 
 
+def _transpose(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Transpose moves the channel axis to wherever the permutation puts it."""
+    _only_first_output(node)
+    if layout.rank is None or layout.block != 1:
+        raise NotChannelWise(f"Transpose {node.name} of a tensor of unknown rank")
+    perm = list(node.attrs.get("perm", range(layout.rank)[::-1]))
+    moved = perm.index(layout.rank + layout.axis)
+    return replace(layout, axis=moved - layout.rank), ()
+
+
+def is_depthwise(node: gs.Node) -> bool:
+    """A Conv with one filter per input channel (group == channels, channel multiplier 1)."""
+    weight = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    group = node.attrs.get("group", 1)
+    return node.op == "Conv" and weight is not None and group > 1 and weight.shape[0] == group and weight.shape[1] == 1
+
+
+def _depthwise(node: gs.Node, layout: Layout, group: set[str] | None):
+    """A depthwise Conv keeps channels apart: its filters and bias are sliced with them."""
+    if not layout.is_nchw or layout.block != 1 or node.attrs["group"] != layout.channels:
+        raise NotChannelWise(f"depthwise Conv {node.name} does not match the {layout.channels} channels")
+    params = [SlicedParam(index=1, axis=0)]
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        if const_value(node.inputs[2]) is None:
+            raise NotChannelWise(f"bias of depthwise Conv {node.name} is not a constant")
+        params.append(SlicedParam(index=2, axis=0))
+    return layout, tuple(params)
+
+
+def input_layout(node: gs.Node, output: Layout) -> Layout:
+    """The layout of a pass-through node's group input, given that of its output (walking
+    the graph upstream)."""
+    if node.op in ("Flatten", "Reshape"):
+        raise NotChannelWise(f"channels reach {node.op} {node.name} from below")
+    if node.op == "Transpose":
+        perm = list(node.attrs.get("perm", range(output.rank)[::-1]))
+        return replace(output, axis=perm[output.rank + output.axis] - output.rank)
+    return output
+
+
+def rule_for(node: gs.Node) -> Rule | None:
+    """The pass-through rule of ``node`` (None: the node is not channel-wise)."""
+    if node.op == "Conv":
+        return _depthwise if is_depthwise(node) else None
+    return PASS_THROUGH.get(node.op)
+
+
 def _only_first_output(node: gs.Node) -> None:
     for extra in node.outputs[1:]:
         if extra.outputs:
@@ -172,6 +219,7 @@ PASS_THROUGH: dict[str, Rule] = {
     },
     "Flatten": _flatten,
     "Reshape": _reshape,
+    "Transpose": _transpose,
 }
 
 

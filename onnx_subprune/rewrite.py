@@ -93,6 +93,8 @@ def _slice_group(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) 
         for param in passthrough.params:
             value = const_value(node.inputs[param.index])
             set_const_value(graph, node, param.index, np.take(value, _columns(kept, param.block), axis=param.axis))
+        if passthrough.op == "Conv":  # depthwise: one group per channel
+            node.attrs["group"] = len(kept)
     for fix in plan.group.shape_fixes:
         node = nodes[fix.node]
         shape = const_value(node.inputs[1]).copy()

@@ -107,3 +107,41 @@ def to_constant_nodes(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProt
         copy.graph.node.insert(index, node)
     onnx.checker.check_model(copy)
     return copy
+
+
+def residual_se_block() -> onnx.ModelProto:
+    """Stem -> inverted residual (1x1 expand, BN, Clip, depthwise 3x3, Relu, 1x1 project) with a
+    squeeze-excitation gate, residual Add with the stem, then GAP -> Flatten -> Gemm.
+
+    Groups: the stream (producers stem, project, SE fc2; consumers expand, SE fc1, Gemm), the
+    expanded channels (through the depthwise Conv) and the SE inner width.
+    """
+    text = header("float[N,3,8,8] x", "float[N,4] y") + """ {
+        r0 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w0, b0)
+        r = Relu (r0)
+        e = Conv <kernel_shape = [1, 1]> (r, w1)
+        eb = BatchNormalization (e, s1, o1, m1, v1)
+        ec = Clip (eb, lo, hi)
+        d = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 12> (ec, dw, db)
+        dr = Relu (d)
+        a = Conv <kernel_shape = [1, 1]> (dr, w2, b2)
+        p = GlobalAveragePool (a)
+        q = Conv <kernel_shape = [1, 1]> (p, se1, sb1)
+        qr = Relu (q)
+        g = Conv <kernel_shape = [1, 1]> (qr, se2, sb2)
+        gate = HardSigmoid (g)
+        m = Mul (a, gate)
+        s = Add (m, r)
+        t = Relu (s)
+        u = GlobalAveragePool (t)
+        v = Flatten (u)
+        y = Gemm <transB = 1> (v, w3, b3)
+    }"""
+    rng = np.random.default_rng(2)
+    return build(text, {
+        "w0": (6, 3, 3, 3), "b0": (6,), "w1": (12, 6, 1, 1), "s1": rng.uniform(0.5, 1.5, 12).astype(np.float32),
+        "o1": (12,), "m1": (12,), "v1": rng.uniform(0.5, 2, 12).astype(np.float32),
+        "lo": np.array(0, np.float32), "hi": np.array(6, np.float32), "dw": (12, 1, 3, 3), "db": (12,),
+        "w2": (6, 12, 1, 1), "b2": (6,), "se1": (3, 6, 1, 1), "sb1": (3,), "se2": (6, 3, 1, 1), "sb2": (6,),
+        "w3": (4, 6), "b3": (4,),
+    })

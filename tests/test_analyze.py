@@ -73,7 +73,7 @@ def test_skip_reasons():
     _, skipped = _summary(model)
     assert "graph input" in skipped["Gemm_0"]
     assert "Softmax" in skipped["Gemm_1"]
-    assert "outside the group at Add" in skipped["Gemm_4"]
+    assert "tied to Gemm Gemm_0" in skipped["Gemm_4"] and "graph input" in skipped["Gemm_4"]
     assert "graph output" in skipped["Gemm_6"]
     assert len(analyze(model).groups) == 1  # w4 -> w5
 
@@ -102,3 +102,15 @@ def test_reshape_flatten_is_followed_and_its_constant_fixed():
     (group,) = analyze(model).groups
     assert group.consumers[0].block == 16
     assert [f.block for f in group.shape_fixes] == [16]
+
+
+def test_residual_depthwise_and_se_gate_are_coupled():
+    result = analyze(builders.residual_se_block())
+    stream, expand, squeeze = result.groups
+    assert [p.node for p in stream.producers] == ["Conv_0", "Conv_7", "Conv_11"]
+    assert [c.node for c in stream.consumers] == ["Conv_2", "Conv_9", "Gemm_18"]
+    assert expand.channels == 12 and [c.node for c in expand.consumers] == ["Conv_7"]
+    depthwise = next(p for p in expand.passthrough if p.op == "Conv")
+    assert [(q.index, q.axis) for q in depthwise.params] == [(1, 0), (2, 0)]
+    assert [p.node for p in squeeze.producers] == ["Conv_9"] and [c.node for c in squeeze.consumers] == ["Conv_11"]
+    assert "depthwise" in {s.node: s.reason for s in result.skipped}["Conv_5"]

@@ -11,7 +11,7 @@ from onnx_subprune.types import ConsumerUpdate, GroupPlan
 import builders
 from helpers import masked, random_feeds, run
 
-MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul"]
+MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block"]
 
 
 def _kept(channels: int, seed: int) -> tuple[int, ...]:
@@ -140,4 +140,32 @@ def _masked_constants(model: onnx.ModelProto, kept) -> onnx.ModelProto:
     removed = np.setdiff1d(np.arange(5), kept)
     weight[:, (removed[:, None] * 16 + np.arange(16)).ravel()] = 0
     node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(weight))
+    return copy
+
+
+def test_identity_wrapped_shared_initializer_is_read_and_replaced():
+    """torch deduplicates equal initializers behind Identity nodes: each reader is pruned alone."""
+    model = builders.gemm_gemm()
+    weight = next(i for i in model.graph.initializer if i.name == "w2")
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", ["w2"], ["w2_view"]))
+    model.graph.node[3].input[1] = "w2_view"  # Gemm_2 reads the weight through Identity
+    onnx.checker.check_model(model)
+    groups = analyze(model).groups
+    assert [g.name for g in groups] == ["Gemm_1", "Gemm_3"]
+    kept = (0, 5, 7)
+    pruned = rewrite(model, [GroupPlan(groups[0], kept)])
+    onnx.checker.check_model(pruned, full_check=True)
+    feeds = random_feeds(model, 5)
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(masked_via_identity(model, groups[0], kept), feeds)[0], rtol=1e-4, atol=1e-5)
+    assert weight.name in {i.name for i in model.graph.initializer}
+
+
+def masked_via_identity(model, group, kept):
+    """masked() for a consumer whose weight sits behind an Identity: zero the initializer."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    init = next(i for i in copy.graph.initializer if i.name == "w2")
+    weight = onnx.numpy_helper.to_array(init).copy()
+    weight[:, np.setdiff1d(np.arange(group.channels), kept)] = 0
+    init.CopyFrom(onnx.numpy_helper.from_array(weight, "w2"))
     return copy
