@@ -13,9 +13,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
-from .ops import Layout, NotChannelWise, input_layout, is_depthwise, rule_for
+from .ops import ROUTING, NotChannelWise, input_layout, is_depthwise, rule_for
 from .types import (
-    Analysis, ChannelGroup, Consumer, ConvGeometry, PassThrough, Producer, ShapeFix, Skipped,
+    Analysis, ChannelGroup, Consumer, ConvGeometry, Layout, PassThrough, Producer, ShapeFix, Skipped,
 )
 
 LAYERS = ("Conv", "Gemm", "MatMul")
@@ -128,11 +128,13 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                     other, other_layout = _producer(source)
                 except NotChannelWise as reason:
                     raise NotChannelWise(f"channels are tied to {source.op} {source.name}, not prunable: {reason}") from None
-                if other_layout.channels != current.channels or other_layout.axis != current.axis:
+                if not current.is_full or other_layout.channels != current.channels or other_layout.axis != current.axis:
                     raise NotChannelWise(f"{source.op} {source.name} joins the group with other channels")
                 producers[source.name] = other
             elif rule_for(source) is not None:
                 add_passthrough(source, input_layout(source, current))
+            elif source.op in ROUTING:
+                raise NotChannelWise(f"channels are tied to the output of {source.op} {source.name}")
             else:
                 raise NotChannelWise(f"channels come from {source.op} {source.name}, which mixes channels")
         for node in tensor.outputs:
@@ -140,6 +142,12 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                 continue
             if node.op in LAYERS and not is_depthwise(node):
                 consumers[node.name] = _consumer(node, tensor, current)
+            elif node.op in ROUTING:
+                axis = None if current.rank is None else current.rank + current.axis
+                passthrough[node.name] = PassThrough(node.name, node.op, channel_axis=axis)
+                for out, out_layout in zip(node.outputs, ROUTING[node.op](node, tensor, current)):
+                    if out_layout is not None:
+                        reach(out, out_layout)
             elif rule_for(node) is not None:
                 add_passthrough(node, current)
             else:
@@ -155,6 +163,7 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
         consumers=tuple(consumers.values()),
         passthrough=tuple(passthrough.values()),
         shape_fixes=tuple(fixes),
+        tensors=tuple(layouts.items()),
     )
 
 
@@ -171,16 +180,16 @@ def _consumer(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:
     if node.inputs[0] is not tensor:
         raise NotChannelWise(f"channels reach {node.op} {node.name} as its weight operand")
     weight = _own_constant(node, 1)
-    width = layout.channels * layout.block
+    width = layout.width * layout.block
     if node.op == "Conv":
         if node.attrs.get("group", 1) != 1:
-            raise NotChannelWise(f"channels reach grouped/depthwise Conv {node.name}")
-        if not layout.is_nchw or layout.block != 1 or weight.shape[1] != layout.channels:
+            raise NotChannelWise(f"channels reach grouped Conv {node.name}")
+        if not layout.is_nchw or layout.block != 1 or weight.shape[1] != layout.width:
             raise NotChannelWise(f"Conv {node.name} does not read the channels on axis 1")
         return Consumer(
             node.name, node.op, tensor.name, node.inputs[1].name, in_axis=1,
             block=int(np.prod(weight.shape[2:])), bias=_optional_constant(node, 2),
-            conv=_geometry(node, weight, tensor),
+            conv=_geometry(node, weight, tensor), layout=layout,
         )
     if layout.axis != -1:
         raise NotChannelWise(f"{node.op} {node.name} does not read the channels on the last axis")
@@ -202,7 +211,7 @@ def _consumer(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:
         raise NotChannelWise(f"{node.op} {node.name} weight does not have {width} inputs")
     return Consumer(
         node.name, node.op, tensor.name, node.inputs[1].name, in_axis=in_axis,
-        block=layout.block, bias=bias, bias_node=bias_node, scale=scale,
+        block=layout.block, bias=bias, bias_node=bias_node, scale=scale, layout=layout,
     )
 
 

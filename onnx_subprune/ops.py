@@ -8,33 +8,14 @@ channel-wise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph import const_value
-from .types import Consumer, SlicedParam
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Channels of a tensor: ``axis`` (negative, from the end) holds ``channels * block`` entries.
-
-    ``rank`` is the tensor rank when known. ``block`` > 1 after a Flatten, where channel j owns
-    the ``block`` consecutive features [j*block, (j+1)*block).
-    """
-
-    channels: int
-    axis: int
-    rank: int | None
-    block: int = 1
-
-    @property
-    def is_nchw(self) -> bool:
-        """Channels on axis 1 of a rank >= 3 tensor (Conv/pooling/BN layout)."""
-        return self.rank is not None and self.rank >= 3 and self.axis == 1 - self.rank
+from .types import Consumer, Layout, SlicedParam
 
 
 class NotChannelWise(Exception):
@@ -56,9 +37,9 @@ def per_channel_param(value: np.ndarray, layout: Layout, index: int) -> SlicedPa
     position = value.ndim + layout.axis
     if position < 0 or value.shape[position] == 1:
         return None
-    if value.shape[position] != layout.channels * layout.block:
+    if value.shape[position] != layout.width * layout.block:
         raise NotChannelWise(
-            f"constant of shape {list(value.shape)} does not match {layout.channels} channels"
+            f"constant of shape {list(value.shape)} does not match {layout.width} channels"
         )
     return SlicedParam(index=index, axis=position, block=layout.block)
 
@@ -166,8 +147,8 @@ def is_depthwise(node: gs.Node) -> bool:
 
 def _depthwise(node: gs.Node, layout: Layout, group: set[str] | None):
     """A depthwise Conv keeps channels apart: its filters and bias are sliced with them."""
-    if not layout.is_nchw or layout.block != 1 or node.attrs["group"] != layout.channels:
-        raise NotChannelWise(f"depthwise Conv {node.name} does not match the {layout.channels} channels")
+    if not layout.is_nchw or layout.block != 1 or node.attrs["group"] != layout.width:
+        raise NotChannelWise(f"depthwise Conv {node.name} does not match the {layout.width} channels")
     params = [SlicedParam(index=1, axis=0)]
     if len(node.inputs) > 2 and node.inputs[2].name:
         if const_value(node.inputs[2]) is None:
@@ -236,3 +217,99 @@ def matrix_to_weight(consumer: Consumer, matrix: np.ndarray, like: np.ndarray) -
     if consumer.op == "Conv":
         return matrix.T.reshape(like.shape[0], -1, *like.shape[2:]).astype(like.dtype)
     return (matrix if consumer.in_axis == 0 else matrix.T).astype(like.dtype)
+
+
+def _channel_axis(node: gs.Node, layout: Layout, axis: int) -> bool:
+    """Whether ``axis`` (an attribute, possibly negative) is the layout's channel axis."""
+    if layout.rank is None:
+        raise NotChannelWise(f"{node.op} {node.name} on a tensor of unknown rank")
+    return axis % layout.rank == layout.rank + layout.axis
+
+
+def _window(layout: Layout, start: int, end: int) -> Layout | None:
+    """The layout of positions [start, end) of the channel axis (None: no group channel there)."""
+    first, last = max(start, layout.offset), min(end, layout.offset + layout.hi - layout.lo)
+    if first >= last:
+        return None
+    return replace(layout, lo=layout.lo + first - layout.offset, hi=layout.lo + last - layout.offset,
+                   offset=first - start, total=end - start)
+
+
+def _concat(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | None]:
+    """Concat on the channel axis: the group sits at an offset of the output."""
+    if layout.block != 1 or not _channel_axis(node, layout, node.attrs["axis"]):
+        raise NotChannelWise(f"Concat {node.name} is not on the channel axis")
+    if sum(t is tensor for t in node.inputs) != 1:
+        raise NotChannelWise(f"Concat {node.name} reads the channels twice")
+    sizes = [_static_dim(node, t, layout) for t in node.inputs]
+    before = sum(sizes[: [t is tensor for t in node.inputs].index(True)])
+    return [replace(layout, offset=layout.offset + before, total=sum(sizes))]
+
+
+def _split(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | None]:
+    """Split on the channel axis: each output holds a window of the group's channels."""
+    if not _channel_axis(node, layout, node.attrs.get("axis", 0)):
+        return [layout] * len(node.outputs)
+    if layout.block != 1:
+        raise NotChannelWise(f"Split {node.name} after a Flatten")
+    sizes = split_sizes(node, layout.width)
+    bounds = np.cumsum([0, *sizes])
+    return [_window(layout, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def split_sizes(node: gs.Node, width: int) -> list[int]:
+    """Output sizes of a Split of ``width`` positions (input, attribute, or equal parts)."""
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        sizes = const_value(node.inputs[1])
+        if sizes is None:
+            raise NotChannelWise(f"Split {node.name} has computed sizes")
+        return [int(s) for s in sizes]
+    if "split" in node.attrs:
+        return [int(s) for s in node.attrs["split"]]
+    parts = len(node.outputs)
+    if width % parts:
+        raise NotChannelWise(f"Split {node.name} of {width} channels into {parts} unequal parts")
+    return [width // parts] * parts
+
+
+def _slice(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | None]:
+    """Slice: a window of the channel axis (step 1), or any slicing of other axes."""
+    if layout.rank is None:
+        raise NotChannelWise(f"Slice {node.name} on a tensor of unknown rank")
+    window = slice_window(node, layout.width, layout.rank + layout.axis, layout.rank)
+    if window is None:
+        return [layout]
+    if layout.block != 1:
+        raise NotChannelWise(f"Slice {node.name} after a Flatten")
+    return [_window(layout, *window)]
+
+
+def slice_window(node: gs.Node, width: int, channel_axis: int, rank: int) -> tuple[int, int] | None:
+    """[start, end) that a Slice (opset >= 10) keeps of the channel axis of ``width`` positions
+    (None: it does not slice that axis)."""
+    present = [len(node.inputs) > i and bool(node.inputs[i].name) for i in range(1, 5)]
+    starts, ends, axes, steps = (const_value(node.inputs[i + 1]) if p else None for i, p in enumerate(present))
+    if any(p and v is None for p, v in zip(present, (starts, ends, axes, steps))):
+        raise NotChannelWise(f"Slice {node.name} has computed bounds")
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if int(axis) % rank != channel_axis:
+            continue
+        if step != 1:
+            raise NotChannelWise(f"Slice {node.name} with step {step} on the channel axis")
+        first, last = (int(np.clip(v + width if v < 0 else v, 0, width)) for v in (start, end))
+        return first, last
+    return None
+
+
+def _static_dim(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> int:
+    shape = tensor.shape
+    dim = shape[layout.rank + layout.axis] if shape is not None and len(shape) == layout.rank else None
+    if not isinstance(dim, int):
+        raise NotChannelWise(f"channel count of {tensor.name} at {node.op} {node.name} is unknown")
+    return dim
+
+
+ROUTING = {"Concat": _concat, "Split": _split, "Slice": _slice}
+"""Ops that move channels between tensors: (node, group tensor, layout) -> layout per output."""

@@ -14,39 +14,69 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import const_value, name_nodes, set_const_value
-from .ops import matrix_to_weight
-from .types import Consumer, ConsumerUpdate, GroupPlan
+from .graph import const_value, import_graph, set_const_value
+from .ops import matrix_to_weight, slice_window, split_sizes
+from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough
 
 WEIGHT, BIAS = 1, 2
 
 
 def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
-    """The pruned model: same opset, IR version, metadata and names of untouched nodes."""
-    graph = gs.import_onnx(name_nodes(model))
+    """The pruned model: same opset, IR version, metadata and names of untouched nodes.
+
+    A consumer shared by several groups (after a Concat) takes the update of the last plan that
+    touches it: that update was fitted with the earlier groups already pruned.
+    """
+    graph = import_graph(model)
     nodes = {node.name: node for node in graph.nodes}
-    added_bias: dict[str, gs.Node] = {}
+    masks = channel_masks(plans)
+    latest: dict[str, tuple[Consumer, ConsumerUpdate]] = {}
     for plan in plans:
         updates = {update.node: update for update in plan.updates}
         for consumer in plan.group.consumers:
-            update = updates.get(consumer.node, ConsumerUpdate(consumer.node))
-            _update_consumer(graph, nodes, consumer, update, plan.kept, added_bias)
+            latest[consumer.node] = (consumer, updates.get(consumer.node, ConsumerUpdate(consumer.node)))
+    added_bias: dict[str, gs.Node] = {}
+    for consumer, update in latest.values():
+        _update_consumer(graph, nodes, consumer, update, masks[consumer.input], added_bias)
+    sliced: set[str] = set()
     for plan in plans:
-        _slice_group(graph, nodes, plan, added_bias)
+        _slice_producers(graph, nodes, plan, added_bias)
+        for passthrough in plan.group.passthrough:
+            if passthrough.node not in sliced:
+                sliced.add(passthrough.node)
+                _slice_passthrough(graph, nodes[passthrough.node], passthrough, masks)
+        for fix in plan.group.shape_fixes:
+            node = nodes[fix.node]
+            shape = const_value(node.inputs[1]).copy()
+            shape[-1] = int(masks[node.inputs[0].name].sum()) * fix.block
+            set_const_value(graph, node, 1, shape)
     return _export(graph, model)
 
 
+def channel_masks(plans: Sequence[GroupPlan]) -> dict[str, np.ndarray]:
+    """Tensor name -> which positions of its channel axis survive (bool, one per position)."""
+    masks: dict[str, np.ndarray] = {}
+    for plan in plans:
+        for name, layout in plan.group.tensors:
+            mask = masks.setdefault(name, np.ones(layout.width, dtype=bool))
+            channels = np.arange(layout.lo, layout.hi)
+            mask[layout.offset : layout.offset + len(channels)] = np.isin(channels, plan.kept)
+    return masks
+
+
 def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
-                     kept: tuple[int, ...], added_bias: dict[str, gs.Node]) -> None:
+                     mask: np.ndarray, added_bias: dict[str, gs.Node]) -> None:
     node = nodes[consumer.node]
     weight = const_value(node.inputs[WEIGHT])
+    block = 1 if consumer.op == "Conv" else consumer.block
     if update.weight is not None:
+        if update.weight.shape[0] != int(mask.sum()) * consumer.block:
+            raise ValueError(f"{consumer.node}: update has {update.weight.shape[0]} rows, expected {int(mask.sum()) * consumer.block}")
         new = matrix_to_weight(consumer, update.weight, weight)
         if consumer.op == "Gemm":
             node.attrs["alpha"] = 1.0
     else:
-        block = 1 if consumer.op == "Conv" else consumer.block
-        new = np.take(weight, _columns(kept, block), axis=consumer.in_axis)
+        new = np.take(weight, _columns(np.flatnonzero(mask), block), axis=consumer.in_axis)
     set_const_value(graph, node, WEIGHT, new)
     if update.bias_shift is not None and np.any(update.bias_shift):
         _shift_bias(graph, nodes, consumer, update.bias_shift.astype(weight.dtype), added_bias)
@@ -78,7 +108,7 @@ def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias)
     added_bias[node.name] = add
 
 
-def _slice_group(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) -> None:
+def _slice_producers(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) -> None:
     kept = np.asarray(plan.kept, dtype=np.int64)
     channels = plan.group.channels
     for producer in plan.group.producers:
@@ -88,18 +118,53 @@ def _slice_group(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) 
             _slice_last(graph, node, BIAS, kept, channels)
         if producer.node in added_bias:
             _slice_last(graph, added_bias[producer.node], 1, kept, channels)
-    for passthrough in plan.group.passthrough:
-        node = nodes[passthrough.node]
-        for param in passthrough.params:
-            value = const_value(node.inputs[param.index])
-            set_const_value(graph, node, param.index, np.take(value, _columns(kept, param.block), axis=param.axis))
-        if passthrough.op == "Conv":  # depthwise: one group per channel
-            node.attrs["group"] = len(kept)
-    for fix in plan.group.shape_fixes:
-        node = nodes[fix.node]
-        shape = const_value(node.inputs[1]).copy()
-        shape[-1] = len(kept) * fix.block
-        set_const_value(graph, node, 1, shape)
+
+
+def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: dict[str, np.ndarray]) -> None:
+    """Slice a pass-through node's per-channel parameters (or fix its channel sizes) to the
+    surviving positions of its input."""
+    mask = masks[next(t.name for t in node.inputs if t.name in masks)]
+    survivors = np.flatnonzero(mask)
+    for param in passthrough.params:
+        value = const_value(node.inputs[param.index])
+        set_const_value(graph, node, param.index, np.take(value, _columns(survivors, param.block), axis=param.axis))
+    if passthrough.op == "Conv":  # depthwise: one group per channel
+        node.attrs["group"] = len(survivors)
+    elif passthrough.op == "Split":
+        _resize_split(graph, node, passthrough, mask)
+    elif passthrough.op == "Slice":
+        _resize_slice(graph, node, passthrough, mask)
+
+
+def _resize_split(graph, node: gs.Node, passthrough: PassThrough, mask: np.ndarray) -> None:
+    """New Split sizes: the surviving positions of each output's range (a channel-axis Split)."""
+    rank = len(node.inputs[0].shape)
+    if node.attrs.get("axis", 0) % rank != passthrough.channel_axis:
+        return
+    bounds = np.cumsum([0, *split_sizes(node, len(mask))])
+    sizes = np.array([mask[s:e].sum() for s, e in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
+    if "split" in node.attrs:
+        node.attrs["split"] = [int(s) for s in sizes]
+        return
+    node.attrs.pop("num_outputs", None)
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        set_const_value(graph, node, 1, sizes)
+    else:
+        node.inputs.append(gs.Constant(f"{node.name}_sizes", sizes))
+
+
+def _resize_slice(graph, node: gs.Node, passthrough: PassThrough, mask: np.ndarray) -> None:
+    """New Slice bounds on the channel axis: the surviving positions before each bound."""
+    rank = len(node.inputs[0].shape)
+    window = slice_window(node, len(mask), passthrough.channel_axis, rank)
+    if window is None:
+        return
+    starts, ends = const_value(node.inputs[1]).copy(), const_value(node.inputs[2]).copy()
+    axes = const_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else np.arange(len(starts))
+    index = next(i for i, axis in enumerate(axes) if int(axis) % rank == passthrough.channel_axis)
+    starts[index], ends[index] = (int(mask[:bound].sum()) for bound in window)
+    set_const_value(graph, node, 1, starts)
+    set_const_value(graph, node, 2, ends)
 
 
 def _slice_last(graph, node: gs.Node, index: int, kept: np.ndarray, channels: int) -> None:

@@ -21,6 +21,47 @@ class ConvGeometry:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where a group's channels sit in a tensor.
+
+    ``axis`` (negative, from the end) of a tensor of ``rank`` (None: unknown) holds, at positions
+    [offset, offset + hi - lo), the group's channels [lo, hi) of ``channels`` in all; the axis
+    has ``total`` positions (other groups' channels after a Concat; None: hi - lo). After a
+    Flatten each position owns ``block`` consecutive features.
+    """
+
+    channels: int
+    axis: int
+    rank: int | None
+    block: int = 1
+    lo: int = 0
+    hi: int | None = None
+    offset: int = 0
+    total: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.hi is None:
+            object.__setattr__(self, "hi", self.channels)
+        if self.total is None:
+            object.__setattr__(self, "total", self.offset + self.hi - self.lo)
+
+    @property
+    def width(self) -> int:
+        """Positions on the channel axis (``total``)."""
+        return self.total
+
+    @property
+    def is_full(self) -> bool:
+        """The tensor holds exactly the group's channels, in order."""
+        return self.lo == 0 and self.hi == self.channels and self.offset == 0 and self.total == self.channels
+
+    @property
+    def is_nchw(self) -> bool:
+        """Channels on axis 1 of a rank >= 3 tensor (Conv/pooling/BN layout)."""
+        return self.rank is not None and self.rank >= 3 and self.axis == 1 - self.rank
+
+
+@dataclass(frozen=True)
 class Producer:
     """A layer whose output channels are pruned: its weight is sliced along ``out_axis``."""
 
@@ -46,11 +87,15 @@ class SlicedParam:
 
 @dataclass(frozen=True)
 class PassThrough:
-    """A channel-wise node between producer and consumers and the parameters to slice."""
+    """A channel-wise node between producer and consumers and the parameters to slice.
+
+    ``channel_axis``: the (non-negative) channel axis of its input, for Split and Slice.
+    """
 
     node: str
     op: str
     params: tuple[SlicedParam, ...] = ()
+    channel_axis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +113,8 @@ class Consumer:
     ``input`` is the data tensor to capture; ``block`` columns of the unfolded input belong
     to each channel (kernel window size for a Conv, H*W after a Flatten, else 1). ``bias`` is
     the tensor holding the bias (Conv B, Gemm C, or the constant of a following Add named by
-    ``bias_node``), None if the layer has none.
+    ``bias_node``), None if the layer has none. ``layout`` says which of its input channels
+    belong to the group (all of them unless the input comes from a Concat or Split).
     """
 
     node: str
@@ -81,11 +127,15 @@ class Consumer:
     bias_node: str | None = None
     conv: ConvGeometry | None = None
     scale: float = 1.0
+    layout: Layout | None = None
 
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Tensors whose channel axis is pruned identically: producers -> pass-throughs -> consumers."""
+    """Tensors whose channel axis is pruned identically: producers -> pass-throughs -> consumers.
+
+    ``tensors``: every tensor carrying the group's channels, with their layout.
+    """
 
     name: str
     channels: int
@@ -93,6 +143,7 @@ class ChannelGroup:
     consumers: tuple[Consumer, ...]
     passthrough: tuple[PassThrough, ...] = ()
     shape_fixes: tuple[ShapeFix, ...] = ()
+    tensors: tuple[tuple[str, Layout], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,68 @@ def residual_se_block() -> onnx.ModelProto:
         "w2": (6, 12, 1, 1), "b2": (6,), "se1": (3, 6, 1, 1), "sb1": (3,), "se2": (6, 3, 1, 1), "sb2": (6,),
         "w3": (4, 6), "b3": (4,),
     })
+
+
+def csp_split_concat() -> onnx.ModelProto:
+    """Conv -> Split in halves; one half through two convs; Concat with the other half -> 1x1 Conv."""
+    text = header("float[N,3,6,6] x", "float[N,4] y") + """ {
+        c0 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w0, b0)
+        r0 = Relu (c0)
+        a, b = Split <axis = 1> (r0, halves)
+        c1 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (b, w1, b1)
+        r1 = Relu (c1)
+        c2 = Conv <kernel_shape = [1, 1]> (r1, w2, b2)
+        r2 = Relu (c2)
+        cat = Concat <axis = 1> (a, r2)
+        c3 = Conv <kernel_shape = [1, 1]> (cat, w3, b3)
+        r3 = Relu (c3)
+        p = GlobalAveragePool (r3)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w4, b4)
+    }"""
+    return build(text, {
+        "w0": (8, 3, 3, 3), "b0": (8,), "halves": np.array([4, 4], np.int64), "w1": (4, 4, 3, 3), "b1": (4,),
+        "w2": (4, 4, 1, 1), "b2": (4,), "w3": (6, 8, 1, 1), "b3": (6,), "w4": (4, 6), "b4": (4,),
+    })
+
+
+def dense_block() -> onnx.ModelProto:
+    """DenseNet-style: each layer BN-Relu-Conv adds channels to a growing Concat, BN after Concat."""
+    text = header("float[N,2,6,6] x", "float[N,3] y") + """ {
+        c0 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w0, b0)
+        r = Relu (c0)
+        n1a = BatchNormalization (r, s1, o1, m1, v1)
+        n1b = Relu (n1a)
+        n1 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (n1b, w1, b1)
+        cat1 = Concat <axis = 1> (r, n1)
+        n2a = BatchNormalization (cat1, s2, o2, m2, v2)
+        n2b = Relu (n2a)
+        n2 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (n2b, w2, b2)
+        cat2 = Concat <axis = 1> (cat1, n2)
+        t = Conv <kernel_shape = [1, 1]> (cat2, w3, b3)
+        p = AveragePool <kernel_shape = [2, 2], strides = [2, 2]> (t)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w4, b4)
+    }"""
+    rng = np.random.default_rng(3)
+    bn = lambda n, tag: {f"s{tag}": rng.uniform(0.5, 1.5, n).astype(np.float32), f"o{tag}": (n,), f"m{tag}": (n,),
+                         f"v{tag}": rng.uniform(0.5, 2, n).astype(np.float32)}
+    return build(text, {
+        "w0": (6, 2, 3, 3), "b0": (6,), **bn(6, 1), "w1": (3, 6, 3, 3), "b1": (3,), **bn(9, 2),
+        "w2": (3, 9, 3, 3), "b2": (3,), "w3": (5, 12, 1, 1), "b3": (5,), "w4": (3, 45), "b4": (3,),
+    })
+
+
+def channel_slice() -> onnx.ModelProto:
+    """Conv -> Slice of channels [2, 6) -> Conv: only part of the producer's channels are read."""
+    text = header("float[N,3,5,5] x", "float[N,3] y") + """ {
+        c0 = Conv <kernel_shape = [1, 1]> (x, w0, b0)
+        s = Slice (c0, starts, ends, axes)
+        c1 = Conv <kernel_shape = [3, 3]> (s, w1, b1)
+        f = Flatten (c1)
+        y = Gemm <transB = 1> (f, w2, b2)
+    }"""
+    return build(text, {
+        "w0": (8, 3, 1, 1), "b0": (8,), "starts": np.array([2], np.int64), "ends": np.array([6], np.int64),
+        "axes": np.array([1], np.int64), "w1": (5, 4, 3, 3), "b1": (5,), "w2": (3, 45), "b2": (3,),
+    })

@@ -20,9 +20,11 @@ def masked(model: onnx.ModelProto, group: ChannelGroup, kept) -> onnx.ModelProto
     """Copy of ``model`` whose consumers of ``group`` ignore the removed channels (weights zeroed)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    removed = np.setdiff1d(np.arange(group.channels), kept)
     inits = {init.name: init for init in copy.graph.initializer}
     for consumer in group.consumers:
+        layout = consumer.layout
+        seen = np.arange(layout.lo, layout.hi)
+        removed = layout.offset + np.flatnonzero(~np.isin(seen, kept))
         weight = numpy_helper.to_array(inits[consumer.weight]).copy()
         index = [slice(None)] * weight.ndim
         if consumer.op == "Conv":

@@ -11,7 +11,8 @@ from onnx_subprune.types import ConsumerUpdate, GroupPlan
 import builders
 from helpers import masked, random_feeds, run
 
-MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block"]
+MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block",
+          "csp_split_concat", "dense_block", "channel_slice"]
 
 
 def _kept(channels: int, seed: int) -> tuple[int, ...]:
