@@ -57,19 +57,25 @@ def capture_stats(
     split: Split,
     batch_size: int,
     progress: Progress | None = None,
+    targets: dict[str, np.ndarray] | None = None,
 ) -> list[GroupStats]:
     """Statistics for every consumer of ``groups``.
 
     source: onnxruntime session giving B (it outputs every consumer's input tensor);
     reference: session giving A from the original model, or None for A = B;
-    weights: consumer node name -> (d, m) original weight matrix W, so that Y = A W.
+    weights: consumer node name -> (d, m) weight matrix W whose rows match B's columns;
+    targets: consumer node name -> (d_A, m) matrix W_A with Y = A W_A, when it differs from W
+    (a consumer whose other input channels were already pruned in the source model).
     """
     consumers = [c for group in groups for c in group.consumers]
     results = {}
     for label, indices in (("calibration", split.calibration), ("holdout", split.holdout)):
         if len(indices) == 0:
             continue
-        accumulators = {c.node: _Accumulator(weights[c.node], c.block, len(indices)) for c in consumers}
+        accumulators = {
+            c.node: _Accumulator(weights[c.node], (targets or {}).get(c.node, weights[c.node]), c.block, len(indices))
+            for c in consumers
+        }
         names = sorted({c.input for c in consumers})
         total = -(-len(indices) // batch_size)
         for done, feed in enumerate(batches(feeds, indices, batch_size), start=1):
@@ -101,8 +107,9 @@ def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:
 class _Accumulator:
     """Running B^T B, B^T Y, ||Y||^2 and column sums of one consumer (or its rows when few)."""
 
-    def __init__(self, weight: np.ndarray, block: int, samples: int):
+    def __init__(self, weight: np.ndarray, target: np.ndarray, block: int, samples: int):
         self.weight = np.asarray(weight, dtype=np.float64)
+        self.target = np.asarray(target, dtype=np.float64)
         self.block = block
         self.samples = samples
         d, m = self.weight.shape
@@ -127,8 +134,8 @@ class _Accumulator:
             rows = unfold(consumer, x_b[start : start + step]).astype(np.float64)
             if rows.shape[1] != d:
                 raise ValueError(f"{consumer.node}: unfolded {rows.shape[1]} columns, weight has {d}")
-            same = x_a is x_b
-            targets = (rows if same else unfold(consumer, x_a[start : start + step]).astype(np.float64)) @ self.weight
+            source = rows if x_a is x_b else unfold(consumer, x_a[start : start + step]).astype(np.float64)
+            targets = source @ self.target
             self._fold(rows, targets)
 
     def _fold(self, rows: np.ndarray, targets: np.ndarray) -> None:

@@ -62,7 +62,7 @@ def test_cross_statistics_use_the_reference_model():
     groups, weights, session, feeds = _setup(model, 12)
     shifted = {k: v + 1.0 for k, v in feeds.items()}
     consumer = groups[0].consumers[0]
-    acc = _Accumulator(weights[consumer.node], consumer.block, 12)
+    acc = _Accumulator(weights[consumer.node], weights[consumer.node], consumer.block, 12)
     x_b = runtime.run(session, feeds)[consumer.input]
     x_a = runtime.run(session, shifted)[consumer.input]
     acc.add(consumer, x_b, x_a)
@@ -78,7 +78,7 @@ def test_memory_does_not_grow_with_samples():
 
     def peak(batches: int) -> int:
         tracemalloc.start()
-        acc = _Accumulator(weights[consumer.node], consumer.block, 64 * batches)
+        acc = _Accumulator(weights[consumer.node], weights[consumer.node], consumer.block, 64 * batches)
         for _ in range(batches):
             acc.add(consumer, x, x)
         acc.stats()

@@ -23,11 +23,13 @@ class Refit:
 
 
 def kept_columns(stats: ConsumerStats, kept: np.ndarray) -> np.ndarray:
-    """Column indices (len(kept) * block,) of ``kept`` (strictly increasing channel indices)."""
+    """Column indices (len(kept) * block,) of ``kept`` (non-empty, strictly increasing)."""
     kept = np.asarray(kept)
-    if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer):
-        raise ValueError(f"kept must be a 1-D integer array, got {kept.dtype} shape {kept.shape}")
-    if kept.size and (kept[0] < 0 or kept[-1] >= stats.n_channels or np.any(np.diff(kept) <= 0)):
+    if kept.ndim != 1 or kept.size == 0 or not np.issubdtype(kept.dtype, np.integer):
+        raise ValueError(
+            f"kept must be a non-empty 1-D integer array, got {kept.dtype} shape {kept.shape}"
+        )
+    if kept[0] < 0 or kept[-1] >= stats.n_channels or np.any(np.diff(kept) <= 0):
         raise ValueError(
             f"kept must be strictly increasing channel indices in [0, {stats.n_channels})"
         )

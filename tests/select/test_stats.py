@@ -1,0 +1,96 @@
+"""ConsumerStats construction, validation and accessors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from select_helpers import FORMS, columns, make_stats, random_problem
+
+from onnx_subprune.select import ConsumerStats
+
+
+@pytest.fixture
+def problem():
+    return random_problem(np.random.default_rng(0), 5, 3, 40, 4, mixing=1.0)
+
+
+def test_from_rows_sums(problem):
+    b, y, w = problem
+    stats = ConsumerStats.from_rows(b, y, w, 3)
+    assert stats.is_row_form and stats.gram is None and stats.cross is None
+    assert (stats.n_rows, stats.d, stats.m, stats.n_channels) == (40, 15, 4, 5)
+    np.testing.assert_allclose(stats.b_sum, b.sum(0))
+    np.testing.assert_allclose(stats.y_sum, y.sum(0))
+    assert stats.y_sq == pytest.approx(np.sum(y**2))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("centered", [True, False])
+def test_accessors_match_direct(problem, form, centered):
+    b, y, w = problem
+    stats = make_stats(form, b, y, w, 3)
+    bc = b - b.mean(0) if centered else b
+    yc = y - y.mean(0) if centered else y
+    cols = columns([1, 4], 3)
+    np.testing.assert_allclose(stats.gram_matrix(centered), bc.T @ bc, atol=1e-9)
+    np.testing.assert_allclose(stats.gram_matrix(centered, cols), bc[:, cols].T @ bc[:, cols])
+    np.testing.assert_allclose(stats.cross_matrix(centered, cols), bc[:, cols].T @ yc, atol=1e-9)
+    np.testing.assert_allclose(stats.gram_diag(centered), np.sum(bc**2, 0))
+    blocks = stats.diag_blocks(centered)
+    for j in range(5):
+        np.testing.assert_allclose(blocks[j], bc[:, 3 * j : 3 * j + 3].T @ bc[:, 3 * j : 3 * j + 3])
+    assert stats.target_energy(centered) == pytest.approx(np.sum(yc**2))
+    assert stats.ridge_lambda(0.5, centered) == pytest.approx(0.5 * np.mean(np.sum(bc**2, 0)))
+
+
+def test_accessors_do_not_mutate(problem):
+    b, y, w = problem
+    stats = make_stats("gram", b, y, w, 3)
+    gram = stats.gram.copy()
+    stats.gram_matrix(True)[:] = 0
+    stats.cross_matrix(True)[:] = 0
+    stats.diag_blocks(True)[:] = 0
+    np.testing.assert_array_equal(stats.gram, gram)
+    with pytest.raises(ValueError, match="row-form"):
+        stats.row_matrices(True)
+
+
+def _gram_kwargs(b, y, w):
+    return dict(
+        gram=b.T @ b, cross=b.T @ y, y_sq=float(np.sum(y * y)), b_sum=b.sum(0), y_sum=y.sum(0),
+        n_rows=b.shape[0], weight=w, block=3,
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(block=4), "multiple of block"),
+        (dict(block=0), "block must be"),
+        (dict(n_rows=0), "n_rows must be"),
+        (dict(cross=np.zeros((15, 5))), "cross has shape"),
+        (dict(gram=np.zeros((15, 14))), "gram has shape"),
+        (dict(b_sum=np.zeros(14)), "b_sum has shape"),
+        (dict(y_sum=np.zeros(3)), "y_sum has shape"),
+        (dict(weight=np.zeros(15)), "weight must be 2-D"),
+        (dict(y_sq=-1.0), "y_sq"),
+        (dict(cross=None), "exactly one form|cross is missing"),
+    ],
+)
+def test_validation(problem, change, message):
+    kwargs = _gram_kwargs(*problem)
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=message):
+        ConsumerStats.from_gram(**kwargs)
+
+
+def test_validation_mixed_forms(problem):
+    b, y, w = problem
+    with pytest.raises(ValueError, match="exactly one form"):
+        ConsumerStats(block=3, n_rows=40, y_sq=1.0, b_sum=b.sum(0), y_sum=y.sum(0), weight=w,
+                      gram=b.T @ b, cross=b.T @ y, rows=b, targets=y)
+    with pytest.raises(ValueError, match="rows has shape"):
+        ConsumerStats(block=3, n_rows=39, y_sq=1.0, b_sum=b.sum(0), y_sum=y.sum(0), weight=w,
+                      rows=b, targets=y)
+    with pytest.raises(ValueError, match="2-D"):
+        ConsumerStats.from_rows(b.ravel(), y, w, 3)
