@@ -8,12 +8,14 @@ reported as :class:`Skipped` with the reason.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
-from .ops import ROUTING, NotChannelWise, input_layout, is_depthwise, rule_for
+from .ops import ROUTING, NotChannelWise, concat_layout, input_layout, is_depthwise, rule_for
 from .types import (
     Analysis, ChannelGroup, Consumer, ConvGeometry, Layout, PassThrough, Producer, ShapeFix, Skipped,
 )
@@ -114,7 +116,14 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                 reach(tensor, in_layout)
         reach(node.outputs[0], out_layout)
 
-    while queue:
+    concats: dict[str, gs.Node] = {}
+    while queue or any(name not in passthrough for name in concats):
+        if not queue:
+            for name, node in concats.items():
+                if name not in passthrough:
+                    passthrough[name] = PassThrough(name, node.op)
+                    reach(node.outputs[0], concat_layout(node, layouts))
+            continue
         tensor = queue.pop(0)
         current = layouts[tensor.name]
         if tensor.name in boundary.outputs:
@@ -128,9 +137,10 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                     other, other_layout = _producer(source)
                 except NotChannelWise as reason:
                     raise NotChannelWise(f"channels are tied to {source.op} {source.name}, not prunable: {reason}") from None
-                if not current.is_full or other_layout.channels != current.channels or other_layout.axis != current.axis:
+                if (other_layout.channels, other_layout.axis) != (current.seen, current.axis) or \
+                        current.total != current.seen or len(current.windows) != 1:
                     raise NotChannelWise(f"{source.op} {source.name} joins the group with other channels")
-                producers[source.name] = other
+                producers[source.name] = other if current.is_full else replace(other, layout=current)
             elif rule_for(source) is not None:
                 add_passthrough(source, input_layout(source, current))
             elif source.op in ROUTING:
@@ -138,9 +148,13 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
             else:
                 raise NotChannelWise(f"channels come from {source.op} {source.name}, which mixes channels")
         for node in tensor.outputs:
+            if node.op == "Concat" and node.name in passthrough:
+                raise NotChannelWise(f"channels reach Concat {node.name} after its output was laid out")
             if node.name in passthrough or node.name in consumers:
                 continue
-            if node.op in LAYERS and not is_depthwise(node):
+            if node.op == "Concat":
+                concats[node.name] = node
+            elif node.op in LAYERS and not is_depthwise(node):
                 consumers[node.name] = _consumer(node, tensor, current)
             elif node.op in ROUTING:
                 axis = None if current.rank is None else current.rank + current.axis

@@ -228,22 +228,28 @@ def _channel_axis(node: gs.Node, layout: Layout, axis: int) -> bool:
 
 def _window(layout: Layout, start: int, end: int) -> Layout | None:
     """The layout of positions [start, end) of the channel axis (None: no group channel there)."""
-    first, last = max(start, layout.offset), min(end, layout.offset + layout.hi - layout.lo)
-    if first >= last:
-        return None
-    return replace(layout, lo=layout.lo + first - layout.offset, hi=layout.lo + last - layout.offset,
-                   offset=first - start, total=end - start)
+    windows = []
+    for lo, hi, offset in layout.windows:
+        first, last = max(start, offset), min(end, offset + hi - lo)
+        if first < last:
+            windows.append((lo + first - offset, lo + last - offset, first - start))
+    return replace(layout, windows=tuple(windows), total=end - start) if windows else None
 
 
-def _concat(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | None]:
-    """Concat on the channel axis: the group sits at an offset of the output."""
-    if layout.block != 1 or not _channel_axis(node, layout, node.attrs["axis"]):
+def concat_layout(node: gs.Node, layouts: dict[str, Layout]) -> Layout:
+    """The group's layout in the output of a channel-axis Concat, from its inputs' layouts
+    (``layouts``: tensor name -> layout, for the inputs that carry the group)."""
+    first = next(layouts[t.name] for t in node.inputs if t.name in layouts)
+    if first.block != 1 or not _channel_axis(node, first, node.attrs["axis"]):
         raise NotChannelWise(f"Concat {node.name} is not on the channel axis")
-    if sum(t is tensor for t in node.inputs) != 1:
-        raise NotChannelWise(f"Concat {node.name} reads the channels twice")
-    sizes = [_static_dim(node, t, layout) for t in node.inputs]
-    before = sum(sizes[: [t is tensor for t in node.inputs].index(True)])
-    return [replace(layout, offset=layout.offset + before, total=sum(sizes))]
+    windows, position = [], 0
+    for tensor in node.inputs:
+        if tensor.name in layouts:
+            windows += [(lo, hi, position + offset) for lo, hi, offset in layouts[tensor.name].windows]
+        position += _static_dim(node, tensor, first)
+    if len({lo for lo, _, _ in windows}) != len(windows):
+        raise NotChannelWise(f"Concat {node.name} repeats the channels")
+    return replace(first, windows=tuple(sorted(windows)), total=position)
 
 
 def _split(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | None]:
@@ -311,5 +317,6 @@ def _static_dim(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> int:
     return dim
 
 
-ROUTING = {"Concat": _concat, "Split": _split, "Slice": _slice}
-"""Ops that move channels between tensors: (node, group tensor, layout) -> layout per output."""
+ROUTING = {"Split": _split, "Slice": _slice}
+"""Ops that cut the channel axis: (node, group tensor, layout) -> layout per output (None: the
+output holds none of the group's channels). Concat is handled by :func:`concat_layout`."""

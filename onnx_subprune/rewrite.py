@@ -59,8 +59,9 @@ def channel_masks(plans: Sequence[GroupPlan]) -> dict[str, np.ndarray]:
     for plan in plans:
         for name, layout in plan.group.tensors:
             mask = masks.setdefault(name, np.ones(layout.width, dtype=bool))
-            channels = np.arange(layout.lo, layout.hi)
-            mask[layout.offset : layout.offset + len(channels)] = np.isin(channels, plan.kept)
+            where = layout.positions()
+            seen = where >= 0
+            mask[where[seen]] = np.isin(np.flatnonzero(seen), plan.kept)
     return masks
 
 
@@ -109,9 +110,11 @@ def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias)
 
 
 def _slice_producers(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) -> None:
-    kept = np.asarray(plan.kept, dtype=np.int64)
-    channels = plan.group.channels
     for producer in plan.group.producers:
+        kept, channels = np.asarray(plan.kept, dtype=np.int64), plan.group.channels
+        if producer.layout is not None:  # makes only the channels [lo, hi) of the group
+            (lo, hi, _), = producer.layout.windows
+            kept, channels = kept[(kept >= lo) & (kept < hi)] - lo, hi - lo
         node = nodes[producer.node]
         set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), kept, axis=producer.out_axis))
         if len(node.inputs) > BIAS and node.inputs[BIAS].name:

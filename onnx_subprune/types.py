@@ -24,26 +24,25 @@ class ConvGeometry:
 class Layout:
     """Where a group's channels sit in a tensor.
 
-    ``axis`` (negative, from the end) of a tensor of ``rank`` (None: unknown) holds, at positions
-    [offset, offset + hi - lo), the group's channels [lo, hi) of ``channels`` in all; the axis
-    has ``total`` positions (other groups' channels after a Concat; None: hi - lo). After a
-    Flatten each position owns ``block`` consecutive features.
+    ``axis`` (negative, from the end) of a tensor of ``rank`` (None: unknown) has ``total``
+    positions; each window (lo, hi, offset) puts the group's channels [lo, hi) (of ``channels``)
+    at positions [offset, offset + hi - lo). One full window unless a Split, Slice or Concat cut
+    or combined channels; positions outside every window hold other channels. After a Flatten
+    each position owns ``block`` consecutive features.
     """
 
     channels: int
     axis: int
     rank: int | None
     block: int = 1
-    lo: int = 0
-    hi: int | None = None
-    offset: int = 0
+    windows: tuple[tuple[int, int, int], ...] | None = None
     total: int | None = None
 
     def __post_init__(self) -> None:
-        if self.hi is None:
-            object.__setattr__(self, "hi", self.channels)
+        if self.windows is None:
+            object.__setattr__(self, "windows", ((0, self.channels, 0),))
         if self.total is None:
-            object.__setattr__(self, "total", self.offset + self.hi - self.lo)
+            object.__setattr__(self, "total", max(offset + hi - lo for lo, hi, offset in self.windows))
 
     @property
     def width(self) -> int:
@@ -51,9 +50,21 @@ class Layout:
         return self.total
 
     @property
+    def seen(self) -> int:
+        """How many of the group's channels the tensor holds."""
+        return sum(hi - lo for lo, hi, _ in self.windows)
+
+    def positions(self) -> np.ndarray:
+        """(channels,) position of each group channel in the tensor, -1 where absent."""
+        where = np.full(self.channels, -1, dtype=np.int64)
+        for lo, hi, offset in self.windows:
+            where[lo:hi] = np.arange(offset, offset + hi - lo)
+        return where
+
+    @property
     def is_full(self) -> bool:
         """The tensor holds exactly the group's channels, in order."""
-        return self.lo == 0 and self.hi == self.channels and self.offset == 0 and self.total == self.channels
+        return self.windows == ((0, self.channels, 0),) and self.total == self.channels
 
     @property
     def is_nchw(self) -> bool:
@@ -63,13 +74,18 @@ class Layout:
 
 @dataclass(frozen=True)
 class Producer:
-    """A layer whose output channels are pruned: its weight is sliced along ``out_axis``."""
+    """A layer whose output channels are pruned: its weight is sliced along ``out_axis``.
+
+    ``layout``: set when the layer makes only some of the group's channels (a residual joined
+    to one output of a Split: one window at offset 0); None when it makes all of them.
+    """
 
     node: str
     op: str
     weight: str
     out_axis: int
     bias: str | None = None
+    layout: Layout | None = None
 
 
 @dataclass(frozen=True)

@@ -210,3 +210,25 @@ def channel_slice() -> onnx.ModelProto:
         "w0": (8, 3, 1, 1), "b0": (8,), "starts": np.array([2], np.int64), "ends": np.array([6], np.int64),
         "axes": np.array([1], np.int64), "w1": (5, 4, 3, 3), "b1": (5,), "w2": (3, 45), "b2": (3,),
     })
+
+
+def csp_residual() -> onnx.ModelProto:
+    """CSP with a residual inside one half: Split -> (b + Conv(Relu(Conv(b)))) -> Concat."""
+    text = header("float[N,3,6,6] x", "float[N,4] y") + """ {
+        c0 = Conv <kernel_shape = [1, 1]> (x, w0, b0)
+        r0 = Relu (c0)
+        a, b = Split <axis = 1> (r0, halves)
+        c1 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (b, w1, b1)
+        r1 = Relu (c1)
+        c2 = Conv <kernel_shape = [1, 1]> (r1, w2, b2)
+        s = Add (b, c2)
+        cat = Concat <axis = 1> (a, s)
+        c3 = Conv <kernel_shape = [1, 1]> (cat, w3, b3)
+        p = GlobalAveragePool (c3)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w4, b4)
+    }"""
+    return build(text, {
+        "w0": (8, 3, 1, 1), "b0": (8,), "halves": np.array([4, 4], np.int64), "w1": (3, 4, 3, 3), "b1": (3,),
+        "w2": (4, 3, 1, 1), "b2": (4,), "w3": (6, 8, 1, 1), "b3": (6,), "w4": (4, 6), "b4": (4,),
+    })

@@ -21,10 +21,11 @@ def masked(model: onnx.ModelProto, group: ChannelGroup, kept) -> onnx.ModelProto
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     inits = {init.name: init for init in copy.graph.initializer}
+    inits.update({n.output[0]: n.attribute[0].t for n in copy.graph.node if n.op_type == "Constant"})
     for consumer in group.consumers:
         layout = consumer.layout
-        seen = np.arange(layout.lo, layout.hi)
-        removed = layout.offset + np.flatnonzero(~np.isin(seen, kept))
+        where = layout.positions()
+        removed = where[(where >= 0) & ~np.isin(np.arange(group.channels), kept)]
         weight = numpy_helper.to_array(inits[consumer.weight]).copy()
         index = [slice(None)] * weight.ndim
         if consumer.op == "Conv":
@@ -32,7 +33,7 @@ def masked(model: onnx.ModelProto, group: ChannelGroup, kept) -> onnx.ModelProto
         else:
             index[consumer.in_axis] = (removed[:, None] * consumer.block + np.arange(consumer.block)).ravel()
         weight[tuple(index)] = 0
-        inits[consumer.weight].CopyFrom(numpy_helper.from_array(weight, consumer.weight))
+        inits[consumer.weight].CopyFrom(numpy_helper.from_array(weight, inits[consumer.weight].name))
     return copy
 
 

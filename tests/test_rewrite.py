@@ -12,7 +12,7 @@ import builders
 from helpers import masked, random_feeds, run
 
 MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block",
-          "csp_split_concat", "dense_block", "channel_slice"]
+          "csp_split_concat", "dense_block", "channel_slice", "csp_residual"]
 
 
 def _kept(channels: int, seed: int) -> tuple[int, ...]:

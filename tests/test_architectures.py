@@ -1,0 +1,54 @@
+"""Coupled channel groups on exported architectures (models/arch, built by
+tools/build_test_architectures.py): residual stages, depthwise convolutions, SE gates,
+Split/Concat, dense blocks, a transformer FFN, weights as Constant nodes, an NHWC input."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import masked, run
+from onnx_subprune.analyze import analyze
+from onnx_subprune.rewrite import rewrite
+from onnx_subprune.types import GroupPlan
+
+ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
+GROUPS = {
+    "resnet_mixed": 9, "mobilenetv2": 5, "mobilenetv3_se": 7, "csp_split_concat": 5,
+    "densenet_block": 5, "bert_layer": 1,
+}
+MODELS = [*GROUPS, *(f"{name}_const" for name in GROUPS), "nhwc_cnn"]
+
+
+def _feeds(name: str, samples: int = 6) -> dict[str, np.ndarray]:
+    data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
+    with np.load(ARCH / f"{data}.npz") as archive:
+        return {"input": archive["input"][:samples]}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_expected_group_count(name):
+    expected = GROUPS.get(name.removesuffix("_const"), 2)
+    assert len(analyze(onnx.load(ARCH / f"{name}.onnx")).groups) == expected
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_refit_rewrite_equals_masked_original(name):
+    model = onnx.load(ARCH / f"{name}.onnx")
+    feeds = _feeds(name)
+    rng = np.random.default_rng(0)
+    for group in analyze(model).groups:
+        kept = tuple(sorted(rng.choice(group.channels, size=max(1, group.channels // 2), replace=False).tolist()))
+        pruned = rewrite(model, [GroupPlan(group, kept)])
+        onnx.checker.check_model(pruned, full_check=True)
+        for got, want in zip(run(pruned, feeds), run(masked(model, group, kept), feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4, err_msg=group.name)
+
+
+def test_skip_reasons_on_the_encoder_layer():
+    skipped = {s.node: s.reason for s in analyze(onnx.load(ARCH / "bert_layer.onnx")).skipped}
+    assert "computed shape" in skipped["/q/MatMul"]  # attention heads: Reshape of a computed shape
+    assert "not a constant" in skipped["/MatMul"]  # attention scores: weight computed
+    assert "graph input" in skipped["/attn_out/MatMul"]  # residual stream tied to the input
+    assert "LayerNormalization" in skipped["/fc2/MatMul"]
