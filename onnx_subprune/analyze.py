@@ -8,13 +8,16 @@ reported as :class:`Skipped` with the reason.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
+from .metrics import count_params
 from .ops import ROUTING, NotChannelWise, concat_layout, input_layout, is_depthwise, rule_for
 from .types import (
     Analysis, ChannelGroup, Consumer, ConvGeometry, Layout, PassThrough, Producer, ShapeFix, Skipped,
@@ -23,9 +26,62 @@ from .types import (
 LAYERS = ("Conv", "Gemm", "MatMul")
 
 
-def analyze(model: onnx.ModelProto) -> Analysis:
-    """Channel groups (in topological order of their first producer) and skipped producers."""
+def analyze(model: onnx.ModelProto, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Analysis:
+    """Channel groups (in topological order of their first producer) and skipped producers.
+
+    ``exclude``: node-name globs; a group any of whose producers or consumers matches is not
+    pruned. ``include``: when given, only groups with a producer that matches are pruned.
+    """
+    found = _discover(import_graph(model))
+    groups, skipped = [], list(found.skipped)
+    for group in found.groups:
+        reason = _filtered(group, include, exclude)
+        if reason is None:
+            groups.append(group)
+        else:
+            skipped += [Skipped(p.node, p.op, reason) for p in group.producers]
+    return Analysis(groups=tuple(groups), skipped=tuple(skipped))
+
+
+def coverage(model: onnx.ModelProto, analysis: Analysis) -> dict:
+    """How much of the model the groups reach: groups, channels, and the float parameters of
+    the tensors whose shape the groups change (each counted once) as a fraction of all."""
     graph = import_graph(model)
+    nodes = {node.name: node for node in graph.nodes}
+    touched: dict[str, int] = {}
+    for group in analysis.groups:
+        slots = [(p.node, 1) for p in group.producers] + [(c.node, 1) for c in group.consumers]
+        slots += [(p.node, 2) for p in group.producers if p.bias] + [(c.node, 2) for c in group.consumers if c.bias]
+        slots += [(p.node, q.index) for p in group.passthrough for q in p.params]
+        for node, index in slots:
+            tensor = nodes[node].inputs[index]
+            value = const_value(tensor)
+            if value is not None and np.issubdtype(value.dtype, np.floating):
+                touched[tensor.name] = value.size
+    total = count_params(model)
+    return {
+        "groups": len(analysis.groups),
+        "channels": sum(g.channels for g in analysis.groups),
+        "params_in_groups": sum(touched.values()),
+        "params_total": total,
+        "fraction": sum(touched.values()) / total if total else 0.0,
+    }
+
+
+def _filtered(group: ChannelGroup, include: Sequence[str], exclude: Sequence[str]) -> str | None:
+    """Why ``group`` is left out by the --include / --exclude globs (None: it is kept)."""
+    names = [p.node for p in group.producers] + [c.node for c in group.consumers]
+    for pattern in exclude:
+        hit = next((name for name in names if fnmatch.fnmatchcase(name, pattern)), None)
+        if hit:
+            return f"excluded by --exclude {pattern} ({hit})"
+    if include and not any(fnmatch.fnmatchcase(p.node, pattern) for p in group.producers for pattern in include):
+        return f"not matched by --include {' '.join(include)}"
+    return None
+
+
+def _discover(graph: gs.Graph) -> Analysis:
+    """Every channel group of ``graph`` and every candidate producer that is skipped."""
     boundary = _Boundary(graph)
     groups, skipped, taken = [], [], set()
     for node in graph.nodes:

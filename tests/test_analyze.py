@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 
 import builders
-from onnx_subprune.analyze import analyze
+from onnx_subprune.analyze import analyze, coverage
 
 
 def _summary(model):
@@ -114,3 +114,21 @@ def test_residual_depthwise_and_se_gate_are_coupled():
     assert [(q.index, q.axis) for q in depthwise.params] == [(1, 0), (2, 0)]
     assert [p.node for p in squeeze.producers] == ["Conv_9"] and [c.node for c in squeeze.consumers] == ["Conv_11"]
     assert "depthwise" in {s.node: s.reason for s in result.skipped}["Conv_5"]
+
+
+def test_include_and_exclude_globs():
+    model = builders.conv_bn_pool_conv()
+    result = analyze(model, exclude=["Gemm_*"])
+    assert [g.name for g in result.groups] == ["Conv_0"]
+    assert "excluded by --exclude Gemm_*" in {s.node: s.reason for s in result.skipped}["Conv_4"]
+    result = analyze(model, include=["Conv_4"])
+    assert [g.name for g in result.groups] == ["Conv_4"]
+    assert "--include" in {s.node: s.reason for s in result.skipped}["Conv_0"]
+
+
+def test_coverage_counts_each_touched_tensor_once():
+    model = builders.conv_flatten_gemm()
+    report = coverage(model, analyze(model))
+    # w1 b1 (Conv 6x2x3x3 + 6), w2 b2 (Gemm 7x96 + 7), w3 b3 (Gemm 7x4 + 4)
+    assert report["params_in_groups"] == 108 + 6 + 672 + 7 + 28 + 4
+    assert report["fraction"] == 1.0 and report["groups"] == 2 and report["channels"] == 13

@@ -1,0 +1,66 @@
+"""Choose one group's channels from its statistics, for plain and coupled consumers alike.
+
+A consumer reads exactly the group's channels in a chain; after a Concat it also reads other
+channels (fixed while this group is chosen), after a Split only some of them. Channel positions
+are those of the model as pruned so far (``plans``): groups already pruned have shrunk the
+consumers they share.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .calibrate import GroupStats
+from .config import PruneConfig
+from .rewrite import channel_masks
+from .select import GroupSelection, select_group
+from .select.coupling import restrict, select_coupled
+from .types import ChannelGroup, GroupPlan
+
+
+def current_positions(group: ChannelGroup, plans: Sequence[GroupPlan]) -> list[np.ndarray] | None:
+    """Per consumer, (n,) the input channel holding each group channel in the model pruned by
+    ``plans`` (-1: the consumer does not read it); None when every consumer reads exactly the
+    group's channels."""
+    masks = channel_masks(plans)
+    if all(c.layout.is_full and c.input not in masks for c in group.consumers):
+        return None
+    result = []
+    for consumer in group.consumers:
+        where = consumer.layout.positions()
+        mask = masks.get(consumer.input)
+        if mask is not None:
+            where = np.where(where >= 0, np.cumsum(mask)[where] - 1, -1)
+        result.append(where)
+    return result
+
+
+def original_to_current(group: ChannelGroup, stats: GroupStats, plans: Sequence[GroupPlan]) -> GroupStats:
+    """Statistics captured on the original model, restricted to the consumer channels that the
+    model pruned by ``plans`` still has (the other groups' removed channels dropped)."""
+    masks = channel_masks(plans)
+    if not any(c.input in masks for c in group.consumers):
+        return stats
+
+    def cut(all_stats):
+        return tuple(
+            restrict(s, np.flatnonzero(masks[c.input])) if c.input in masks else s
+            for c, s in zip(group.consumers, all_stats)
+        )
+
+    return GroupStats(cut(stats.calibration), None if stats.holdout is None else cut(stats.holdout))
+
+
+def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
+           plans: Sequence[GroupPlan] = (), refit: bool | None = None) -> GroupSelection:
+    """Select ``k`` channels of ``group``; ``stats`` are in the coordinates of the model pruned
+    by ``plans``. Each fit has one row block per input channel the consumer keeps."""
+    options = dict(method=config.method, refit_weights=config.refit if refit is None else refit,
+                   ridge=config.ridge, bias_compensation=config.bias_compensation, seed=config.seed,
+                   holdout=stats.holdout)
+    positions = current_positions(group, plans)
+    if positions is None:
+        return select_group(stats.calibration, k, **options)
+    return select_coupled(stats.calibration, positions, k, **options)
