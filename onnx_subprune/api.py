@@ -16,7 +16,7 @@ from .errors import SubpruneError
 from .files import check_writable, write_atomic
 from .graph import load_model, name_nodes, save_model
 from .metrics import count_macs, count_params
-from .pipeline import Log, PruneResult, prune
+from .pipeline import Log, PruneResult, prune, sensitivity
 from .verify import accuracy, fidelity, is_classifier, latency_ms, predict
 
 
@@ -59,6 +59,30 @@ def prune_file(model_path: str | Path, output: str | Path, calib: str | Path, co
     if report_path is not None:
         write_json(result.report, report_path)
     return result
+
+
+def sensitivity_file(model_path: str | Path, calib: str | Path, config: PruneConfig,
+                     plot_path: str | Path | None = None, progress: Progress | None = None,
+                     log: Log | None = None) -> dict:
+    """Per-group sensitivity curves of ``model_path`` on ``calib``; with ``plot_path``, also a PNG
+    (needs matplotlib). Everything is checked before the work starts."""
+    if plot_path is not None:
+        check_writable(plot_path)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SubpruneError("--plot needs matplotlib, which is not installed: "
+                                "pip install 'onnx-subprune[plot]'") from None
+    model = load_model(model_path)
+    feeds = check_inputs(load_arrays(calib), model, f"calibration data {calib}")
+    report, curves = sensitivity(model, feeds, config, progress, log)
+    report["model"] = str(model_path)
+    if plot_path is not None:
+        from .sensitivity import plot_curves
+
+        plot_curves(curves, str(plot_path), f"sensitivity of {Path(model_path).name}")
+        report["plot"] = str(plot_path)
+    return report
 
 
 def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path: str | Path,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import sys
+from fractions import Fraction
 
 import click
 
 from . import api
-from .config import METHODS, PruneConfig
+from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, METHODS, PruneConfig
 from .errors import SubpruneError
 from .runtime import DEVICES
 
@@ -95,13 +96,23 @@ def analyze_cmd(model: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
 @click.option("--calib", required=True, type=click.Path(dir_okay=False),
               help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
-@click.option("--keep", default=0.5, show_default=True, type=float, help="Fraction of each group's channels to keep, in (0, 1].")
+@click.option("--keep", type=float, help="Fraction of each group's channels to keep, in (0, 1]  [default: 0.5 unless a target is given]")
+@click.option("--target-params", type=float, metavar="RATIO",
+              help="Keep this fraction of the model's float params (0 < RATIO <= 1); per-group counts are allocated. Not with --keep.")
+@click.option("--target-flops", type=float, metavar="RATIO",
+              help="Keep this fraction of the model's MACs (0 < RATIO <= 1); may be combined with --target-params. Not with --keep.")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS),
+              help="How a target is split over groups: sensitivity (equal loss on measured per-group output-error curves) or uniform (one keep fraction).  [default: sensitivity]")
+@click.option("--min-keep", type=float, metavar="FRACTION",
+              help="Fewest channels any group keeps, as a fraction (rounded up, at least 1).  [default: 1/16 with a target, else 1 channel]")
+@click.option("--round-to", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="Kept counts are multiples of N in groups with at least N channels (or all channels).")
 @click.option("--method", default="asym", show_default=True, type=click.Choice(METHODS),
               help="asym/seq/layer: greedy selection (statistics from the pruned model vs the original, the pruned model, or the original); the rest are baseline rankings.")
 @click.option("--no-refit", is_flag=True, help="Keep the consumers' original weights of the kept channels (no least-squares re-fit).")
 @click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept (the paper's exact objective).")
 @click.option("--ridge", default=1e-3, show_default=True, type=float, help="Ridge, relative to the mean diagonal of the Gram matrix, for selection and refit.")
-@click.option("--holdout", default=0.2, show_default=True, type=float, help="Fraction of calibration samples held out to report held-out explained variance.")
+@click.option("--holdout", default=0.2, show_default=True, type=float, help="Fraction of calibration samples held out to report held-out explained variance (and measure sensitivity on).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
@@ -109,18 +120,31 @@ def analyze_cmd(model: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def prune_cmd(model, output, calib, keep, method, no_refit, no_bias_compensation, ridge, holdout,
-              device, batch_size, seed, report_path, as_json, quiet) -> None:
+def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
+              method, no_refit, no_bias_compensation, ridge, holdout, device, batch_size, seed,
+              report_path, as_json, quiet) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
+
+    Either every group keeps the same fraction (--keep), or the model is brought to a size
+    target (--target-params / --target-flops) with per-group counts chosen by --allocation.
 
     \b
     Example:
       onnx-subprune prune models/lenet5.onnx -o lenet5_pruned.onnx \\
           --calib models/digits_calib.npz --keep 0.5 --report report.json
+      onnx-subprune prune models/vgg_bn.onnx -o vgg_quarter.onnx \\
+          --calib models/digits_calib.npz --target-params 0.25 --round-to 8
     """
-    config = PruneConfig(keep=keep, method=method, refit=not no_refit,
+    targeted = target_params is not None or target_flops is not None
+    if targeted and keep is not None:
+        raise click.UsageError("--keep cannot be combined with --target-params/--target-flops")
+    if allocation is not None and not targeted:
+        raise click.UsageError("--allocation needs --target-params or --target-flops")
+    config = PruneConfig(keep=0.5 if keep is None else keep, method=method, refit=not no_refit,
                          bias_compensation=not no_bias_compensation, ridge=ridge, holdout=holdout,
-                         batch_size=batch_size, seed=seed, device=device)
+                         batch_size=batch_size, seed=seed, device=device, target_params=target_params,
+                         target_flops=target_flops, allocation=allocation or "sensitivity",
+                         min_keep=min_keep, round_to=round_to)
     bar = _Progress(not quiet)
     try:
         result = api.prune_file(model, output, calib, config, report_path, progress=bar, log=_note)
@@ -130,17 +154,109 @@ def prune_cmd(model, output, calib, keep, method, no_refit, no_bias_compensation
 
 
 def _prune_summary(report: dict, output: str) -> str:
-    params, macs = report["params"], report["macs"]
-    lines = [
-        f"wrote {output}: {len(report['groups'])} groups pruned ({report['method']}, keep {report['keep']})",
-        f"  params {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.1%})",
-        f"  MACs   {macs['before']:,} -> {macs['after']:,} ({macs['after'] / max(macs['before'], 1):.1%})",
+    params, macs, target = report["params"], report["macs"], report.get("target")
+    if target is None:
+        how = f"keep {report['keep']}" if report.get("keep") is not None else "given counts"
+        lines = [
+            f"wrote {output}: {len(report['groups'])} groups pruned ({report['method']}, {how})",
+            f"  params {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.1%})",
+            f"  MACs   {macs['before']:,} -> {macs['after']:,} ({macs['after'] / max(macs['before'], 1):.1%})",
+        ]
+    else:
+        wanted = lambda ratio: f", target {ratio:.2%}" if ratio is not None else ""
+        achieved = target["achieved"]
+        lines = [
+            f"wrote {output}: {len(report['groups'])} groups pruned ({report['method']}, {target['allocation']} allocation)",
+            f"  params {params['before']:,} -> {params['after']:,} ({achieved['params']:.2%}{wanted(target['params'])})",
+            f"  MACs   {macs['before']:,} -> {macs['after']:,} ({achieved['macs']:.2%}{wanted(target['flops'])})",
+        ]
+    lines += [
         f"  relative output error on calibration inputs: {report['output_error']:.4f}",
         "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
     ]
+    if target is not None:
+        lines.append(_group_table(report["groups"]))
     starved = [g["producer"] for g in report["groups"] if g["underdetermined"]]
     if starved:
         lines.append(f"  note: {len(starved)} groups had fewer calibration rows than columns: {', '.join(starved)}")
+    return "\n".join(lines)
+
+
+def _group_table(groups: list[dict]) -> str:
+    """Per group: kept/channels, fraction, params and MACs of its layers, predicted loss."""
+    width = max(len("group"), *(len(g["producer"]) for g in groups))
+    rows = [f"  {'group':<{width}}  {'kept':>9}  {'frac':>6}  {'params':>11}  {'MACs':>13}  {'pred. loss':>10}"]
+    for g in groups:
+        loss = "-" if g.get("predicted_loss") is None else f"{g['predicted_loss']:.4f}"
+        rows.append(f"  {g['producer']:<{width}}  {str(g['k']) + '/' + str(g['channels']):>9}  "
+                    f"{g['fraction']:>6.1%}  {g['params']:>11,}  {g['macs']:>13,}  {loss:>10}")
+    return "\n".join(rows)
+
+
+@main.command("sensitivity")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", required=True, type=click.Path(dir_okay=False),
+              help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
+@click.option("--method", default="asym", show_default=True, type=click.Choice(METHODS),
+              help="Ranking whose kept sets are measured (asym/seq/layer: the greedy order on the original model).")
+@click.option("--min-keep", default=DEFAULT_MIN_KEEP, show_default=True, type=float, metavar="FRACTION",
+              help="Smallest kept fraction measured.")
+@click.option("--samples", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Held-out samples the output error is measured on.")
+@click.option("--no-refit", is_flag=True, help="Measure without the least-squares re-fit.")
+@click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept.")
+@click.option("--ridge", default=1e-3, show_default=True, type=float, help="Ridge for selection and refit.")
+@click.option("--holdout", default=0.2, show_default=True, type=float, help="Fraction of calibration samples held out (the error is measured on them).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also draw the curves into a PNG (needs matplotlib: pip install 'onnx-subprune[plot]').")
+@click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_compensation, ridge,
+                    holdout, device, batch_size, seed, plot_path, as_json, quiet) -> None:
+    """Per-group sensitivity of MODEL: output error with one group pruned vs its kept fraction.
+
+    Each group alone is pruned (greedy order, least-squares refit) at a few kept fractions and
+    the relative error of the model's outputs is measured on held-out calibration samples; these
+    curves drive --allocation sensitivity in 'prune'.
+
+    \b
+    Example:
+      onnx-subprune sensitivity models/lenet5.onnx --calib models/digits_calib.npz \\
+          --plot lenet5_sensitivity.png
+    """
+    config = PruneConfig(method=method, refit=not no_refit, bias_compensation=not no_bias_compensation,
+                         ridge=ridge, holdout=holdout, batch_size=batch_size, seed=seed, device=device,
+                         min_keep=min_keep, sensitivity_samples=samples)
+    bar = _Progress(not quiet)
+    try:
+        result = api.sensitivity_file(model, calib, config, plot_path, progress=bar, log=_note)
+    finally:
+        bar.close()
+    _emit(result, as_json, _sensitivity_table(result))
+
+
+def _fraction_label(fraction: float) -> str:
+    exact = Fraction(fraction).limit_denominator(64)
+    if abs(float(exact) - fraction) < 1e-9:
+        return f"{exact.numerator}/{exact.denominator}"
+    return f"{fraction:.3g}"
+
+
+def _sensitivity_table(result: dict) -> str:
+    fractions = result["fractions"]
+    width = max(len("group"), *(len(g["producer"]) for g in result["groups"]))
+    lines = [f"relative output error with one group pruned ({result['samples']['measured']} "
+             f"{result['samples']['measured_on']} samples), by kept fraction",
+             f"  {'group':<{width}}  {'channels':>8}  " + "  ".join(f"{_fraction_label(f):>7}" for f in fractions)]
+    for group in result["groups"]:
+        cells = "  ".join(f"{e:>7.4f}" for e in group["by_fraction"])
+        lines.append(f"  {group['producer']:<{width}}  {group['channels']:>8}  {cells}")
+    if result.get("plot"):
+        lines.append(f"wrote {result['plot']}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import SubpruneError
@@ -9,6 +10,9 @@ from .errors import SubpruneError
 GREEDY = ("asym", "seq", "layer")
 BASELINES = ("weight-norm", "activation-norm", "random")
 METHODS = GREEDY + BASELINES
+ALLOCATIONS = ("sensitivity", "uniform")
+DEFAULT_MIN_KEEP = 1 / 16
+"""Floor of a group's kept fraction under a target (see :meth:`PruneConfig.min_count`)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,19 @@ class PruneConfig:
         held-out explained variance.
     batch_size: samples per onnxruntime run.  seed: sample split and random baseline.
     device: auto | cpu | cuda.  verify_samples: samples used for the final output check.
+
+    Compression targets (``keep`` is then ignored):
+    target_params / target_flops: fraction of the model's float params / MACs to keep, in (0, 1]
+        (either or both); per-group counts come from ``allocation``.
+    allocation: sensitivity (equal loss on label-free per-group output-error curves) | uniform
+        (one keep fraction for all groups).
+    min_keep: fewest channels a group keeps, as a fraction (rounded up, at least 1 channel);
+        None: 1/16 under a target, 1 channel with ``keep``.
+    round_to: kept counts are multiples of this in groups with at least that many channels
+        (a group may also keep all its channels).
+    sensitivity_points: keep fractions at which each group's output error is measured (plus
+        the floor).  sensitivity_samples: held-out samples (calibration ones if too few are held
+        out) the output error is measured on.
     """
 
     keep: float = 0.5
@@ -37,10 +54,30 @@ class PruneConfig:
     seed: int = 0
     device: str = "auto"
     verify_samples: int = 512
+    target_params: float | None = None
+    target_flops: float | None = None
+    allocation: str = "sensitivity"
+    min_keep: float | None = None
+    round_to: int = 1
+    sensitivity_points: tuple[float, ...] = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
+    sensitivity_samples: int = 256
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:
             raise SubpruneError(f"--keep must be in (0, 1], got {self.keep}")
+        for name, value in (("--target-params", self.target_params), ("--target-flops", self.target_flops)):
+            if value is not None and not (math.isfinite(value) and 0 < value <= 1):
+                raise SubpruneError(f"{name} must be in (0, 1], got {value}")
+        if self.allocation not in ALLOCATIONS:
+            raise SubpruneError(f"unknown allocation {self.allocation!r} (choose from {', '.join(ALLOCATIONS)})")
+        if self.min_keep is not None and not (math.isfinite(self.min_keep) and 0 < self.min_keep <= 1):
+            raise SubpruneError(f"--min-keep must be in (0, 1], got {self.min_keep}")
+        if self.round_to < 1:
+            raise SubpruneError(f"--round-to must be >= 1, got {self.round_to}")
+        if not self.sensitivity_points or not all(0 < f < 1 for f in self.sensitivity_points):
+            raise SubpruneError("sensitivity points must be fractions in (0, 1)")
+        if self.sensitivity_samples < 1:
+            raise SubpruneError(f"sensitivity samples must be >= 1, got {self.sensitivity_samples}")
         if self.method not in METHODS:
             raise SubpruneError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.ridge < 0:
@@ -55,6 +92,34 @@ class PruneConfig:
         """How statistics are captured: the method's own variant, asym for the baselines."""
         return self.method if self.method in GREEDY else "asym"
 
+    @property
+    def has_target(self) -> bool:
+        """A params or FLOPs target is set (per-group counts are allocated)."""
+        return self.target_params is not None or self.target_flops is not None
+
+    @property
+    def floor_fraction(self) -> float:
+        """The min-keep fraction in force (0: only the one-channel floor)."""
+        if self.min_keep is not None:
+            return self.min_keep
+        return DEFAULT_MIN_KEEP if self.has_target else 0.0
+
+    def min_count(self, channels: int) -> int:
+        """Fewest channels a group of ``channels`` may keep: ceil(floor_fraction * n), >= 1.
+
+        The default floor under a target, 1/16 of the group, is the smallest count at which the
+        sensitivity curves are measured, so no allocation rests on an extrapolated loss; a
+        group cut by more than 16x also becomes a bottleneck whose least-squares refit rests on
+        a handful of columns and whose one-layer loss no longer predicts the joint one.
+        """
+        return max(1, min(channels, math.ceil(self.floor_fraction * channels - 1e-9)))
+
     def kept_count(self, channels: int) -> int:
-        """Channels kept in a group of ``channels``."""
-        return max(1, min(channels, int(self.keep * channels + 0.5)))
+        """Channels kept in a group of ``channels`` under ``keep`` (no target): round(keep * n),
+        halves up, at least the floor, on the ``round_to`` grid."""
+        wanted = max(self.min_count(channels), min(channels, int(self.keep * channels + 0.5)))
+        if self.round_to == 1 or channels < self.round_to:
+            return wanted
+        from .budget import round_count
+
+        return round_count(channels, wanted, self.min_count(channels), self.round_to)

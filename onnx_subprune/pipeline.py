@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,17 +12,24 @@ import onnx
 from . import runtime
 from .analyze import analyze
 from .calibrate import GroupStats, Progress, capture_stats, split_samples
+from .budget import (
+    Allocation, Limits, SizeModel, allocate_equal_loss, allocate_uniform, check_reachable, grid,
+)
 from .config import PruneConfig
-from .errors import UnsupportedPattern
+from .errors import SubpruneError, UnsupportedPattern
 from .graph import name_nodes, read_constants
 from .metrics import count_macs, count_params
 from .ops import consumer_matrix
-from .rewrite import rewrite
-from .select import select_group
+from .rewrite import channel_masks, rewrite
+from .choose import choose, original_to_current
+from .sensitivity import Curve, measure_curves
 from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
 
 Log = Callable[[str], None]
+
+MIN_HELD_OUT = 16
+"""Fewest held-out samples the sensitivity curves are measured on (else calibration samples)."""
 
 
 @dataclass(frozen=True)
@@ -34,15 +41,26 @@ class PruneResult:
 
 
 def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneConfig,
-          progress: Progress | None = None, log: Log | None = None) -> PruneResult:
+          progress: Progress | None = None, log: Log | None = None,
+          counts: Sequence[int] | None = None) -> PruneResult:
     """Prune every channel group of ``model`` using calibration ``feeds`` (checked inputs,
-    first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional."""
+    first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional.
+
+    Kept counts per group: ``counts`` (in the order of ``analyze(model).groups``) when given,
+    else allocated to meet ``config``'s params/FLOPs target, else ``config.kept_count``.
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     model = name_nodes(model)
     analysis = analyze(model)
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
+    groups = analysis.groups
+    size = SizeModel(model, groups, refit=config.refit, bias_compensation=config.bias_compensation)
+    grids = [grid(g.channels, config.min_count(g.channels), config.round_to) for g in groups]
+    limits = Limits.from_ratios(size, config.target_params, config.target_flops)
+    if counts is None and config.has_target:
+        check_reachable(size, grids, limits)  # before any work
     timings["analyze"] = time.perf_counter() - clock
     samples = len(next(iter(feeds.values())))
     batch_size = runtime.batch_size_for(model, config.batch_size, samples)
@@ -50,9 +68,23 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     if log:
         log(note)
     split = split_samples(samples, config.holdout, config.seed)
-    weights = _consumer_matrices(model, analysis.groups)
-    plans, entries = _prune_groups(model, analysis.groups, weights, feeds, split, batch_size,
-                                   providers, config, progress, timings)
+    weights = _consumer_matrices(model, groups)
+    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
+    original = runtime.session(model, providers, inputs)
+    allocation, curves, initial = None, None, None
+    by_keep = counts is None and not config.has_target
+    if counts is not None:
+        counts = _check_counts(counts, groups)
+    elif config.has_target:
+        clock = time.perf_counter()
+        allocation, curves, initial = _allocate(model, groups, size, grids, limits, original, weights,
+                                                feeds, split, batch_size, providers, config, progress)
+        counts = allocation.counts
+        timings["allocation"] = time.perf_counter() - clock
+    else:
+        counts = tuple(config.kept_count(g.channels) for g in groups)
+    plans, entries = _prune_groups(model, groups, weights, feeds, split, batch_size, original,
+                                   providers, counts, initial, config, progress, timings)
     clock = time.perf_counter()
     pruned = rewrite(model, plans)
     onnx.checker.check_model(pruned)
@@ -62,9 +94,17 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     outputs = fidelity(predict(model, verify_feeds, providers, batch_size),
                        predict(pruned, verify_feeds, providers, batch_size))
     timings["verify"] = time.perf_counter() - clock
+    params = {"before": count_params(model), "after": count_params(pruned)}
+    macs = {"before": count_macs(model), "after": count_macs(pruned)}
+    predicted = size.totals(counts)
+    if log and predicted != (params["after"], macs["after"]):
+        log(f"note: the size model predicted {predicted[0]:,} params and {predicted[1]:,} MACs, "
+            f"the pruned model has {params['after']:,} and {macs['after']:,}")
+    for index, entry in enumerate(entries):
+        entry.update(_budget_entry(size, counts, index, curves[index] if curves else None))
     report = {
         "method": config.method,
-        "keep": config.keep,
+        "keep": config.keep if by_keep else None,
         "refit": config.refit,
         "bias_compensation": config.bias_compensation,
         "ridge": config.ridge,
@@ -73,8 +113,9 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         "samples": {"calibration": int(len(split.calibration)), "holdout": int(len(split.holdout))},
         "groups": entries,
         "skipped": [vars(s) for s in analysis.skipped],
-        "params": {"before": count_params(model), "after": count_params(pruned)},
-        "macs": {"before": count_macs(model), "after": count_macs(pruned)},
+        "params": params,
+        "macs": macs,
+        "target": _target_report(config, allocation, params, macs, predicted),
         "outputs": outputs,
         "output_error": max(o["relative_error"] for o in outputs.values()),
         "seconds": {k: round(v, 4) for k, v in timings.items()},
@@ -82,35 +123,96 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     return PruneResult(pruned, report)
 
 
-def _prune_groups(model, groups: Sequence[ChannelGroup], weights, feeds, split, batch_size,
-                  providers, config: PruneConfig, progress, timings):
+def _check_counts(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> tuple[int, ...]:
+    if len(counts) != len(groups):
+        raise SubpruneError(f"{len(counts)} kept counts given for {len(groups)} channel groups")
+    for count, group in zip(counts, groups):
+        if not 1 <= int(count) <= group.channels:
+            raise SubpruneError(f"group {group.name}: kept count {count} is not in [1, {group.channels}]")
+    return tuple(int(c) for c in counts)
+
+
+def _allocate(model, groups, size: SizeModel, grids, limits: Limits, original, weights, feeds, split,
+              batch_size, providers, config: PruneConfig, progress):
+    """Per-group counts meeting the target; the sensitivity curves and the original model's
+    statistics of every group (reused by the prune) when the allocation measured them."""
+    if config.allocation == "uniform":
+        return allocate_uniform(size, grids, limits), None, None
+    stats = capture_stats(groups, original, None, weights, feeds, split, batch_size, progress)
+    indices = split.holdout if len(split.holdout) >= MIN_HELD_OUT else split.calibration
+    indices = indices[: config.sensitivity_samples]
+    subset = {name: array[indices] for name, array in feeds.items()}
+    floors = [config.min_count(g.channels) for g in groups]
+    curves = measure_curves(model, groups, stats, subset, providers, batch_size, floors, config, progress)
+    allocation = allocate_equal_loss(size, grids, [c.loss for c in curves], limits)
+    return allocation, curves, stats
+
+
+def _budget_entry(size: SizeModel, counts: Sequence[int], index: int, curve: Curve | None) -> dict:
+    """Per-group report fields: kept count and fraction, size of the tensors and layers whose
+    shape depends on the group, predicted loss and the measured curve (sensitivity only)."""
+    k = int(counts[index])
+    n = int(size.channels[index])
+    params, macs = size.group_totals(counts, index)
+    entry = {"k": k, "fraction": k / n, "params": params, "macs": macs,
+             "predicted_loss": None if curve is None else curve.loss(k)}
+    if curve is not None:
+        entry["curve"] = {"k": list(curve.points), "error": list(curve.errors)}
+    return entry
+
+
+def _target_report(config: PruneConfig, allocation: Allocation | None, params: dict, macs: dict,
+                   predicted: tuple[int, int]) -> dict | None:
+    if not config.has_target:
+        return None
+    return {
+        "params": config.target_params,
+        "flops": config.target_flops,
+        "allocation": config.allocation,
+        "min_keep": config.floor_fraction,
+        "round_to": config.round_to,
+        "achieved": {"params": params["after"] / params["before"],
+                     "macs": macs["after"] / max(macs["before"], 1)},
+        "predicted": {"params": predicted[0], "macs": predicted[1]},
+        "tolerated_loss": None if allocation is None else allocation.tolerance,
+        "uniform_fraction": None if allocation is None else allocation.fraction,
+    }
+
+
+def _prune_groups(model, groups: Sequence[ChannelGroup], weights, feeds, split, batch_size, original,
+                  providers, counts: Sequence[int], initial, config: PruneConfig, progress, timings):
     """Capture statistics and select channels group by group, following ``config.schedule``.
 
     layer: one capture of all groups from the original model. seq / asym: groups in
     topological order, B from the model pruned so far (A from the original for asym).
+    ``initial``: statistics of every group from the original model, if already captured.
     """
-    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
-    original = runtime.session(model, providers, inputs)
     capture = lambda gs, source, reference: capture_stats(
         gs, source, reference, weights, feeds, split, batch_size, progress)
     timings["capture"] = timings["select"] = 0.0
     clock = time.perf_counter()
-    all_stats = capture(groups, original, None) if config.schedule == "layer" else None
+    all_stats = None
+    if config.schedule == "layer":
+        all_stats = initial if initial is not None else capture(groups, original, None)
     timings["capture"] += time.perf_counter() - clock
     plans, entries = [], []
     for index, group in enumerate(groups):
         clock = time.perf_counter()
         if all_stats is not None:
-            stats = all_stats[index]
+            stats = original_to_current(group, all_stats[index], plans)
         elif not plans:
-            stats = capture([group], original, None)[0]
+            stats = initial[0] if initial is not None else capture([group], original, None)[0]
         else:
             names = tuple(c.input for c in group.consumers)
-            current = runtime.session(rewrite(model, plans), providers, names)
-            stats = capture([group], current, original if config.schedule == "asym" else None)[0]
+            pruned = rewrite(model, plans)
+            current = runtime.session(pruned, providers, names)
+            mine, targets = _current_matrices(pruned, group, weights, plans)
+            asym = config.schedule == "asym"
+            stats = capture_stats([group], current, original if asym else None, mine, feeds, split,
+                                  batch_size, progress, targets if asym else None)[0]
         captured = time.perf_counter()
         timings["capture"] += captured - clock
-        plan, entry = _select(group, stats, config)
+        plan, entry = _select(group, stats, counts[index], config, plans)
         timings["select"] += time.perf_counter() - captured
         entry["seconds"] = round(time.perf_counter() - clock, 4)
         plans.append(plan)
@@ -120,14 +222,11 @@ def _prune_groups(model, groups: Sequence[ChannelGroup], weights, feeds, split, 
     return plans, entries
 
 
-def _select(group: ChannelGroup, stats: GroupStats, config: PruneConfig) -> tuple[GroupPlan, dict]:
-    """Choose the kept channels of one group and the consumers' new weights."""
-    k = config.kept_count(group.channels)
-    chosen = select_group(
-        stats.calibration, k, method=config.method, refit_weights=config.refit,
-        ridge=config.ridge, bias_compensation=config.bias_compensation, seed=config.seed,
-        holdout=stats.holdout,
-    )
+def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
+            plans: Sequence[GroupPlan] = ()) -> tuple[GroupPlan, dict]:
+    """Choose ``k`` channels of one group and the consumers' new weights; ``stats`` are in the
+    coordinates of the model pruned by ``plans``."""
+    chosen = choose(group, stats, k, config, plans)
     updates = tuple(
         ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if config.refit else ConsumerUpdate(c.node)
         for c, fit in zip(group.consumers, chosen.fits)
@@ -148,6 +247,26 @@ def _select(group: ChannelGroup, stats: GroupStats, config: PruneConfig) -> tupl
     return GroupPlan(group, kept, updates), entry
 
 
+def _current_matrices(pruned: onnx.ModelProto, group: ChannelGroup, weights: dict[str, np.ndarray],
+                      plans: Sequence[GroupPlan]):
+    """Consumer weights as they are in ``pruned`` (the model pruned by ``plans``) for consumers
+    whose input an earlier group already shrank (after a Concat), and their original weights as
+    the targets' weights; (``weights``, None) when no consumer was touched."""
+    masks = channel_masks(plans)
+    touched = [c for c in group.consumers if c.input in masks and not masks[c.input].all()]
+    if not touched:
+        return weights, None
+    nodes = {node.name: node for node in pruned.graph.node}
+    names = {nodes[c.node].input[1] for c in touched}
+    values = read_constants(pruned, names)
+    mine = dict(weights)
+    for consumer in touched:
+        node = nodes[consumer.node]
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0) if consumer.op == "Gemm" else 1.0
+        mine[consumer.node] = consumer_matrix(replace(consumer, scale=alpha), values[node.input[1]])
+    return mine, {c.node: weights[c.node] for c in touched}
+
+
 def _consumer_matrices(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> dict[str, np.ndarray]:
     """Consumer node -> its original weight as a (d, m) matrix."""
     consumers = [c for g in groups for c in g.consumers]
@@ -161,3 +280,51 @@ def _nothing_prunable(analysis: Analysis) -> str:
     first = analysis.skipped[0]
     return (f"nothing prunable: all {len(analysis.skipped)} candidate layers were skipped "
             f"(e.g. {first.node}: {first.reason}); run 'onnx-subprune analyze' for details")
+
+
+def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneConfig,
+                progress: Progress | None = None, log: Log | None = None) -> tuple[dict, list[Curve]]:
+    """Per-group sensitivity curves of ``model`` (what ``--allocation sensitivity`` measures):
+    a JSON-ready report and the :class:`Curve` objects."""
+    clock = time.perf_counter()
+    model = name_nodes(model)
+    analysis = analyze(model)
+    if not analysis.groups:
+        raise UnsupportedPattern(_nothing_prunable(analysis))
+    groups = analysis.groups
+    samples = len(next(iter(feeds.values())))
+    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
+    providers, note = runtime.choose_providers(config.device)
+    if log:
+        log(note)
+    split = split_samples(samples, config.holdout, config.seed)
+    weights = _consumer_matrices(model, groups)
+    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
+    original = runtime.session(model, providers, inputs)
+    stats = capture_stats(groups, original, None, weights, feeds, split, batch_size, progress)
+    held_out = len(split.holdout) >= MIN_HELD_OUT
+    indices = (split.holdout if held_out else split.calibration)[: config.sensitivity_samples]
+    subset = {name: array[indices] for name, array in feeds.items()}
+    floors = [config.min_count(g.channels) for g in groups]
+    curves = measure_curves(model, groups, stats, subset, providers, batch_size, floors, config, progress)
+    fractions = sorted({config.floor_fraction, *config.sensitivity_points} - {0.0})
+    entries = []
+    for group, curve, floor in zip(groups, curves, floors):
+        entry = curve.to_json()
+        by_k = [max(floor, min(group.channels, int(f * group.channels + 0.5))) for f in fractions]
+        entry["by_fraction"] = [curve.loss(k) for k in by_k]
+        entry["by_fraction_k"] = by_k
+        entries.append(entry)
+    report = {
+        "method": config.method,
+        "refit": config.refit,
+        "bias_compensation": config.bias_compensation,
+        "provider": providers[0],
+        "fractions": fractions,
+        "samples": {"calibration": int(len(split.calibration)), "holdout": int(len(split.holdout)),
+                    "measured": int(len(indices)), "measured_on": "held-out" if held_out else "calibration"},
+        "groups": entries,
+        "skipped": [vars(s) for s in analysis.skipped],
+        "seconds": round(time.perf_counter() - clock, 4),
+    }
+    return report, curves

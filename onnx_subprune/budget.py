@@ -1,0 +1,522 @@
+"""Compression targets: an exact size model of the pruned model and per-group budget allocation.
+
+Size model
+----------
+Pruning group g to k_g channels changes the shape of every constant that carries g's channels:
+the producers' weights (output axis) and biases, the per-channel parameters of the ops in
+between (BatchNormalization, per-channel Mul/Add, a depthwise Conv's weight), and the
+consumers' weights (input axis, ``block`` entries per channel). Such an axis has
+``dim + sum_g coef_g * (k_g - n_g)`` entries, so a tensor's size is a product of affine forms
+in k: bilinear in (k_g, k_h) for a layer that consumes g and produces h. With refit and bias
+compensation the rewrite also gives a consumer without a bias a new one of m entries (a Conv or
+Gemm input, or an Add after a MatMul), sliced again if the consumer is itself a producer.
+
+Parameters are the float entries of all constants (:func:`metrics.count_params`). The MACs of a
+Conv/Gemm/MatMul (:func:`metrics.count_macs`) are its weight's entry count times a factor that
+pruning does not change (output positions per sample, tokens for a MatMul), so they follow the
+same forms. A constant read by several nodes and sliced for one of them gets a fresh copy there
+(as :func:`graph.set_const_value` does); the original stays while an unsliced reader remains.
+The one estimate: a tensor holding only part of a group (after a Split or Slice, or a producer
+making one window) keeps as many channels as the selection leaves in that part; the model
+assumes its share of k_g, pro rata.
+
+Allocation
+----------
+Each group may keep counts on a grid (at least a floor, multiples of ``round_to`` where the group
+has that many channels, and always all n). ``uniform`` bisects one keep fraction, then adds
+single grid steps to the groups furthest below it while the target holds; ``equal-loss`` (the
+rule of Kuzmin et al. 2019) bisects a tolerated loss tau, gives each group the fewest channels
+whose monotone loss envelope is <= tau, then spends what is left of the budget one grid step at a
+time on the best loss decrease per unit of cost. Both stop only when no further step fits, so
+the result is within one step (one channel, or ``round_to``) of the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import SubpruneError
+from .metrics import FLOAT_TYPES, count_params
+from .types import ChannelGroup
+
+_LAYERS = ("Conv", "Gemm", "MatMul")
+_Axis = tuple[int, tuple[tuple[int, float], ...]]  # (axis, ((group index, coefficient), ...))
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One tensor of the pruned model: its original ``shape`` and the axes that shrink."""
+
+    name: str
+    shape: tuple[int, ...]
+    axes: tuple[_Axis, ...]
+    params: bool
+    macs: float  # MACs per entry (0: not a layer weight)
+
+    def size(self, k: np.ndarray, n: np.ndarray) -> float:
+        dims = list(self.shape)
+        for axis, coefs in self.axes:
+            dims[axis] = dims[axis] + sum(c * (k[g] - n[g]) for g, c in coefs)
+        return float(np.prod(dims, dtype=np.float64)) if dims else 1.0
+
+    @property
+    def groups(self) -> set[int]:
+        return {g for _, coefs in self.axes for g, _ in coefs}
+
+
+class SizeModel:
+    """Params and MACs of the model with group i pruned to ``k[i]`` channels, exactly as
+    :func:`rewrite.rewrite` will build it (``refit``/``bias_compensation`` as in the run)."""
+
+    def __init__(self, model: onnx.ModelProto, groups: Sequence[ChannelGroup], *,
+                 refit: bool = True, bias_compensation: bool = True):
+        self.groups = tuple(groups)
+        self.channels = np.array([g.channels for g in groups], dtype=np.int64)
+        layer_macs = _layer_macs(model)
+        self.terms, fixed_params, fixed_macs = _build_terms(model, self.groups, refit and bias_compensation, layer_macs)
+        self.fixed_params, self.fixed_macs = fixed_params, fixed_macs
+        self.by_group: list[list[int]] = [[] for _ in groups]
+        for index, term in enumerate(self.terms):
+            for g in term.groups:
+                self.by_group[g].append(index)
+        self.params_before = count_params(model)
+        self.macs_before = sum(layer_macs.values())  # = count_macs(model)
+
+    def _k(self, k) -> np.ndarray:
+        k = np.asarray(k, dtype=np.int64)
+        if k.shape != self.channels.shape:
+            raise ValueError(f"need {len(self.channels)} counts, got {k.shape}")
+        return k
+
+    def totals(self, k) -> tuple[int, int]:
+        """(params, MACs) of the pruned model."""
+        k = self._k(k)
+        params, macs = float(self.fixed_params), float(self.fixed_macs)
+        for term in self.terms:
+            size = term.size(k, self.channels)
+            params += size if term.params else 0.0
+            macs += size * term.macs
+        return int(round(params)), int(round(macs))
+
+    def group_totals(self, k, group: int) -> tuple[int, int]:
+        """(params, MACs) of the tensors and layers whose size depends on ``group``."""
+        k = self._k(k)
+        params = macs = 0.0
+        for index in self.by_group[group]:
+            term = self.terms[index]
+            size = term.size(k, self.channels)
+            params += size if term.params else 0.0
+            macs += size * term.macs
+        return int(round(params)), int(round(macs))
+
+    def step(self, k, group: int, new: int) -> tuple[float, float]:
+        """Change of (params, MACs) when ``group`` goes from k[group] to ``new`` channels."""
+        k = self._k(k)
+        moved = k.copy()
+        moved[group] = new
+        before, after = self.group_totals(k, group), self.group_totals(moved, group)
+        return after[0] - before[0], after[1] - before[1]
+
+
+def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_biases: bool,
+                 layer_macs: dict[str, int]):
+    """Terms of every float constant and layer touched by a group; the rest as fixed sums."""
+    graph = model.graph
+    consts: dict[str, tuple[tuple[int, ...], bool]] = {
+        init.name: (tuple(init.dims), init.data_type in FLOAT_TYPES) for init in graph.initializer
+    }
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                consts[node.output[0]] = (tuple(value.dims), value.data_type in FLOAT_TYPES)
+    alias = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
+    nodes = {node.name: node for node in graph.node}
+
+    def source(name: str) -> str | None:
+        seen = 0
+        while name not in consts and name in alias and seen < 64:
+            name, seen = alias[name], seen + 1
+        return name if name in consts else None
+
+    # slot (node, input index) -> its constant's (new base shape, {axis: {group: coef}})
+    slots: dict[tuple[str, int], list] = {}
+
+    def slot(node: str, index: int, base: tuple[int, ...] | None = None) -> list:
+        key = (node, index)
+        if key not in slots:
+            proto = nodes.get(node)
+            name = source(proto.input[index]) if proto is not None and index < len(proto.input) else None
+            shape = base if base is not None else (consts[name][0] if name else None)
+            if shape is None:
+                raise ValueError(f"input {index} of {node} is not a constant")
+            slots[key] = [name, tuple(shape), {}]
+        return slots[key]
+
+    def shrink(entry: list, axis: int, group: int, coef: float) -> None:
+        axis = axis % len(entry[1])
+        entry[2].setdefault(axis, {}).setdefault(group, 0.0)
+        entry[2][axis][group] += coef
+
+    created: dict[tuple[str, int], list] = {}
+    producers_of = {p.node: i for i, g in enumerate(groups) for p in g.producers}
+    # 1. consumer updates: bias shifts (new biases, broadcast scalar biases)
+    if new_biases:
+        for group in groups:
+            for consumer in group.consumers:
+                proto = nodes[consumer.node]
+                weight_shape = consts[source(proto.input[1])][0]
+                m = _outputs(consumer.op, proto, weight_shape)
+                if consumer.bias_node is not None:
+                    add = nodes[consumer.bias_node]
+                    index = 0 if add.input[0] == consumer.bias else 1
+                    key = (add.name, index)
+                    if key not in slots:
+                        old = consts[source(add.input[index])][0]
+                        slot(add.name, index, tuple(np.broadcast_shapes(old, (m,))))
+                elif consumer.op in ("Conv", "Gemm"):
+                    has_bias = len(proto.input) > 2 and proto.input[2] != ""
+                    key = (consumer.node, 2)
+                    if has_bias and key not in slots:
+                        old = consts[source(proto.input[2])][0]
+                        slot(consumer.node, 2, tuple(np.broadcast_shapes(old, (m,))))
+                    elif not has_bias and key not in created:
+                        created[key] = [None, (m,), {}]
+                else:
+                    key = (f"{consumer.node}_bias_add", 1)
+                    if key not in created:
+                        created[key] = [None, (m,), {}]
+    # 2. slicing: producers, pass-through parameters, consumers' inputs. An axis holding a
+    # window of the group's channels shrinks by the removed channels in it: exact for whole
+    # windows (chains, Concat), pro rata for a part of the group (after a Split or Slice).
+    for g, group in enumerate(groups):
+        n = group.channels
+        layouts = dict(getattr(group, "tensors", ()) or ())
+        for producer in group.producers:
+            share = _share(getattr(producer, "layout", None))
+            made = round(n * share)
+            shrink(slot(producer.node, 1), producer.out_axis, g, share)
+            proto = nodes[producer.node]
+            if len(proto.input) > 2 and proto.input[2] != "":
+                entry = slot(producer.node, 2)
+                if entry[1] and entry[1][-1] == made:
+                    shrink(entry, -1, g, share)
+            for key in ((producer.node, 2), (f"{producer.node}_bias_add", 1)):
+                if key in created and created[key][1][-1] == made:
+                    shrink(created[key], -1, g, share)
+        for passthrough in group.passthrough:
+            proto = nodes[passthrough.node]
+            layout = next((layouts[name] for name in proto.input if name in layouts), None)
+            for param in passthrough.params:
+                shrink(slot(passthrough.node, param.index), param.axis, g, param.block * _share(layout))
+        for consumer in group.consumers:
+            block = 1 if consumer.op == "Conv" else consumer.block
+            shrink(slot(consumer.node, 1), consumer.in_axis, g, block * _share(getattr(consumer, "layout", None)))
+    # 3. terms: sliced slots; constants kept whole while an unsliced reader remains
+    macs_per_entry = _macs_per_weight_entry(model, consts, source, layer_macs)
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] in alias and source(node.output[0]):
+            continue
+        for index, name in enumerate(node.input):
+            origin = source(name) if name else None
+            if origin is not None:
+                readers.setdefault(origin, []).append((node.name, index))
+    terms: list[_Term] = []
+    fixed_params = 0.0
+    sliced_sources = set()
+    for (node, index), (name, shape, axes) in slots.items():
+        sliced_sources.add(name)
+        is_float = consts[name][1] if name else True
+        terms.append(_Term(f"{node}:{index}", shape, _freeze(axes), is_float,
+                           macs_per_entry.get(node, 0.0) if index == 1 else 0.0))
+    for (node, index), (_, shape, axes) in created.items():
+        terms.append(_Term(f"{node}:{index} (new bias)", shape, _freeze(axes), True, 0.0))
+    for name, (shape, is_float) in consts.items():
+        users = readers.get(name, [])
+        if not users:
+            continue  # unused: dropped by the rewrite's cleanup
+        if name in sliced_sources and all(user in slots for user in users):
+            continue
+        if is_float:
+            fixed_params += float(np.prod(shape, dtype=np.float64))
+    fixed_macs = sum(v for node, v in layer_macs.items()
+                     if (node, 1) not in slots or macs_per_entry.get(node) is None)
+    return terms, fixed_params, float(fixed_macs)
+
+
+def _share(layout) -> float:
+    """Fraction of the group's channels a tensor holds (1 without a layout)."""
+    if layout is None:
+        return 1.0
+    seen = getattr(layout, "seen", None)
+    if seen is None:
+        seen = getattr(layout, "hi", layout.channels) - getattr(layout, "lo", 0)
+    return seen / layout.channels
+
+
+def _freeze(axes: dict) -> tuple[_Axis, ...]:
+    return tuple((axis, tuple(sorted(coefs.items()))) for axis, coefs in sorted(axes.items()))
+
+
+def _outputs(op: str, node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> int:
+    """Output channels m of a consumer layer."""
+    if op == "Conv":
+        return int(weight_shape[0])
+    if op == "Gemm":
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        return int(weight_shape[0] if trans_b else weight_shape[1])
+    return int(weight_shape[-1])
+
+
+def _layer_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """MACs of every Conv/Gemm/MatMul node, by name, as :func:`metrics.count_macs` counts them."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        info.name: [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
+        for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
+    shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
+    result = {}
+    for node in inferred.graph.node:
+        if node.op_type not in _LAYERS:
+            continue
+        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
+        if out is None or weight is None:
+            continue
+        if node.op_type == "Conv":
+            macs = int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            macs = int(np.prod(out[1:])) * weight[1 if trans_b else 0]
+        else:
+            macs = int(np.prod(out[1:])) * (weight[-2] if len(weight) >= 2 else 1)
+        result[node.name] = int(macs)
+    return result
+
+
+def _macs_per_weight_entry(model, consts, source, layer_macs: dict[str, int]) -> dict[str, float]:
+    """Layer -> MACs per entry of its constant weight (output positions per sample)."""
+    per_entry = {}
+    nodes = {node.name: node for node in model.graph.node}
+    for name, macs in layer_macs.items():
+        origin = source(nodes[name].input[1])
+        if origin is None:
+            continue
+        entries = int(np.prod(consts[origin][0]))
+        if entries:
+            per_entry[name] = macs / entries
+    return per_entry
+
+
+# ------------------------------------------------------------------------------------ grids
+
+
+def grid(channels: int, floor: int, round_to: int = 1) -> np.ndarray:
+    """Allowed kept counts of a group: ``floor``..n, or the multiples of ``round_to`` from
+    ``floor`` up when the group has at least ``round_to`` channels; n itself is always allowed."""
+    if round_to > 1 and channels >= round_to:
+        first = max(round_to, -(-floor // round_to) * round_to)
+        values = list(range(first, channels + 1, round_to))
+        if not values or values[-1] != channels:
+            values.append(channels)
+        return np.array(values, dtype=np.int64)
+    return np.arange(floor, channels + 1, dtype=np.int64)
+
+
+def round_count(channels: int, wanted: float, floor: int, round_to: int = 1) -> int:
+    """The allowed count nearest ``wanted`` (halves up)."""
+    return _nearest(grid(channels, floor, round_to), wanted)
+
+
+# ------------------------------------------------------------------------------------ allocation
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Largest params and MACs allowed (None: unconstrained)."""
+
+    params: float | None = None
+    macs: float | None = None
+
+    @classmethod
+    def from_ratios(cls, size: SizeModel, params: float | None, macs: float | None) -> "Limits":
+        return cls(None if params is None else params * size.params_before,
+                   None if macs is None else macs * size.macs_before)
+
+    def fits(self, totals: tuple[int, int]) -> bool:
+        params, macs = totals
+        return (self.params is None or params <= self.params + 1e-6) and \
+            (self.macs is None or macs <= self.macs + 1e-6)
+
+    def cost(self, delta: tuple[float, float]) -> float:
+        """A step's cost as the largest fraction of a budget it uses."""
+        parts = []
+        if self.params is not None:
+            parts.append(delta[0] / max(self.params, 1.0))
+        if self.macs is not None:
+            parts.append(delta[1] / max(self.macs, 1.0))
+        return max(parts) if parts else 0.0
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Kept channels per group and the predicted size; ``tolerance``: the equal-loss threshold."""
+
+    counts: tuple[int, ...]
+    params: int
+    macs: int
+    tolerance: float | None = None
+    fraction: float | None = None
+
+
+def _unreachable(size: SizeModel, limits: Limits, smallest: np.ndarray) -> SubpruneError:
+    params, macs = size.totals(smallest)
+    parts = []
+    if limits.params is not None:
+        parts.append(f"{params / size.params_before:.1%} of the params")
+    if limits.macs is not None:
+        parts.append(f"{macs / max(size.macs_before, 1):.1%} of the MACs")
+    return SubpruneError(
+        f"target cannot be met: keeping the fewest channels allowed in every group (--min-keep) "
+        f"still leaves {' and '.join(parts)}; lower --min-keep or raise the target")
+
+
+def check_reachable(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits) -> None:
+    """:class:`SubpruneError` when even the fewest allowed channels everywhere miss the target."""
+    smallest = np.array([values[0] for values in grids])
+    if not limits.fits(size.totals(smallest)):
+        raise _unreachable(size, limits, smallest)
+
+
+def _fill(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits, counts: np.ndarray,
+          score: Callable[[int, int, int, float], tuple]) -> np.ndarray:
+    """Add single grid steps while one fits; each time take the step with the highest
+    ``score(group, current, next, cost)`` (a sort key; ties to the lowest group index)."""
+    counts = counts.copy()
+    totals = size.totals(counts)
+    while True:
+        best, best_key = None, None
+        for g, values in enumerate(grids):
+            position = int(np.searchsorted(values, counts[g]))
+            if position + 1 >= len(values) or values[position] != counts[g]:
+                continue
+            new = int(values[position + 1])
+            delta = size.step(counts, g, new)
+            after = (totals[0] + delta[0], totals[1] + delta[1])
+            if not limits.fits((round(after[0]), round(after[1]))):
+                continue
+            key = score(g, int(counts[g]), new, limits.cost(delta))
+            if best_key is None or key > best_key:
+                best, best_key = (g, new), key
+        if best is None:
+            return counts
+        counts[best[0]] = best[1]
+        totals = size.totals(counts)
+
+
+def allocate_uniform(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits) -> Allocation:
+    """One keep fraction f for every group (count nearest f*n on its grid), the largest that
+    fits, found by bisection; then single steps to the groups furthest below f while they fit."""
+    channels = size.channels
+    check_reachable(size, grids, limits)
+    smallest = np.array([values[0] for values in grids])
+
+    def counts_at(f: float) -> np.ndarray:
+        return np.array([_nearest(values, f * n) for n, values in zip(channels, grids)])
+
+    low, high = 0.0, 1.0
+    if limits.fits(size.totals(counts_at(1.0))):
+        low = 1.0
+    else:
+        for _ in range(60):
+            middle = (low + high) / 2
+            if limits.fits(size.totals(counts_at(middle))):
+                low = middle
+            else:
+                high = middle
+    counts = np.maximum(counts_at(low), smallest)
+    counts = _fill(size, grids, limits, counts,
+                   lambda g, k, new, cost: (-k / channels[g], -cost, -g))
+    params, macs = size.totals(counts)
+    return Allocation(tuple(int(c) for c in counts), params, macs, fraction=low)
+
+
+def _nearest(values: np.ndarray, wanted: float) -> int:
+    """The grid value nearest ``wanted`` (halves up)."""
+    return int(values[int(np.argmin(np.abs(values - wanted - 1e-9)))])
+
+
+def allocate_equal_loss(size: SizeModel, grids: Sequence[np.ndarray],
+                        losses: Sequence[Callable[[int], float]], limits: Limits) -> Allocation:
+    """Equal-loss allocation: the smallest tolerated loss tau whose counts (fewest channels with
+    envelope <= tau per group) fit, then the left-over budget by loss decrease per cost.
+
+    ``losses[g](k)``: predicted loss of the model with group g alone pruned to k channels.
+    """
+    check_reachable(size, grids, limits)
+    envelopes = [monotone_envelope([losses[g](int(k)) for k in values]) for g, values in enumerate(grids)]
+
+    def counts_at(tau: float) -> np.ndarray:
+        return np.array([int(values[int(np.argmax(env <= tau))]) for values, env in zip(grids, envelopes)])
+
+    taus = np.unique(np.concatenate(envelopes))
+    low, high = 0, len(taus) - 1  # counts_at(taus[-1]) is the smallest model: it fits
+    while low < high:
+        middle = (low + high) // 2
+        if limits.fits(size.totals(counts_at(taus[middle]))):
+            high = middle
+        else:
+            low = middle + 1
+    tau = float(taus[low])
+    counts = counts_at(tau)
+    lookup = [dict(zip(values.tolist(), env.tolist())) for values, env in zip(grids, envelopes)]
+
+    def score(g, k, new, cost):
+        gain = lookup[g][k] ** 2 - lookup[g][new] ** 2
+        return (gain / max(cost, 1e-18), -cost, -g)
+
+    counts = _fill(size, grids, limits, counts, score)
+    params, macs = size.totals(counts)
+    return Allocation(tuple(int(c) for c in counts), params, macs, tolerance=tau)
+
+
+def monotone_envelope(values: Sequence[float]) -> np.ndarray:
+    """Running minimum from the fewest channels up: the loss never rises as channels are added."""
+    return np.minimum.accumulate(np.asarray(values, dtype=np.float64))
+
+
+def allocate_marginal(size: SizeModel, grids: Sequence[np.ndarray],
+                      losses: Sequence[Callable[[int], float]], limits: Limits) -> Allocation:
+    """Alternative to the equal-loss rule, for comparison (``tools/bench_budget.py``): from every
+    group whole, repeatedly take away the grid step that adds the least squared loss per unit of
+    cost saved until the target holds, then refill as :func:`allocate_equal_loss` does. It
+    minimizes the sum of the groups' squared losses (their errors taken as independent) greedily.
+    """
+    check_reachable(size, grids, limits)
+    envelopes = [monotone_envelope([losses[g](int(k)) for k in values]) for g, values in enumerate(grids)]
+    lookup = [dict(zip(values.tolist(), (env ** 2).tolist())) for values, env in zip(grids, envelopes)]
+    counts = np.array([values[-1] for values in grids])
+    while not limits.fits(size.totals(counts)):
+        best, best_key = None, None
+        for g, values in enumerate(grids):
+            position = int(np.searchsorted(values, counts[g]))
+            if position == 0:
+                continue
+            new = int(values[position - 1])
+            saved = -limits.cost(size.step(counts, g, new))
+            key = ((lookup[g][new] - lookup[g][int(counts[g])]) / max(saved, 1e-18), g)
+            if best_key is None or key < best_key:
+                best, best_key = (g, new), key
+        counts[best[0]] = best[1]
+
+    def score(g, k, new, cost):
+        return ((lookup[g][k] - lookup[g][new]) / max(cost, 1e-18), -cost, -g)
+
+    counts = _fill(size, grids, limits, counts, score)
+    params, macs = size.totals(counts)
+    return Allocation(tuple(int(c) for c in counts), params, macs)

@@ -1,0 +1,227 @@
+"""Pruning to a params/FLOPs target through the pipeline and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import builders
+from helpers import random_feeds
+from onnx_subprune.analyze import analyze
+from onnx_subprune.budget import Limits, SizeModel, grid
+from onnx_subprune.calibrate import capture_stats, split_samples
+from onnx_subprune.cli import main
+from onnx_subprune.config import PruneConfig
+from onnx_subprune.data import check_inputs, load_arrays
+from onnx_subprune.errors import SubpruneError
+from onnx_subprune.graph import load_model, name_nodes
+from onnx_subprune.pipeline import _consumer_matrices, prune
+from onnx_subprune.select import select_group
+from onnx_subprune import runtime
+from onnx_subprune.sensitivity import ranking
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+CPU = dict(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    model = load_model(MODELS / "lenet5.onnx")
+    feeds = check_inputs(load_arrays(MODELS / "digits_calib.npz"), model, "calib")
+    return model, {k: v[:128] for k, v in feeds.items()}
+
+
+def _check_met(model, report, config: PruneConfig):
+    """Achieved <= target, equal to the size model's prediction, and no one more grid step fits."""
+    model = name_nodes(model)
+    groups = analyze(model).groups
+    size = SizeModel(model, groups, refit=config.refit, bias_compensation=config.bias_compensation)
+    counts = np.array([g["k"] for g in report["groups"]])
+    achieved = report["target"]["achieved"]
+    assert size.totals(counts) == (report["params"]["after"], report["macs"]["after"])
+    if config.target_params is not None:
+        assert achieved["params"] <= config.target_params
+    if config.target_flops is not None:
+        assert achieved["macs"] <= config.target_flops
+    limits = Limits.from_ratios(size, config.target_params, config.target_flops)
+    for index, group in enumerate(groups):
+        values = grid(group.channels, config.min_count(group.channels), config.round_to)
+        assert counts[index] in values
+        position = int(np.searchsorted(values, counts[index]))
+        if position + 1 < len(values):
+            bigger = counts.copy()
+            bigger[index] = values[position + 1]
+            assert not limits.fits(size.totals(bigger)), (index, counts)
+
+
+@pytest.mark.parametrize("allocation", ["sensitivity", "uniform"])
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_lenet_params_target_met(lenet, allocation, round_to):
+    model, feeds = lenet
+    config = PruneConfig(target_params=0.25, allocation=allocation, round_to=round_to, **CPU)
+    report = prune(model, feeds, config).report
+    _check_met(model, report, config)
+    assert report["keep"] is None
+    target = report["target"]
+    assert target["params"] == 0.25 and target["allocation"] == allocation and target["round_to"] == round_to
+    for group in report["groups"]:
+        assert group["k"] == len(group["kept"]) and group["fraction"] == group["k"] / group["channels"]
+        assert group["params"] > 0 and group["macs"] > 0
+        assert (group["predicted_loss"] is None) == (allocation == "uniform")
+    if allocation == "sensitivity":
+        assert target["tolerated_loss"] > 0
+        assert all(len(g["curve"]["k"]) == len(g["curve"]["error"]) > 0 for g in report["groups"])
+    assert report["seconds"]["allocation"] >= 0
+
+
+@pytest.mark.parametrize("name", ["gemm_gemm", "conv_flatten_gemm", "residual_se_block"])
+def test_builder_models_flops_target_met(name):
+    model = getattr(builders, name)()
+    feeds = random_feeds(model, 60)
+    config = PruneConfig(target_flops=0.6, **CPU)
+    _check_met(model, prune(model, feeds, config).report, config)
+
+
+def test_coupled_groups_both_targets_met():
+    model = onnx.load(MODELS / "arch" / "mobilenetv2.onnx")
+    with np.load(MODELS / "arch" / "digits_calib_small.npz") as archive:
+        feeds = {"input": archive["input"][:64]}
+    config = PruneConfig(target_params=0.5, target_flops=0.7, round_to=4, **CPU)
+    _check_met(model, prune(model, feeds, config).report, config)
+
+
+def test_mlp_uniform_flops_target_with_min_keep():
+    model = load_model(MODELS / "mlp.onnx")
+    feeds = {"input": np.load(MODELS / "digits_calib.npy")[:96]}
+    config = PruneConfig(target_flops=0.3, allocation="uniform", min_keep=0.25, **CPU)
+    report = prune(model, feeds, config).report
+    _check_met(model, report, config)
+    assert all(g["k"] >= g["channels"] / 4 for g in report["groups"])
+
+
+def test_same_seed_same_model(lenet):
+    model, feeds = lenet
+    config = PruneConfig(target_params=0.2, seed=3, **CPU)
+    first, second = prune(model, feeds, config), prune(model, feeds, config)
+    assert first.model.SerializeToString() == second.model.SerializeToString()
+    assert [g["curve"] for g in first.report["groups"]] == [g["curve"] for g in second.report["groups"]]
+
+
+def test_curves_are_nested_greedy_prefixes(lenet):
+    """The sensitivity ranking is the greedy order: the kept set at k is the one the greedy
+    picks for k, and it is contained in the set at k + 1."""
+    model, feeds = lenet
+    model = name_nodes(model)
+    groups = analyze(model).groups
+    config = PruneConfig(target_params=0.25, **CPU)
+    split = split_samples(128, config.holdout, config.seed)
+    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
+    session = runtime.session(model, ["CPUExecutionProvider"], inputs)
+    stats = capture_stats(groups, session, None, _consumer_matrices(model, groups), feeds, split, 32)
+    for group, group_stats in zip(groups[:3], stats[:3]):
+        order, explained = ranking(group, group_stats, config)
+        assert sorted(order.tolist()) == list(range(group.channels))
+        assert np.all(np.diff(explained) >= -1e-12)
+        for k in sorted({1, 2, group.channels // 3, group.channels // 2, group.channels - 1}):
+            chosen = select_group(group_stats.calibration, k, method="asym", ridge=config.ridge)
+            assert chosen.kept.tolist() == sorted(order[:k].tolist())
+            assert set(order[:k]) <= set(order[: k + 1])
+
+
+def test_pruned_first_group_is_nested_in_k(lenet):
+    """The first group's statistics come from the original model: counts k and k + 1 keep
+    nested sets through the whole pipeline."""
+    model, feeds = lenet
+    first = {k: set(prune(model, feeds, PruneConfig(**CPU), counts=[k, 8, 60, 42]).report["groups"][0]["kept"])
+             for k in (2, 3, 4)}
+    assert first[2] <= first[3] <= first[4]
+
+
+def test_explicit_counts_are_checked(lenet):
+    model, feeds = lenet
+    with pytest.raises(SubpruneError, match="kept counts"):
+        prune(model, feeds, PruneConfig(**CPU), counts=[1, 2])
+    with pytest.raises(SubpruneError, match="not in"):
+        prune(model, feeds, PruneConfig(**CPU), counts=[7, 8, 60, 42])
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(target_params=0.0), "--target-params"), (dict(target_flops=1.5), "--target-flops"),
+    (dict(target_params=float("nan")), "--target-params"), (dict(allocation="greedy"), "allocation"),
+    (dict(min_keep=0.0), "--min-keep"), (dict(round_to=0), "--round-to"),
+])
+def test_config_checks(fields, message):
+    with pytest.raises(SubpruneError, match=message):
+        PruneConfig(**fields)
+
+
+def test_keep_path_floor_and_rounding():
+    assert PruneConfig(keep=0.05).kept_count(100) == 5  # no floor without a target
+    assert PruneConfig(keep=0.05, min_keep=0.1).kept_count(100) == 10
+    assert PruneConfig(keep=0.5, round_to=8).kept_count(100) == 48
+    assert PruneConfig(keep=0.5, round_to=8).kept_count(6) == 3
+    assert PruneConfig(target_params=0.5).min_count(100) == 7  # ceil(100 / 16)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def calib64(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("targets") / "calib64.npz"
+    np.savez(path, input=np.load(MODELS / "digits_calib.npz")["input"][:64])
+    return path
+
+
+def _one_line_error(result, contains: str, code: int = 1):
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    if code == 1:
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert contains in result.stderr
+
+
+def test_cli_prune_target_text_and_json(calib64, tmp_path):
+    output = tmp_path / "p.onnx"
+    result = invoke("prune", MODELS / "lenet5.onnx", "-o", output, "--calib", calib64,
+                    "--target-params", "0.25", "--round-to", "4", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "sensitivity allocation" in out and "target 25.00%" in out
+    assert "pred. loss" in out and "/fc1/Gemm" in out
+    result = invoke("prune", MODELS / "lenet5.onnx", "-o", output, "--calib", calib64, "--json",
+                    "--target-flops", "0.5", "--allocation", "uniform", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["target"]["flops"] == 0.5 and report["target"]["params"] is None
+    assert report["target"]["achieved"]["macs"] <= 0.5
+    assert report["macs"]["after"] / report["macs"]["before"] == report["target"]["achieved"]["macs"]
+
+
+@pytest.mark.parametrize("extra, contains, code", [
+    (["--keep", "0.5", "--target-params", "0.5"], "cannot be combined", 2),
+    (["--allocation", "uniform"], "needs --target-params", 2),
+    (["--target-params", "0"], "--target-params must be in (0, 1]", 1),
+    (["--target-flops", "2"], "--target-flops must be in (0, 1]", 1),
+    (["--target-params", "0.5", "--min-keep", "1.5"], "--min-keep", 1),
+    (["--target-params", "0.5", "--round-to", "0"], "--round-to", 2),
+    (["--target-params", "0.001"], "cannot be met", 1),
+])
+def test_cli_prune_target_errors(calib64, tmp_path, extra, contains, code):
+    output = tmp_path / "p.onnx"
+    result = invoke("prune", MODELS / "lenet5.onnx", "-o", output, "--calib", calib64, *extra,
+                    "--device", "cpu", "--quiet")
+    _one_line_error(result, contains, code)
+    assert not output.exists()
