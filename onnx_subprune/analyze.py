@@ -286,14 +286,14 @@ def _consumer(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:
 
 
 def _bias_add(node: gs.Node, width: int) -> tuple[str | None, str | None]:
-    """The Add of a constant bias (``width`` entries or a scalar) right after a MatMul."""
+    """The Add of a constant bias (``width`` entries) right after a MatMul."""
     out = node.outputs[0]
     if len(out.outputs) != 1 or out.outputs[0].op != "Add":
         return None, None
     add = out.outputs[0]
     other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
     value = const_value(other)
-    if value is None or value.size not in (1, width) or value.shape[-1:] not in ((1,), (width,)):
+    if value is None or value.size != width or value.shape[-1:] != (width,):
         return None, None
     if len(other.outputs) != 1:
         return None, None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from . import runtime
-from .analyze import analyze
+from .analyze import analyze, coverage
 from .calibrate import Progress
 from .config import PruneConfig
 from .data import check_inputs, check_labels, load_arrays
@@ -20,13 +21,15 @@ from .pipeline import Log, PruneResult, prune, sensitivity
 from .verify import accuracy, fidelity, is_classifier, latency_ms, predict
 
 
-def analyze_file(model_path: str | Path) -> dict:
-    """JSON-ready description of the channel groups and skipped producers of a model file."""
+def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict:
+    """JSON-ready description of the channel groups and skipped producers of a model file, and
+    the share of its float params the groups reach."""
     model = name_nodes(load_model(model_path))
-    result = analyze(model)
+    result = analyze(model, include, exclude)
     groups = [
         {
             "producer": g.producers[0].node,
+            "producers": [p.node for p in g.producers],
             "consumers": [c.node for c in g.consumers],
             "channels": g.channels,
             "through": [p.op for p in g.passthrough],
@@ -37,6 +40,7 @@ def analyze_file(model_path: str | Path) -> dict:
         "model": str(model_path),
         "groups": groups,
         "skipped": [vars(s) for s in result.skipped],
+        "coverage": coverage(model, result),
         "params": count_params(model),
         "macs": count_macs(model),
     }

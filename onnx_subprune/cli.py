@@ -54,6 +54,14 @@ def _user_errors(func):
     return wrapper
 
 
+def _group_filters(command):
+    """--include / --exclude: node-name globs choosing the groups (repeatable)."""
+    command = click.option("--exclude", multiple=True, metavar="PATTERN",
+                           help="Never prune a group whose producers or consumers match this node-name glob (repeatable).")(command)
+    return click.option("--include", multiple=True, metavar="PATTERN",
+                        help="Prune only groups with a producer matching this node-name glob (repeatable).")(command)
+
+
 def _emit(data: dict, as_json: bool, text: str) -> None:
     click.echo(api.to_json(data) if as_json else text)
 
@@ -71,21 +79,25 @@ def main() -> None:
 
 @main.command("analyze")
 @click.argument("model", type=click.Path(dir_okay=False))
+@_group_filters
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_user_errors
-def analyze_cmd(model: str, as_json: bool) -> None:
+def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], as_json: bool) -> None:
     """List the prunable channel groups of MODEL and every skipped layer with its reason.
 
     \b
     Example:
       onnx-subprune analyze models/lenet5.onnx
     """
-    result = api.analyze_file(model)
-    lines = [f"{len(result['groups'])} prunable groups, {len(result['skipped'])} skipped "
-             f"({result['params']:,} params, {result['macs']:,} MACs)"]
+    result = api.analyze_file(model, include, exclude)
+    reach = result["coverage"]
+    lines = [f"{len(result['groups'])} prunable groups ({reach['channels']:,} channels), {len(result['skipped'])} skipped; "
+             f"the groups reach {reach['params_in_groups']:,} of {result['params']:,} float params "
+             f"({reach['fraction']:.1%}), {result['macs']:,} MACs"]
     for group in result["groups"]:
         through = " -> ".join(group["through"]) or "direct"
-        lines.append(f"  {group['producer']} [{group['channels']} ch] -> {', '.join(group['consumers'])}  via {through}")
+        lines.append(f"  {', '.join(group['producers'])} [{group['channels']} ch] -> "
+                     f"{', '.join(group['consumers'])}  via {through}")
     for skip in result["skipped"]:
         lines.append(f"  skipped {skip['node']} ({skip['op']}): {skip['reason']}")
     _emit(result, as_json, "\n".join(lines))
@@ -116,13 +128,14 @@ def analyze_cmd(model: str, as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
+@_group_filters
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the full JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
               method, no_refit, no_bias_compensation, ridge, holdout, device, batch_size, seed,
-              report_path, as_json, quiet) -> None:
+              include, exclude, report_path, as_json, quiet) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
     Either every group keeps the same fraction (--keep), or the model is brought to a size
@@ -144,7 +157,7 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
                          bias_compensation=not no_bias_compensation, ridge=ridge, holdout=holdout,
                          batch_size=batch_size, seed=seed, device=device, target_params=target_params,
                          target_flops=target_flops, allocation=allocation or "sensitivity",
-                         min_keep=min_keep, round_to=round_to)
+                         min_keep=min_keep, round_to=round_to, include=include, exclude=exclude)
     bar = _Progress(not quiet)
     try:
         result = api.prune_file(model, output, calib, config, report_path, progress=bar, log=_note)
@@ -212,11 +225,12 @@ def _group_table(groups: list[dict]) -> str:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also draw the curves into a PNG (needs matplotlib: pip install 'onnx-subprune[plot]').")
+@_group_filters
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_compensation, ridge,
-                    holdout, device, batch_size, seed, plot_path, as_json, quiet) -> None:
+                    holdout, device, batch_size, seed, plot_path, include, exclude, as_json, quiet) -> None:
     """Per-group sensitivity of MODEL: output error with one group pruned vs its kept fraction.
 
     Each group alone is pruned (greedy order, least-squares refit) at a few kept fractions and
@@ -230,7 +244,7 @@ def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_c
     """
     config = PruneConfig(method=method, refit=not no_refit, bias_compensation=not no_bias_compensation,
                          ridge=ridge, holdout=holdout, batch_size=batch_size, seed=seed, device=device,
-                         min_keep=min_keep, sensitivity_samples=samples)
+                         min_keep=min_keep, sensitivity_samples=samples, include=include, exclude=exclude)
     bar = _Progress(not quiet)
     try:
         result = api.sensitivity_file(model, calib, config, plot_path, progress=bar, log=_note)

@@ -39,6 +39,7 @@ class PruneConfig:
         None: 1/16 under a target, 1 channel with ``keep``.
     round_to: kept counts are multiples of this in groups with at least that many channels
         (a group may also keep all its channels).
+    include / exclude: node-name globs choosing the groups to prune (see ``analyze``).
     sensitivity_points: keep fractions at which each group's output error is measured (plus
         the floor).  sensitivity_samples: held-out samples (calibration ones if too few are held
         out) the output error is measured on.
@@ -61,6 +62,8 @@ class PruneConfig:
     round_to: int = 1
     sensitivity_points: tuple[float, ...] = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
     sensitivity_samples: int = 256
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:

@@ -46,13 +46,13 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     """Prune every channel group of ``model`` using calibration ``feeds`` (checked inputs,
     first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional.
 
-    Kept counts per group: ``counts`` (in the order of ``analyze(model).groups``) when given,
+    Kept counts per group: ``counts`` (in the order of ``analyze(model, config.include, config.exclude).groups``) when given,
     else allocated to meet ``config``'s params/FLOPs target, else ``config.kept_count``.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     model = name_nodes(model)
-    analysis = analyze(model)
+    analysis = analyze(model, config.include, config.exclude)
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
     groups = analysis.groups
@@ -288,7 +288,7 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
     a JSON-ready report and the :class:`Curve` objects."""
     clock = time.perf_counter()
     model = name_nodes(model)
-    analysis = analyze(model)
+    analysis = analyze(model, config.include, config.exclude)
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
     groups = analysis.groups

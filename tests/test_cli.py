@@ -135,7 +135,7 @@ def test_analyze_lenet_text():
     result = invoke("analyze", LENET)
     assert_ok(result)
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("4 prunable groups, 1 skipped (")
+    assert lines[0].startswith("4 prunable groups (226 channels), 1 skipped; the groups reach 60,074 of 60,074 float params (100.0%)")
     assert "params" in lines[0] and "MACs" in lines[0]
     assert "  /conv1/Conv [6 ch] -> /conv2/Conv  via Relu -> MaxPool" in lines
     assert "  /conv2/Conv [16 ch] -> /fc1/Gemm  via Relu -> MaxPool -> Flatten" in lines
@@ -179,7 +179,7 @@ def test_analyze_builder_model_json_and_text(data):
 
     text = invoke("analyze", data / "gemm_gemm.onnx")
     assert_ok(text)
-    assert text.stdout.startswith("2 prunable groups, 1 skipped")
+    assert text.stdout.startswith("2 prunable groups (21 channels), 1 skipped; the groups reach ")
     assert "[12 ch]" in text.stdout and "[9 ch]" in text.stdout and "via Sigmoid" in text.stdout
 
 
@@ -698,3 +698,17 @@ def test_prune_float64_overflow_one_line(data, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "out of the range" in lines[0], lines
+
+
+def test_include_exclude_and_coverage(tmp_path):
+    result = invoke("analyze", LENET, "--exclude", "/fc2/*", "--json")
+    assert_ok(result)
+    data = json.loads(result.stdout)
+    assert [g["producer"] for g in data["groups"]] == ["/conv1/Conv", "/conv2/Conv"]
+    assert {s["node"] for s in data["skipped"] if "--exclude" in s["reason"]} == {"/fc1/Gemm", "/fc2/Gemm"}
+    assert 0 < data["coverage"]["fraction"] <= 1
+    calib = _npz(tmp_path / "c.npz", input=np.load(CALIB_NPY)[:40])
+    out = tmp_path / "p.onnx"
+    result = invoke("prune", LENET, "-o", out, "--calib", calib, "--include", "/fc*", "--json", *FAST)
+    assert_ok(result)
+    assert [g["producer"] for g in json.loads(result.stdout)["groups"]] == ["/fc1/Gemm", "/fc2/Gemm"]
