@@ -163,7 +163,6 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
         entry[2][axis][group] += coef
 
     created: dict[tuple[str, int], list] = {}
-    producers_of = {p.node: i for i, g in enumerate(groups) for p in g.producers}
     # 1. consumer updates: bias shifts (new biases, broadcast scalar biases)
     if new_biases:
         for group in groups:
@@ -492,7 +491,7 @@ def monotone_envelope(values: Sequence[float]) -> np.ndarray:
 
 def allocate_marginal(size: SizeModel, grids: Sequence[np.ndarray],
                       losses: Sequence[Callable[[int], float]], limits: Limits) -> Allocation:
-    """Alternative to the equal-loss rule, for comparison (``tools/bench_budget.py``): from every
+    """``--allocation marginal``, an alternative to the equal-loss rule on the same curves: from every
     group whole, repeatedly take away the grid step that adds the least squared loss per unit of
     cost saved until the target holds, then refill as :func:`allocate_equal_loss` does. It
     minimizes the sum of the groups' squared losses (their errors taken as independent) greedily.

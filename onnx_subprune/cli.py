@@ -114,7 +114,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--target-flops", type=float, metavar="RATIO",
               help="Keep this fraction of the model's MACs (0 < RATIO <= 1); may be combined with --target-params. Not with --keep.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS),
-              help="How a target is split over groups: sensitivity (equal loss on measured per-group output-error curves) or uniform (one keep fraction).  [default: sensitivity]")
+              help="How a target is split over groups: sensitivity (equal loss on measured per-group output-error curves), marginal (same curves, least squared loss per param saved) or uniform (one keep fraction).  [default: sensitivity]")
 @click.option("--min-keep", type=float, metavar="FRACTION",
               help="Fewest channels any group keeps, as a fraction (rounded up, at least 1).  [default: 1/16 with a target, else 1 channel]")
 @click.option("--round-to", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",

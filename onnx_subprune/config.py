@@ -10,7 +10,7 @@ from .errors import SubpruneError
 GREEDY = ("asym", "seq", "layer")
 BASELINES = ("weight-norm", "activation-norm", "random")
 METHODS = GREEDY + BASELINES
-ALLOCATIONS = ("sensitivity", "uniform")
+ALLOCATIONS = ("sensitivity", "uniform", "marginal")
 DEFAULT_MIN_KEEP = 1 / 16
 """Floor of a group's kept fraction under a target (see :meth:`PruneConfig.min_count`)."""
 

@@ -13,7 +13,7 @@ from . import runtime
 from .analyze import analyze
 from .calibrate import GroupStats, Progress, capture_stats, split_samples
 from .budget import (
-    Allocation, Limits, SizeModel, allocate_equal_loss, allocate_uniform, check_reachable, grid,
+    Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
 from .config import PruneConfig
 from .errors import SubpruneError, UnsupportedPattern
@@ -144,8 +144,8 @@ def _allocate(model, groups, size: SizeModel, grids, limits: Limits, original, w
     subset = {name: array[indices] for name, array in feeds.items()}
     floors = [config.min_count(g.channels) for g in groups]
     curves = measure_curves(model, groups, stats, subset, providers, batch_size, floors, config, progress)
-    allocation = allocate_equal_loss(size, grids, [c.loss for c in curves], limits)
-    return allocation, curves, stats
+    rule = allocate_marginal if config.allocation == "marginal" else allocate_equal_loss
+    return rule(size, grids, [c.loss for c in curves], limits), curves, stats
 
 
 def _budget_entry(size: SizeModel, counts: Sequence[int], index: int, curve: Curve | None) -> dict:

@@ -1,7 +1,6 @@
 """analyze finds the channel groups of chain-structured graphs and says why it skips the rest."""
 
 import numpy as np
-import onnx
 
 import builders
 from onnx_subprune.analyze import analyze, coverage

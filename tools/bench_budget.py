@@ -28,7 +28,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnx_subprune import budget, pipeline  # noqa: E402
+from onnx_subprune import pipeline  # noqa: E402
 from onnx_subprune.config import PruneConfig  # noqa: E402
 from onnx_subprune.data import check_inputs, load_arrays  # noqa: E402
 from onnx_subprune.graph import load_model  # noqa: E402
@@ -46,18 +45,6 @@ from onnx_subprune.verify import accuracy, predict  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 MODELS = ROOT / "models"
-
-
-@contextmanager
-def rule(name: str):
-    """Run the sensitivity allocation with another rule on the same curves."""
-    original = pipeline.allocate_equal_loss
-    if name == "marginal":
-        pipeline.allocate_equal_loss = budget.allocate_marginal
-    try:
-        yield
-    finally:
-        pipeline.allocate_equal_loss = original
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -110,10 +97,9 @@ def main() -> None:
             for allocation in args.rules:
                 for round_to in args.round_to:
                     config = PruneConfig(target_params=target, round_to=round_to, device="cpu",
-                                         allocation="uniform" if allocation == "uniform" else "sensitivity")
+                                         allocation=allocation)
                     start = time.perf_counter()
-                    with rule(allocation):
-                        result = pipeline.prune(model, feeds, config)
+                    result = pipeline.prune(model, feeds, config)
                     wall = time.perf_counter() - start
                     logits = predict(result.model, {"input": images}, CPU, 64)
                     lat = latency_ratios(model, result.model, images, args.repeats)

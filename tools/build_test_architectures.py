@@ -53,7 +53,7 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from onnx import helper, numpy_helper
+from onnx import helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_reference_models import (  # noqa: E402
@@ -867,7 +867,7 @@ def main(argv=None) -> int:
             accs = "" if acc is None else f", test acc {100 * acc:.1f}%"
             print(f"[{name}] {fname}: params {n_params:,}, "
                   f"max|torch-ort| {diff:.1e}{accs}")
-            print(f"    ops: " + ", ".join(f"{k} {v}" for k, v in
+            print("    ops: " + ", ".join(f"{k} {v}" for k, v in
                                          sorted(ops.items())))
         print(f"[{name}] {time.time() - ts:.1f}s")
 
