@@ -47,17 +47,16 @@ def coverage(model: onnx.ModelProto, analysis: Analysis) -> dict:
     """How much of the model the groups reach: groups, channels, and the float parameters of
     the tensors whose shape the groups change (each counted once) as a fraction of all."""
     graph = import_graph(model)
-    nodes = {node.name: node for node in graph.nodes}
+    nodes, tensors = {node.name: node for node in graph.nodes}, graph.tensors()
     touched: dict[str, int] = {}
     for group in analysis.groups:
-        slots = [(p.node, 1) for p in group.producers] + [(c.node, 1) for c in group.consumers]
-        slots += [(p.node, 2) for p in group.producers if p.bias] + [(c.node, 2) for c in group.consumers if c.bias]
-        slots += [(p.node, q.index) for p in group.passthrough for q in p.params]
-        for node, index in slots:
-            tensor = nodes[node].inputs[index]
-            value = const_value(tensor)
+        names = [p.weight for p in group.producers] + [c.weight for c in group.consumers]
+        names += [t.bias for t in (*group.producers, *group.consumers) if t.bias]
+        names += [nodes[p.node].inputs[q.index].name for p in group.passthrough for q in p.params]
+        for name in names:
+            value = const_value(tensors[name])
             if value is not None and np.issubdtype(value.dtype, np.floating):
-                touched[tensor.name] = value.size
+                touched[name] = value.size
     total = count_params(model)
     return {
         "groups": len(analysis.groups),

@@ -131,3 +131,10 @@ def test_coverage_counts_each_touched_tensor_once():
     # w1 b1 (Conv 6x2x3x3 + 6), w2 b2 (Gemm 7x96 + 7), w3 b3 (Gemm 7x4 + 4)
     assert report["params_in_groups"] == 108 + 6 + 672 + 7 + 28 + 4
     assert report["fraction"] == 1.0 and report["groups"] == 2 and report["channels"] == 13
+
+
+def test_coverage_of_an_ffn_counts_the_bias_adds():
+    model = builders.matmul_gelu_matmul()
+    report = coverage(model, analyze(model))
+    assert report["params_in_groups"] == 8 * 16 + 16 + 16 * 8 + 8  # the 3 GELU scalars stay outside
+    assert report["params_total"] == report["params_in_groups"] + 3
