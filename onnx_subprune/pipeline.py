@@ -46,15 +46,12 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     """Prune every channel group of ``model`` using calibration ``feeds`` (checked inputs,
     first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional.
 
-    Kept counts per group: ``counts`` (in the order of ``analyze(model, config.include, config.exclude).groups``) when given,
-    else allocated to meet ``config``'s params/FLOPs target, else ``config.kept_count``.
+    Kept counts per group: ``counts`` (in the order of
+    ``analyze(model, config.include, config.exclude).groups``) when given, else allocated to meet ``config``'s params/FLOPs target, else ``config.kept_count``.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    model = name_nodes(model)
-    analysis = analyze(model, config.include, config.exclude)
-    if not analysis.groups:
-        raise UnsupportedPattern(_nothing_prunable(analysis))
+    model, analysis = _analyzed(model, config)
     groups = analysis.groups
     size = SizeModel(model, groups, refit=config.refit, bias_compensation=config.bias_compensation)
     grids = [grid(g.channels, config.min_count(g.channels), config.round_to) for g in groups]
@@ -62,15 +59,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     if counts is None and config.has_target:
         check_reachable(size, grids, limits)  # before any work
     timings["analyze"] = time.perf_counter() - clock
-    samples = len(next(iter(feeds.values())))
-    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
-    providers, note = runtime.choose_providers(config.device)
-    if log:
-        log(note)
-    split = split_samples(samples, config.holdout, config.seed)
-    weights = _consumer_matrices(model, groups)
-    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
-    original = runtime.session(model, providers, inputs)
+    batch_size, providers, split, weights, original = _runtime(model, groups, feeds, config, log)
     allocation, curves, initial = None, None, None
     by_keep = counts is None and not config.has_target
     if counts is not None:
@@ -274,6 +263,30 @@ def _consumer_matrices(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -
     return {c.node: consumer_matrix(c, values[c.weight]) for c in consumers}
 
 
+def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis]:
+    """The model with every node named, and its channel groups (at least one)."""
+    model = name_nodes(model)
+    analysis = analyze(model, config.include, config.exclude)
+    if not analysis.groups:
+        raise UnsupportedPattern(_nothing_prunable(analysis))
+    return model, analysis
+
+
+def _runtime(model: onnx.ModelProto, groups: Sequence[ChannelGroup], feeds: dict[str, np.ndarray],
+             config: PruneConfig, log: Log | None):
+    """(batch size, providers, sample split, consumer weight matrices, a session of the original
+    model that also outputs every consumer's input)."""
+    samples = len(next(iter(feeds.values())))
+    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
+    providers, note = runtime.choose_providers(config.device)
+    if log:
+        log(note)
+    split = split_samples(samples, config.holdout, config.seed)
+    weights = _consumer_matrices(model, groups)
+    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
+    return batch_size, providers, split, weights, runtime.session(model, providers, inputs)
+
+
 def _nothing_prunable(analysis: Analysis) -> str:
     if not analysis.skipped:
         return "nothing prunable: the model has no Conv, Gemm or MatMul layer"
@@ -287,20 +300,9 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
     """Per-group sensitivity curves of ``model`` (what ``--allocation sensitivity`` measures):
     a JSON-ready report and the :class:`Curve` objects."""
     clock = time.perf_counter()
-    model = name_nodes(model)
-    analysis = analyze(model, config.include, config.exclude)
-    if not analysis.groups:
-        raise UnsupportedPattern(_nothing_prunable(analysis))
+    model, analysis = _analyzed(model, config)
     groups = analysis.groups
-    samples = len(next(iter(feeds.values())))
-    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
-    providers, note = runtime.choose_providers(config.device)
-    if log:
-        log(note)
-    split = split_samples(samples, config.holdout, config.seed)
-    weights = _consumer_matrices(model, groups)
-    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
-    original = runtime.session(model, providers, inputs)
+    batch_size, providers, split, weights, original = _runtime(model, groups, feeds, config, log)
     stats = capture_stats(groups, original, None, weights, feeds, split, batch_size, progress)
     held_out = len(split.holdout) >= MIN_HELD_OUT
     indices = (split.holdout if held_out else split.calibration)[: config.sensitivity_samples]
