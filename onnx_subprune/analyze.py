@@ -93,8 +93,44 @@ def _discover(graph: gs.Graph) -> Analysis:
             skipped.append(Skipped(node=node.name, op=node.op, reason=str(reason)))
             continue
         taken.update(p.node for p in group.producers)
-        groups.append(group)
+        groups.extend(_atoms(group, graph))
     return Analysis(groups=tuple(groups), skipped=tuple(skipped))
+
+
+def _atoms(group: ChannelGroup, graph: gs.Graph) -> list[ChannelGroup]:
+    """Split ``group`` where a Split or Slice cuts its channels: each piece (a range of channels
+    that every tensor holds whole or not at all) is pruned on its own, so that size targets can
+    count it exactly. Pieces that no consumer reads are left as they are."""
+    bounds = sorted({0, group.channels} | {b for _, layout in group.tensors for lo, hi, _ in layout.windows for b in (lo, hi)})
+    if len(bounds) == 2:
+        return [group]
+    nodes = {node.name: node for node in graph.nodes}
+    pieces = []
+    for start, end in zip(bounds, bounds[1:]):
+        layouts = {name: cut for name, layout in group.tensors if (cut := _cut(layout, start, end)) is not None}
+        consumers = tuple(replace(c, layout=layouts[c.input]) for c in group.consumers if c.input in layouts)
+        if not consumers:
+            continue
+        reads = lambda name: any(t.name in layouts for t in nodes[name].inputs)
+        pieces.append(ChannelGroup(
+            name=f"{group.name}[{start}:{end}]",
+            channels=end - start,
+            producers=tuple(replace(p, layout=layouts[p.output]) for p in group.producers if p.output in layouts),
+            consumers=consumers,
+            passthrough=tuple(p for p in group.passthrough if reads(p.node)),
+            shape_fixes=tuple(f for f in group.shape_fixes if reads(f.node)),
+            tensors=tuple(layouts.items()),
+        ))
+    return pieces
+
+
+def _cut(layout: Layout, start: int, end: int) -> Layout | None:
+    """The layout of the group's channels [start, end) alone, renumbered from 0."""
+    windows = tuple(
+        (max(lo, start) - start, min(hi, end) - start, offset + max(lo, start) - lo)
+        for lo, hi, offset in layout.windows if max(lo, start) < min(hi, end)
+    )
+    return replace(layout, channels=end - start, windows=windows) if windows else None
 
 
 class _Boundary:
@@ -114,7 +150,7 @@ def _producer(node: gs.Node) -> tuple[Producer, Layout]:
         if node.attrs.get("group", 1) != 1:
             raise NotChannelWise(f"grouped Conv (group={node.attrs['group']})")
         bias = _optional_constant(node, 2)
-        producer = Producer(node.name, node.op, node.inputs[1].name, 0, bias)
+        producer = Producer(node.name, node.op, node.inputs[1].name, 0, bias, node.outputs[0].name)
         layout = Layout(channels=weight.shape[0], axis=1 - weight.ndim, rank=weight.ndim)
     elif node.op == "Gemm":
         if node.attrs.get("transA", 0):
@@ -123,12 +159,12 @@ def _producer(node: gs.Node) -> tuple[Producer, Layout]:
         bias = _optional_constant(node, 2)
         if bias is not None and node.attrs.get("beta", 1.0) != 1.0:
             raise NotChannelWise("Gemm with beta != 1")
-        producer = Producer(node.name, node.op, node.inputs[1].name, axis, bias)
+        producer = Producer(node.name, node.op, node.inputs[1].name, axis, bias, node.outputs[0].name)
         layout = Layout(channels=weight.shape[axis], axis=-1, rank=2)
     else:
         if weight.ndim != 2:
             raise NotChannelWise(f"MatMul weight has rank {weight.ndim}, not 2")
-        producer = Producer(node.name, node.op, node.inputs[1].name, 1)
+        producer = Producer(node.name, node.op, node.inputs[1].name, 1, output=node.outputs[0].name)
         shape = node.outputs[0].shape
         layout = Layout(channels=weight.shape[1], axis=-1, rank=len(shape) if shape else None)
     if layout.channels < 2:

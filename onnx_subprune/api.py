@@ -28,6 +28,7 @@ def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: S
     result = analyze(model, include, exclude)
     groups = [
         {
+            "group": g.name,
             "producer": g.producers[0].node,
             "producers": [p.node for p in g.producers],
             "consumers": [c.node for c in g.consumers],

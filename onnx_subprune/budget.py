@@ -16,9 +16,8 @@ Conv/Gemm/MatMul (:func:`metrics.count_macs`) are its weight's entry count times
 pruning does not change (output positions per sample, tokens for a MatMul), so they follow the
 same forms. A constant read by several nodes and sliced for one of them gets a fresh copy there
 (as :func:`graph.set_const_value` does); the original stays while an unsliced reader remains.
-The one estimate: a tensor holding only part of a group (after a Split or Slice, or a producer
-making one window) keeps as many channels as the selection leaves in that part; the model
-assumes its share of k_g, pro rata.
+Groups are whole in every tensor: analyze cuts a group where a Split or Slice would leave part
+of it in a tensor, so an axis shrinks by exactly the channels its groups lose.
 
 Allocation
 ----------
@@ -190,14 +189,14 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
                     if key not in created:
                         created[key] = [None, (m,), {}]
     # 2. slicing: producers, pass-through parameters, consumers' inputs. An axis holding a
-    # window of the group's channels shrinks by the removed channels in it: exact for whole
-    # windows (chains, Concat), pro rata for a part of the group (after a Split or Slice).
+    # window of the group's channels shrinks by the removed channels in it (analyze cuts a group
+    # where a Split or Slice would leave a tensor with part of a window, so windows are whole).
     for g, group in enumerate(groups):
         n = group.channels
-        layouts = dict(getattr(group, "tensors", ()) or ())
+        layouts = dict(group.tensors)
         for producer in group.producers:
-            share = _share(getattr(producer, "layout", None))
-            made = round(n * share)
+            share = _share(producer.layout)
+            made = n if producer.layout is None else producer.layout.width  # the layer's outputs
             shrink(slot(producer.node, 1), producer.out_axis, g, share)
             proto = nodes[producer.node]
             if len(proto.input) > 2 and proto.input[2] != "":
@@ -214,7 +213,7 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
                 shrink(slot(passthrough.node, param.index), param.axis, g, param.block * _share(layout))
         for consumer in group.consumers:
             block = 1 if consumer.op == "Conv" else consumer.block
-            shrink(slot(consumer.node, 1), consumer.in_axis, g, block * _share(getattr(consumer, "layout", None)))
+            shrink(slot(consumer.node, 1), consumer.in_axis, g, block * _share(consumer.layout))
     # 3. terms: sliced slots; constants kept whole while an unsliced reader remains
     macs_per_entry = _macs_per_weight_entry(model, consts, source, layer_macs)
     readers: dict[str, list[tuple[str, int]]] = {}
@@ -250,12 +249,7 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
 
 def _share(layout) -> float:
     """Fraction of the group's channels a tensor holds (1 without a layout)."""
-    if layout is None:
-        return 1.0
-    seen = getattr(layout, "seen", None)
-    if seen is None:
-        seen = getattr(layout, "hi", layout.channels) - getattr(layout, "lo", 0)
-    return seen / layout.channels
+    return 1.0 if layout is None else layout.seen / layout.channels
 
 
 def _freeze(axes: dict) -> tuple[_Axis, ...]:

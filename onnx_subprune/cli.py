@@ -96,7 +96,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
              f"({reach['fraction']:.1%}), {result['macs']:,} MACs"]
     for group in result["groups"]:
         through = " -> ".join(group["through"]) or "direct"
-        lines.append(f"  {', '.join(group['producers'])} [{group['channels']} ch] -> "
+        tied = f" + {', '.join(group['producers'][1:])}" if len(group["producers"]) > 1 else ""
+        lines.append(f"  {group['group']}{tied} [{group['channels']} ch] -> "
                      f"{', '.join(group['consumers'])}  via {through}")
     for skip in result["skipped"]:
         lines.append(f"  skipped {skip['node']} ({skip['op']}): {skip['reason']}")

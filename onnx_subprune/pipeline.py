@@ -222,6 +222,7 @@ def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     )
     kept = tuple(int(i) for i in chosen.kept)
     entry = {
+        "group": group.name,
         "producer": group.producers[0].node,
         "producers": [p.node for p in group.producers],
         "consumers": [c.node for c in group.consumers],

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph, set_const_value
 from .ops import matrix_to_weight, slice_window, split_sizes
-from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough
+from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough, Producer
 
 WEIGHT, BIAS = 1, 2
 
@@ -40,7 +40,10 @@ def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelPro
         _update_consumer(graph, nodes, consumer, update, masks[consumer.input], added_bias)
     sliced: set[str] = set()
     for plan in plans:
-        _slice_producers(graph, nodes, plan, added_bias)
+        for producer in plan.group.producers:
+            if producer.node not in sliced:
+                sliced.add(producer.node)
+                _slice_producer(graph, nodes[producer.node], producer, masks[producer.output], added_bias)
         for passthrough in plan.group.passthrough:
             if passthrough.node not in sliced:
                 sliced.add(passthrough.node)
@@ -109,18 +112,15 @@ def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias)
     added_bias[node.name] = add
 
 
-def _slice_producers(graph, nodes, plan: GroupPlan, added_bias: dict[str, gs.Node]) -> None:
-    for producer in plan.group.producers:
-        kept, channels = np.asarray(plan.kept, dtype=np.int64), plan.group.channels
-        if producer.layout is not None:  # makes only the channels [lo, hi) of the group
-            (lo, hi, _), = producer.layout.windows
-            kept, channels = kept[(kept >= lo) & (kept < hi)] - lo, hi - lo
-        node = nodes[producer.node]
-        set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), kept, axis=producer.out_axis))
-        if len(node.inputs) > BIAS and node.inputs[BIAS].name:
-            _slice_last(graph, node, BIAS, kept, channels)
-        if producer.node in added_bias:
-            _slice_last(graph, added_bias[producer.node], 1, kept, channels)
+def _slice_producer(graph, node: gs.Node, producer: Producer, mask: np.ndarray,
+                    added_bias: dict[str, gs.Node]) -> None:
+    """Keep the producer's output channels that survive in its output tensor."""
+    rows = np.flatnonzero(mask)
+    set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), rows, axis=producer.out_axis))
+    if len(node.inputs) > BIAS and node.inputs[BIAS].name:
+        _slice_last(graph, node, BIAS, rows, len(mask))
+    if producer.node in added_bias:
+        _slice_last(graph, added_bias[producer.node], 1, rows, len(mask))
 
 
 def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: dict[str, np.ndarray]) -> None:

@@ -76,8 +76,9 @@ class Layout:
 class Producer:
     """A layer whose output channels are pruned: its weight is sliced along ``out_axis``.
 
-    ``layout``: set when the layer makes only some of the group's channels (a residual joined
-    to one output of a Split: one window at offset 0); None when it makes all of them.
+    ``output``: its output tensor; ``layout``: the group's channels in it (None: exactly all of
+    them; a window when the layer makes only some of the group's channels, or when the group is
+    one window of the layer's channels).
     """
 
     node: str
@@ -85,6 +86,7 @@ class Producer:
     weight: str
     out_axis: int
     bias: str | None = None
+    output: str = ""
     layout: Layout | None = None
 
 

@@ -15,7 +15,7 @@ from onnx_subprune.types import GroupPlan
 
 ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
 GROUPS = {
-    "resnet_mixed": 9, "mobilenetv2": 5, "mobilenetv3_se": 7, "csp_split_concat": 5,
+    "resnet_mixed": 9, "mobilenetv2": 5, "mobilenetv3_se": 7, "csp_split_concat": 6,
     "densenet_block": 5, "bert_layer": 1,
 }
 MODELS = [*GROUPS, *(f"{name}_const" for name in GROUPS), "nhwc_cnn"]

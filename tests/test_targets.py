@@ -96,6 +96,23 @@ def test_coupled_groups_both_targets_met():
     _check_met(model, prune(model, feeds, config).report, config)
 
 
+@pytest.mark.parametrize("name", ["csp_split_concat", "densenet_block"])
+def test_split_and_concat_groups_target_met(name):
+    """A Split cuts a group into pieces pruned on their own, so the count is exact there too."""
+    model = onnx.load(MODELS / "arch" / f"{name}.onnx")
+    with np.load(MODELS / "arch" / "digits_calib_small.npz") as archive:
+        feeds = {"input": archive["input"][:64]}
+    config = PruneConfig(target_params=0.5, **CPU)
+    _check_met(model, prune(model, feeds, config).report, config)
+
+
+@pytest.mark.parametrize("builder", ["csp_split_concat", "csp_residual", "dense_block"])
+def test_split_concat_builders_target_met(builder):
+    model = getattr(builders, builder)()
+    config = PruneConfig(target_params=0.6, round_to=2, **CPU)
+    _check_met(model, prune(model, random_feeds(model, 60), config).report, config)
+
+
 def test_mlp_uniform_flops_target_with_min_keep():
     model = load_model(MODELS / "mlp.onnx")
     feeds = {"input": np.load(MODELS / "digits_calib.npy")[:96]}
