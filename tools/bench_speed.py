@@ -1,0 +1,368 @@
+"""Speed and memory of onnx-subprune on the digits models, and ORT latency of its output.
+
+stages    For each model and calibration size (128, 512, 2048 by default), one fresh child
+          process runs ``onnx-subprune prune MODEL --target-params 0.25 --method asym
+          --device cpu --quiet --report R`` (allocation: --allocation, sensitivity by
+          default, the CLI's default); reported: the report's wall time per stage
+          (``seconds``: analyze, allocation, capture, select, rewrite, verify), the child's
+          whole wall time (imports and file I/O included) and its peak RSS (ru_maxrss from
+          os.wait4, bench_prune.run_measured). Calibration sets: the first N images of
+          models/digits_calib.npz, grown past its 512 images by shifted copies
+          (bench_prune.build_calibration_sets: np.roll by a random non-zero (dy, dx) in
+          [-2, 2]^2, blank pixels shifted in, seeded, all distinct).
+selector  The Gram-form greedy vs the naive lstsq greedy on random conv-shaped problems
+          (bench_selector.bench_naive: block 9, N = d + 64, k = n/2; the naive run is stopped
+          after --naive-timeout s and then reported as a lower bound), and the greedy + refit
+          of a 512-channel 3x3 consumer (bench_selector.bench_large).
+latency   For each model, prunes it (asym, --allocation uniform by default, seed 0, the
+          128-image calibration subset of seed 0 as in bench_quality.py) at each params
+          compression ratio (once per --round-to value: 1 and 8 by default, since ORT's
+          blocked Conv kernels want channel counts that are multiples of 8), then times the
+          original and every pruned model with onnxruntime CPU (--threads intra-op threads, sequential execution) on test images at batch 1 and
+          64: --rounds rounds, each running every model --repeats times after 3 warm-up runs,
+          models interleaved so load changes hit them alike; the median per model over all
+          runs, and the speed-up original / pruned from the same process.
+
+Writes docs/results/speed_<section>.csv and .md and replaces the section's block in
+docs/RESULTS.md.
+
+Usage: python tools/bench_speed.py {stages,selector,latency,all} [--models ...] [--samples ...]
+           [--ratios 2 4 8 16] [--naive-sizes 32 64 128] [--no-large] [--threads 1]
+           [--out docs/results] [--results docs/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prune import (  # noqa: E402
+    CALIB, MODELS, ROOT, TEST, build_calibration_sets, cli_command, environment, markdown_table,
+    run_measured,
+)
+from bench_quality import _cpu_model, calibration_subset, splice, write_csv  # noqa: E402
+
+STAGES = ("analyze", "allocation", "capture", "select", "rewrite", "verify")
+
+
+def machine_line() -> str:
+    env = environment()
+    import onnxruntime
+
+    return (f"Machine: {env['cpus']} CPUs ({_cpu_model()}), OPENBLAS_CORETYPE={env['openblas_coretype']}, "
+            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, Python {env['python']}, "
+            f"numpy {env['numpy']}, onnxruntime {onnxruntime.__version__}; load average at the end "
+            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min: other jobs share the machine, "
+            "so timings are noisy).")
+
+
+def command_line(section: str, args, flags: list[str]) -> str:
+    parts = ["python tools/bench_speed.py", section]
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if isinstance(value, bool):
+            if value:
+                parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(flag + " " + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value))
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def publish(section: str, args, text: str, rows: list[dict]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / f"speed_{section}.csv", rows)
+    (args.out / f"speed_{section}.md").write_text(text + "\n")
+    if str(args.results) != "-":
+        splice(args.results, f"speed {section}", text)
+    print(text)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def cmd_stages(args) -> int:
+    sizes = sorted(set(args.samples))
+    rows = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
+        tmp = Path(tmp)
+        paths = build_calibration_sets(sizes, tmp, args.seed, "background")
+        for name in args.models:
+            for size in sizes:
+                report = tmp / f"{name}_{size}.json"
+                command = cli_command() + [
+                    "prune", str(MODELS / f"{name}.onnx"), "-o", str(tmp / f"{name}_{size}.onnx"),
+                    "--calib", str(paths[size]), "--target-params", f"{1 / args.ratio:g}",
+                    "--allocation", args.allocation, "--method", "asym", "--device", "cpu", "--quiet",
+                    "--report", str(report),
+                ]
+                measures = []
+                for repeat in range(args.repeats):
+                    print(f"[stages] {name}, {size} samples, run {repeat + 1}/{args.repeats} ...",
+                          file=sys.stderr, flush=True)
+                    measure = run_measured(command, tmp, f"{name}_{size}_{repeat}")
+                    if measure["returncode"] == 0:
+                        measure["seconds"] = json.loads(report.read_text())["seconds"]
+                    measures.append(measure)
+                ok = [m for m in measures if m["returncode"] == 0]
+                row = {"model": name, "samples": size, "repeats": args.repeats, "ok": len(ok)}
+                if ok:
+                    for stage in STAGES:
+                        row[stage + "_s"] = statistics.median(m["seconds"].get(stage, 0.0) for m in ok)
+                    row["stages_s"] = statistics.median(sum(m["seconds"].values()) for m in ok)
+                    row["process_wall_s"] = statistics.median(m["wall_s"] for m in ok)
+                    row["cpu_s"] = statistics.median(m["user_s"] + m["sys_s"] for m in ok)
+                    row["peak_rss_mib"] = statistics.median(m["peak_rss_mib"] for m in ok)
+                    row["error"] = ""
+                else:
+                    row["error"] = measures[0].get("stderr", "")[-300:]
+                    print(f"[stages] FAILED: {row['error']}", file=sys.stderr)
+                rows.append(row)
+    total = time.perf_counter() - started
+    table = []
+    for row in rows:
+        if not row["ok"]:
+            table.append([row["model"], str(row["samples"])] + ["FAILED"] * (len(STAGES) + 5))
+            continue
+        base = next(r for r in rows if r["model"] == row["model"] and r["ok"])
+        growth = 100 * (row["peak_rss_mib"] / base["peak_rss_mib"] - 1)
+        table.append([row["model"], str(row["samples"])] + [f"{row[s + '_s']:.2f}" for s in STAGES] + [
+            f"{row['stages_s']:.1f}", f"{row['process_wall_s']:.1f}", f"{row['cpu_s']:.1f}",
+            f"{row['peak_rss_mib']:.0f}", f"{growth:+.0f}%" if row is not base else "-"])
+    header = ["model", "calib samples"] + [f"{s} s" for s in STAGES] + [
+        "stages total s", "process wall s", "process CPU s", "peak RSS MiB", "RSS vs smallest"]
+    text = "\n".join([
+        "### Pruning time per stage and peak memory",
+        "",
+        f"Reproduce: `{command_line('stages', args, ['--models', '--samples', '--ratio', '--allocation', '--repeats'])}`"
+        f" (took {total:.0f} s).",
+        f"`onnx-subprune prune MODEL --target-params {1 / args.ratio:g} --allocation {args.allocation} "
+        f"--method asym --device cpu`, one fresh process per run, median of {args.repeats}; the stage "
+        "columns are the report's `seconds`, the process columns include Python start-up, imports and "
+        "file I/O. Calibration sets past 512 images are the shipped images plus shifted copies.",
+        machine_line(),
+        "",
+        markdown_table(header, table, right=set(range(1, len(header)))),
+        "",
+    ])
+    publish("stages", args, text, rows)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+# --------------------------------------------------------------------------- selector
+
+
+def cmd_selector(args) -> int:
+    from bench_selector import bench_large, bench_naive
+
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    started = time.perf_counter()
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    try:
+        for n in args.naive_sizes:
+            print(f"[selector] n = {n} ...", file=sys.stderr, flush=True)
+            rows.append({"case": "naive vs gram", **bench_naive(n, rng, args.naive_timeout)})
+    finally:  # bench_naive sets OPENBLAS_NUM_THREADS=1 for its child; keep it out of ours
+        if saved is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    large = None
+    if not args.no_large:
+        print("[selector] 512-channel consumer ...", file=sys.stderr, flush=True)
+        large = bench_large(rng)
+        rows.append({"case": "large", **large})
+    total = time.perf_counter() - started
+    table = []
+    for row in rows:
+        if row["case"] != "naive vs gram":
+            continue
+        bound = ">" if row["naive_stopped"] else ""
+        table.append([str(row["n"]), str(row["d"]), str(row["N"]), str(row["k"]), f"{row['greedy_s']:.3f}",
+                      f"{bound}{row['naive_s']:.2f}", f"{bound}{row['speedup']:.0f}x",
+                      "-" if row["same_order"] is None else ("yes" if row["same_order"] else "no"),
+                      "-" if row["total_rel_diff"] is None else f"{row['total_rel_diff']:.1e}"])
+    lines = [
+        "### Channel selector: Gram-form greedy vs naive lstsq greedy",
+        "",
+        f"Reproduce: `{command_line('selector', args, ['--naive-sizes', '--naive-timeout', '--no-large'])}`"
+        f" (took {total:.0f} s).",
+        "Random conv-shaped problems (n channels of 3x3 blocks, d = 9n columns, N = d + 64 rows, m = 8 "
+        "outputs, k = n/2 kept); the naive greedy (one `lstsq`, LAPACK gelsy, per candidate and step) "
+        "runs in a child process with one OpenBLAS thread; a run stopped at the timeout is a lower bound (>).",
+        machine_line(),
+        "",
+        markdown_table(["n", "d", "N", "k", "greedy s", "naive s", "speed-up", "same channels", "F rel. diff"],
+                       table, right=set(range(9))),
+        "",
+    ]
+    if large:
+        lines += [
+            f"512-channel 3x3 consumer (d = {large['d']}, m = {large['m']}, k = {large['k']}, population "
+            f"statistics): greedy {large['greedy_s']:.2f} s + refit {large['refit_s']:.2f} s = "
+            f"{large['greedy_plus_refit_s']:.2f} s.",
+            "",
+        ]
+    publish("selector", args, "\n".join(lines), rows)
+    return 0
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def _session(model, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(sessions: dict, feed: dict, rounds: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds per run of each session, runs interleaved by rounds."""
+    times = {key: [] for key in sessions}
+    for sess in sessions.values():
+        for _ in range(3):
+            sess.run(None, feed)
+    for _ in range(rounds):
+        for key, sess in sessions.items():
+            for _ in range(3):
+                sess.run(None, feed)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                times[key].append(time.perf_counter() - start)
+    return {key: 1e3 * float(np.median(values)) for key, values in times.items()}
+
+
+def cmd_latency(args) -> int:
+    from onnx_subprune.config import PruneConfig
+    from onnx_subprune.data import check_inputs, load_arrays
+    from onnx_subprune.errors import SubpruneError
+    from onnx_subprune.graph import load_model
+    from onnx_subprune.metrics import count_macs, count_params
+    from onnx_subprune.pipeline import prune
+
+    rows, skipped = [], []
+    started = time.perf_counter()
+    test_arrays = load_arrays(TEST)
+    for name in args.models:
+        model = load_model(MODELS / f"{name}.onnx")
+        (input_name, pool), = check_inputs(load_arrays(CALIB), model, str(CALIB)).items()
+        test = check_inputs(test_arrays, model, str(TEST), extra=("label",))[input_name]
+        feeds = {input_name: calibration_subset(pool, args.calib_samples, 0)}
+        models = {(1, 1): model}
+        for ratio in args.ratios:
+            for round_to in args.round_to:
+                print(f"[latency] prune {name} x{ratio:g} round-to {round_to} ...", file=sys.stderr, flush=True)
+                config = PruneConfig(method="asym", target_params=1 / ratio, allocation=args.allocation,
+                                     round_to=round_to, device="cpu", seed=0)
+                try:
+                    models[(ratio, round_to)] = prune(model, feeds, config).model
+                except SubpruneError as exc:  # e.g. multiples of 8 cannot reach the target
+                    skipped.append(f"{name} {ratio:g}x round to {round_to}: {exc}")
+                    print(f"[latency]   skipped: {exc}", file=sys.stderr)
+        sessions = {key: _session(m, args.threads) for key, m in models.items()}
+        params0, macs0 = count_params(model), count_macs(model)
+        medians = {}
+        for batch in args.batches:
+            print(f"[latency] time {name} batch {batch} ...", file=sys.stderr, flush=True)
+            repeats = max(3, args.repeats if batch == 1 else args.repeats // 4)
+            medians[batch] = time_interleaved(sessions, {input_name: np.ascontiguousarray(test[:batch])},
+                                              args.rounds, repeats)
+        for (ratio, round_to), pruned in models.items():
+            row = {"model": name, "ratio": ratio, "round_to": round_to,
+                   "params_ratio": count_params(pruned) / params0, "macs_ratio": count_macs(pruned) / macs0}
+            for batch in args.batches:
+                row[f"batch{batch}_ms"] = medians[batch][(ratio, round_to)]
+                row[f"batch{batch}_speedup"] = medians[batch][(1, 1)] / medians[batch][(ratio, round_to)]
+            rows.append(row)
+    total = time.perf_counter() - started
+    header = ["model", "ratio", "round to", "params ratio", "MACs ratio"]
+    for batch in args.batches:
+        header += [f"batch {batch} ms", f"batch {batch} speed-up"]
+    table = []
+    for row in rows:
+        cells = [row["model"], "original" if row["ratio"] == 1 else f"{row['ratio']:g}x",
+                 "-" if row["ratio"] == 1 else str(row["round_to"]),
+                 f"{row['params_ratio']:.3f}", f"{row['macs_ratio']:.3f}"]
+        for batch in args.batches:
+            cells += [f"{row[f'batch{batch}_ms']:.3f}", f"{row[f'batch{batch}_speedup']:.2f}x"]
+        table.append(cells)
+    text = "\n".join([
+        "### ONNX Runtime CPU latency, pruned vs original",
+        "",
+        f"Reproduce: `{command_line('latency', args, ['--models', '--ratios', '--round-to', '--allocation', '--threads', '--batches', '--rounds', '--repeats'])}`"
+        f" (took {total:.0f} s).",
+        f"Pruned by asym with `target_params = 1/ratio`, {args.allocation} allocation, kept counts "
+        f"multiples of `round to` (`--round-to`), seed 0, {args.calib_samples} calibration images; CPUExecutionProvider, {args.threads} intra-op "
+        f"thread(s), sequential; median over {args.rounds} interleaved rounds of {args.repeats} runs at "
+        f"batch 1 ({max(3, args.repeats // 4)} at larger batches) after warm-up; speed-up = original / "
+        "pruned median from the same process.",
+        machine_line(),
+        "",
+        markdown_table(header, table, right=set(range(1, len(header)))),
+        "",
+    ] + ([f"Not reachable, left out: {'; '.join(skipped)}.", ""] if skipped else []))
+    publish("latency", args, text, rows)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("section", choices=("stages", "selector", "latency", "all"))
+    parser.add_argument("--models", nargs="+", default=["lenet5", "vgg_bn", "resnet_small"])
+    parser.add_argument("--samples", type=int, nargs="+", default=[128, 512, 2048],
+                        help="stages: calibration set sizes")
+    parser.add_argument("--ratio", type=float, default=4, help="stages: params compression ratio")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[2, 4, 8, 16],
+                        help="latency: params compression ratios")
+    parser.add_argument("--allocation", choices=("sensitivity", "uniform"),
+                        help="allocation (default: sensitivity for stages, uniform for latency)")
+    parser.add_argument("--repeats", type=int, help="stages: runs per setting (default 1); "
+                        "latency: timed runs per round at batch 1 (default 40, a quarter at larger batches)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the augmentation and the problems")
+    parser.add_argument("--naive-sizes", type=int, nargs="*", default=[32, 64, 128])
+    parser.add_argument("--naive-timeout", type=float, default=120.0)
+    parser.add_argument("--no-large", action="store_true", help="selector: skip the 512-channel case")
+    parser.add_argument("--threads", type=int, default=1, help="latency: ORT intra-op threads")
+    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8],
+                        help="latency: prune once per value (PruneConfig.round_to)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="latency: batch sizes")
+    parser.add_argument("--rounds", type=int, default=5, help="latency: interleaved rounds")
+    parser.add_argument("--calib-samples", type=int, default=128, help="latency: calibration images")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md",
+                        help="document whose section blocks are replaced ('-': none)")
+    args = parser.parse_args(argv)
+    status = 0
+    sections = ("stages", "latency", "selector") if args.section == "all" else (args.section,)
+    repeats, allocation = args.repeats, args.allocation
+    for section in sections:
+        args.allocation = allocation or ("sensitivity" if section == "stages" else "uniform")
+        args.repeats = repeats or (1 if section == "stages" else 40)
+        status |= {"stages": cmd_stages, "selector": cmd_selector, "latency": cmd_latency}[section](args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
