@@ -60,7 +60,7 @@ def _check_met(model, report, config: PruneConfig):
             assert not limits.fits(size.totals(bigger)), (index, counts)
 
 
-@pytest.mark.parametrize("allocation", ["sensitivity", "uniform"])
+@pytest.mark.parametrize("allocation", ["sensitivity", "uniform", "marginal"])
 @pytest.mark.parametrize("round_to", [1, 8])
 def test_lenet_params_target_met(lenet, allocation, round_to):
     model, feeds = lenet
