@@ -1,5 +1,7 @@
 """End-to-end pruning through the Python API, checked against direct computation."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -46,8 +48,9 @@ def test_more_channels_explain_more():
 
 @pytest.fixture(scope="module")
 def lenet():
-    model = load_model("models/lenet5.onnx")
-    feeds = check_inputs(load_arrays("models/digits_calib.npz"), model, "calib")
+    models = Path(__file__).resolve().parent.parent / "models"
+    model = load_model(models / "lenet5.onnx")
+    feeds = check_inputs(load_arrays(models / "digits_calib.npz"), model, "calib")
     return model, {k: v[:128] for k, v in feeds.items()}
 
 
