@@ -193,27 +193,23 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
     # where a Split or Slice would leave a tensor with part of a window, so windows are whole).
     for g, group in enumerate(groups):
         n = group.channels
-        layouts = dict(group.tensors)
         for producer in group.producers:
-            share = _share(producer.layout)
             made = n if producer.layout is None else producer.layout.width  # the layer's outputs
-            shrink(slot(producer.node, 1), producer.out_axis, g, share)
+            shrink(slot(producer.node, 1), producer.out_axis, g, 1.0)
             proto = nodes[producer.node]
             if len(proto.input) > 2 and proto.input[2] != "":
                 entry = slot(producer.node, 2)
                 if entry[1] and entry[1][-1] == made:
-                    shrink(entry, -1, g, share)
+                    shrink(entry, -1, g, 1.0)
             for key in ((producer.node, 2), (f"{producer.node}_bias_add", 1)):
                 if key in created and created[key][1][-1] == made:
-                    shrink(created[key], -1, g, share)
+                    shrink(created[key], -1, g, 1.0)
         for passthrough in group.passthrough:
-            proto = nodes[passthrough.node]
-            layout = next((layouts[name] for name in proto.input if name in layouts), None)
             for param in passthrough.params:
-                shrink(slot(passthrough.node, param.index), param.axis, g, param.block * _share(layout))
+                shrink(slot(passthrough.node, param.index), param.axis, g, float(param.block))
         for consumer in group.consumers:
             block = 1 if consumer.op == "Conv" else consumer.block
-            shrink(slot(consumer.node, 1), consumer.in_axis, g, block * _share(consumer.layout))
+            shrink(slot(consumer.node, 1), consumer.in_axis, g, float(block))
     # 3. terms: sliced slots; constants kept whole while an unsliced reader remains
     macs_per_entry = _macs_per_weight_entry(model, consts, source, layer_macs)
     readers: dict[str, list[tuple[str, int]]] = {}
@@ -245,11 +241,6 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
     fixed_macs = sum(v for node, v in layer_macs.items()
                      if (node, 1) not in slots or macs_per_entry.get(node) is None)
     return terms, fixed_params, float(fixed_macs)
-
-
-def _share(layout) -> float:
-    """Fraction of the group's channels a tensor holds (1 without a layout)."""
-    return 1.0 if layout is None else layout.seen / layout.channels
 
 
 def _freeze(axes: dict) -> tuple[_Axis, ...]:
