@@ -127,14 +127,23 @@ def _allocate(model, groups, size: SizeModel, grids, limits: Limits, original, w
     statistics of every group (reused by the prune) when the allocation measured them."""
     if config.allocation == "uniform":
         return allocate_uniform(size, grids, limits), None, None
+    curves, stats, _ = _curves(model, groups, original, weights, feeds, split, batch_size, providers,
+                               config, progress)
+    rule = allocate_marginal if config.allocation == "marginal" else allocate_equal_loss
+    return rule(size, grids, [c.loss for c in curves], limits), curves, stats
+
+
+def _curves(model, groups, original, weights, feeds, split, batch_size, providers, config: PruneConfig,
+            progress):
+    """Sensitivity curves of every group, the original model's statistics they came from, and
+    the samples the output error was measured on (held-out ones when there are enough)."""
     stats = capture_stats(groups, original, None, weights, feeds, split, batch_size, progress)
     indices = split.holdout if len(split.holdout) >= MIN_HELD_OUT else split.calibration
     indices = indices[: config.sensitivity_samples]
     subset = {name: array[indices] for name, array in feeds.items()}
     floors = [config.min_count(g.channels) for g in groups]
     curves = measure_curves(model, groups, stats, subset, providers, batch_size, floors, config, progress)
-    rule = allocate_marginal if config.allocation == "marginal" else allocate_equal_loss
-    return rule(size, grids, [c.loss for c in curves], limits), curves, stats
+    return curves, stats, indices
 
 
 def _budget_entry(size: SizeModel, counts: Sequence[int], index: int, curve: Curve | None) -> dict:
@@ -304,12 +313,10 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
     model, analysis = _analyzed(model, config)
     groups = analysis.groups
     batch_size, providers, split, weights, original = _runtime(model, groups, feeds, config, log)
-    stats = capture_stats(groups, original, None, weights, feeds, split, batch_size, progress)
+    curves, _, indices = _curves(model, groups, original, weights, feeds, split, batch_size, providers,
+                                 config, progress)
     held_out = len(split.holdout) >= MIN_HELD_OUT
-    indices = (split.holdout if held_out else split.calibration)[: config.sensitivity_samples]
-    subset = {name: array[indices] for name, array in feeds.items()}
     floors = [config.min_count(g.channels) for g in groups]
-    curves = measure_curves(model, groups, stats, subset, providers, batch_size, floors, config, progress)
     fractions = sorted({config.floor_fraction, *config.sensitivity_points} - {0.0})
     entries = []
     for group, curve, floor in zip(groups, curves, floors):
