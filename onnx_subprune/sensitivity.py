@@ -22,14 +22,13 @@ import numpy as np
 import onnx
 
 from .calibrate import GroupStats, Progress
-from .config import PruneConfig
+from .choose import choose, current_positions
+from .config import GREEDY, PruneConfig
 from .files import write_atomic
 from .rewrite import rewrite
-from .choose import choose, current_positions
-from .config import GREEDY
 from .select import greedy_select, refit
 from .types import ChannelGroup, ConsumerUpdate, GroupPlan
-from .verify import predict
+from .verify import fidelity, predict
 
 _TINY = 1e-12
 
@@ -127,11 +126,7 @@ def group_plan(group: ChannelGroup, stats: GroupStats, order: np.ndarray, k: int
 
 def output_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
     """Root mean square over outputs of the relative error ||c - r|| / ||r||."""
-    errors = []
-    for name, ref in reference.items():
-        ref64 = ref.astype(np.float64)
-        diff = candidate[name].astype(np.float64) - ref64
-        errors.append(float(np.linalg.norm(diff) / max(np.linalg.norm(ref64), 1e-30)))
+    errors = [output["relative_error"] for output in fidelity(reference, candidate).values()]
     return float(np.sqrt(np.mean(np.square(errors))))
 
 
