@@ -198,11 +198,11 @@ def _prune_summary(report: dict, output: str) -> str:
 
 def _group_table(groups: list[dict]) -> str:
     """Per group: kept/channels, fraction, params and MACs of its layers, predicted loss."""
-    width = max(len("group"), *(len(g["producer"]) for g in groups))
+    width = max(len("group"), *(len(g["group"]) for g in groups))
     rows = [f"  {'group':<{width}}  {'kept':>9}  {'frac':>6}  {'params':>11}  {'MACs':>13}  {'pred. loss':>10}"]
     for g in groups:
         loss = "-" if g.get("predicted_loss") is None else f"{g['predicted_loss']:.4f}"
-        rows.append(f"  {g['producer']:<{width}}  {str(g['k']) + '/' + str(g['channels']):>9}  "
+        rows.append(f"  {g['group']:<{width}}  {str(g['k']) + '/' + str(g['channels']):>9}  "
                     f"{g['fraction']:>6.1%}  {g['params']:>11,}  {g['macs']:>13,}  {loss:>10}")
     return "\n".join(rows)
 
