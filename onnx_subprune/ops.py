@@ -140,15 +140,17 @@ def _transpose(node: gs.Node, layout: Layout, group: set[str] | None):
 
 def is_depthwise(node: gs.Node) -> bool:
     """A Conv with one filter per input channel (group == channels, channel multiplier 1)."""
-    weight = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    shape = node.inputs[1].shape if node.op == "Conv" and len(node.inputs) > 1 else None
     group = node.attrs.get("group", 1)
-    return node.op == "Conv" and weight is not None and group > 1 and weight.shape[0] == group and weight.shape[1] == 1
+    return group > 1 and shape is not None and len(shape) > 2 and shape[0] == group and shape[1] == 1
 
 
 def _depthwise(node: gs.Node, layout: Layout, group: set[str] | None):
     """A depthwise Conv keeps channels apart: its filters and bias are sliced with them."""
     if not layout.is_nchw or layout.block != 1 or node.attrs["group"] != layout.width:
         raise NotChannelWise(f"depthwise Conv {node.name} does not match the {layout.width} channels")
+    if const_value(node.inputs[1]) is None:
+        raise NotChannelWise(f"weight of depthwise Conv {node.name} is not a constant")
     params = [SlicedParam(index=1, axis=0)]
     if len(node.inputs) > 2 and node.inputs[2].name:
         if const_value(node.inputs[2]) is None:
