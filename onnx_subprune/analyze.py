@@ -92,9 +92,18 @@ def _discover(graph: gs.Graph) -> Analysis:
         except NotChannelWise as reason:
             skipped.append(Skipped(node=node.name, op=node.op, reason=str(reason)))
             continue
+        except Exception as error:  # an op, attribute or shape no rule foresaw: skip, never crash
+            skipped.append(Skipped(node=node.name, op=node.op, reason=_unforeseen(error)))
+            continue
         taken.update(p.node for p in group.producers)
         groups.extend(_atoms(group, graph))
     return Analysis(groups=tuple(groups), skipped=tuple(skipped))
+
+
+def _unforeseen(error: Exception) -> str:
+    """The skip reason for an error no rule raised on purpose (one line)."""
+    text = " ".join(str(error).split())[:200]
+    return f"the graph around it could not be analyzed ({type(error).__name__}: {text})"
 
 
 def _atoms(group: ChannelGroup, graph: gs.Graph) -> list[ChannelGroup]:

@@ -104,7 +104,7 @@ def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path
     check_inputs(arrays, pruned, source, extra)
     samples = len(next(iter(feeds.values())))
     truth = check_labels(arrays[labels], samples, source) if labels is not None else None
-    batch = runtime.batch_size_for(original, batch_size, samples)
+    batch = runtime.batch_size_for(original, batch_size)
     providers, note = runtime.choose_providers(device)
     if log:
         log(note)

@@ -39,10 +39,9 @@ import numpy as np
 import onnx
 
 from .errors import SubpruneError
-from .metrics import FLOAT_TYPES, count_params
+from .metrics import FLOAT_TYPES, count_params, layer_macs as macs_of_layers
 from .types import ChannelGroup
 
-_LAYERS = ("Conv", "Gemm", "MatMul")
 _Axis = tuple[int, tuple[tuple[int, float], ...]]  # (axis, ((group index, coefficient), ...))
 
 
@@ -75,7 +74,7 @@ class SizeModel:
                  refit: bool = True, bias_compensation: bool = True):
         self.groups = tuple(groups)
         self.channels = np.array([g.channels for g in groups], dtype=np.int64)
-        layer_macs = _layer_macs(model)
+        layer_macs = dict(macs_of_layers(model))
         self.terms, fixed_params, fixed_macs = _build_terms(model, self.groups, refit and bias_compensation, layer_macs)
         self.fixed_params, self.fixed_macs = fixed_params, fixed_macs
         self.by_group: list[list[int]] = [[] for _ in groups]
@@ -255,32 +254,6 @@ def _outputs(op: str, node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> in
         trans_b = any(a.name == "transB" and a.i for a in node.attribute)
         return int(weight_shape[0] if trans_b else weight_shape[1])
     return int(weight_shape[-1])
-
-
-def _layer_macs(model: onnx.ModelProto) -> dict[str, int]:
-    """MACs of every Conv/Gemm/MatMul node, by name, as :func:`metrics.count_macs` counts them."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {
-        info.name: [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
-        for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    }
-    shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
-    result = {}
-    for node in inferred.graph.node:
-        if node.op_type not in _LAYERS:
-            continue
-        out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
-        if out is None or weight is None:
-            continue
-        if node.op_type == "Conv":
-            macs = int(np.prod(out[1:])) * int(np.prod(weight[1:]))
-        elif node.op_type == "Gemm":
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            macs = int(np.prod(out[1:])) * weight[1 if trans_b else 0]
-        else:
-            macs = int(np.prod(out[1:])) * (weight[-2] if len(weight) >= 2 else 1)
-        result[node.name] = int(macs)
-    return result
 
 
 def _macs_per_weight_entry(model, consts, source, layer_macs: dict[str, int]) -> dict[str, float]:

@@ -62,7 +62,7 @@ def check_inputs(arrays: dict[str, np.ndarray], model: onnx.ModelProto, source: 
 def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.ndarray:
     tensor_type = info.type.tensor_type
     expected = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
     if array.ndim != len(dims):
         raise SubpruneError(
             f"{source}: input {info.name!r} has rank {array.ndim}, the model expects rank {len(dims)} "

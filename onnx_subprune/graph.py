@@ -39,7 +39,16 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """Shape-infer ``model`` (nodes named by :func:`name_nodes`) and import it."""
-    return gs.import_onnx(onnx.shape_inference.infer_shapes(name_nodes(model)))
+    return gs.import_onnx(infer_shapes(name_nodes(model)))
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with inferred shapes, or as it is where onnx's shape inference fails on it
+    (custom domains, ops newer than the installed onnx)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return model
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
+
+from .graph import infer_shapes
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -21,26 +25,34 @@ def count_params(model: onnx.ModelProto) -> int:
 def count_macs(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of the Conv, Gemm and MatMul nodes for one sample.
 
-    Shapes come from shape inference; symbolic dims (batch, sequence) count as 1.
+    Shapes come from shape inference; symbolic or unknown dims (batch, sequence) count as 1.
     """
-    inferred = onnx.shape_inference.infer_shapes(model)
+    return sum(macs for _, macs in layer_macs(model))
+
+
+def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    """(node name, MACs for one sample) of every Conv, Gemm and MatMul node whose output and
+    weight shapes are known, in graph order (see :func:`count_macs`)."""
+    inferred = infer_shapes(model)
     shapes = {
-        info.name: [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
+        info.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                    for d in info.type.tensor_type.shape.dim]
         for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     }
     shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
-    total = 0
+    result = []
     for node in inferred.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
-        if out is None or weight is None:
+        if not out or not weight:
             continue
         if node.op_type == "Conv":
-            total += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+            macs = math.prod(out[1:]) * math.prod(weight[1:])
         elif node.op_type == "Gemm":
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            total += int(np.prod(out[1:])) * weight[1 if trans_b else 0]
+            macs = math.prod(out[1:]) * weight[1 if trans_b and len(weight) > 1 else 0]
         else:
-            total += int(np.prod(out[1:])) * (weight[-2] if len(weight) >= 2 else 1)
-    return total
+            macs = math.prod(out[1:]) * (weight[-2] if len(weight) >= 2 else 1)
+        result.append((node.name, int(macs)))
+    return result

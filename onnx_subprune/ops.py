@@ -165,6 +165,8 @@ def input_layout(node: gs.Node, output: Layout) -> Layout:
     if node.op in ("Flatten", "Reshape"):
         raise NotChannelWise(f"channels reach {node.op} {node.name} from below")
     if node.op == "Transpose":
+        if output.rank is None:
+            raise NotChannelWise(f"Transpose {node.name} of a tensor of unknown rank")
         perm = list(node.attrs.get("perm", range(output.rank)[::-1]))
         return replace(output, axis=perm[output.rank + output.axis] - output.rank)
     return output

@@ -287,7 +287,7 @@ def _runtime(model: onnx.ModelProto, groups: Sequence[ChannelGroup], feeds: dict
     """(batch size, providers, sample split, consumer weight matrices, a session of the original
     model that also outputs every consumer's input)."""
     samples = len(next(iter(feeds.values())))
-    batch_size = runtime.batch_size_for(model, config.batch_size, samples)
+    batch_size = runtime.batch_size_for(model, config.batch_size)
     providers, note = runtime.choose_providers(config.device)
     if log:
         log(note)

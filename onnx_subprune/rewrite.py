@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import const_value, import_graph, set_const_value
+from .graph import const_value, import_graph, infer_shapes, set_const_value
 from .ops import matrix_to_weight, slice_window, split_sizes
 from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough, Producer
 
@@ -198,4 +198,4 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
         setattr(model, field, getattr(original, field))
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
-    return onnx.shape_inference.infer_shapes(model)
+    return infer_shapes(model)

@@ -10,6 +10,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError
+from .graph import infer_shapes
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -73,6 +74,7 @@ def session(model: onnx.ModelProto, providers: list[str], capture: tuple[str, ..
 
     if capture:
         model = with_outputs(model, capture)
+    model = _dynamic_batch_dims(model)
     ort.set_default_logger_severity(3)
     try:
         return ort.InferenceSession(model.SerializeToString(), _options(), providers=providers)
@@ -80,9 +82,24 @@ def session(model: onnx.ModelProto, providers: list[str], capture: tuple[str, ..
         raise SubpruneError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
 
 
+def _dynamic_batch_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with graph input/output dims declared 0 or -1 made symbolic (onnxruntime takes
+    a 0 literally), or ``model`` itself when it has none."""
+    values = [*model.graph.input, *model.graph.output]
+    if not any(d.HasField("dim_value") and d.dim_value <= 0 for v in values for d in v.type.tensor_type.shape.dim):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in [*copy.graph.input, *copy.graph.output]:
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.dim_param = f"dynamic_{index}"
+    return copy
+
+
 def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
-    copy = onnx.shape_inference.infer_shapes(model)
+    copy = infer_shapes(model)
     present = {out.name for out in copy.graph.output}
     types = {info.name: info.type.tensor_type.elem_type for info in copy.graph.value_info}
     types.update({info.name: info.type.tensor_type.elem_type for info in copy.graph.input})
@@ -94,21 +111,27 @@ def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelPr
     return copy
 
 
-def batch_size_for(model: onnx.ModelProto, requested: int, samples: int) -> int:
-    """``requested`` unless the model fixes its batch axis; a fixed batch must divide the data."""
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's inputs fix on their first axis (None: dynamic).
+
+    A first dim that is symbolic, unset, 0 or -1 (as some exporters write a dynamic dim) is
+    dynamic; a positive value is a fixed batch.
+    """
     from .data import model_inputs
 
-    fixed = {
-        inp.type.tensor_type.shape.dim[0].dim_value
+    sizes = {
+        dim.dim_value
         for inp in model_inputs(model)
-        if inp.type.tensor_type.shape.dim and inp.type.tensor_type.shape.dim[0].HasField("dim_value")
+        for dim in inp.type.tensor_type.shape.dim[:1]
+        if dim.HasField("dim_value") and dim.dim_value > 0
     }
-    if not fixed:
-        return requested
-    size = fixed.pop()
-    if samples % size:
-        raise SubpruneError(f"the model has a fixed batch of {size}; {samples} samples is not a multiple of it")
-    return size
+    return min(sizes) if sizes else None
+
+
+def batch_size_for(model: onnx.ModelProto, requested: int) -> int:
+    """``requested`` unless the model fixes its batch axis. A last batch smaller than a fixed
+    batch is padded by :func:`run` (the padded rows are dropped from its results)."""
+    return fixed_batch(model) or requested
 
 
 def batches(feeds: dict[str, np.ndarray], indices: np.ndarray, size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -119,6 +142,38 @@ def batches(feeds: dict[str, np.ndarray], indices: np.ndarray, size: int) -> Ite
 
 
 def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Run a session and return the requested outputs (all when None) by name."""
+    """Run a session and return the requested outputs (all when None) by name.
+
+    When the model fixes its batch at B and the feeds hold n < B samples, the feeds are padded
+    to B (by repeating the last sample) and every output is cut back to the rows of the n real
+    samples (the first n/B of its first axis).
+    """
     names = names or [out.name for out in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds)))
+    samples = len(next(iter(feeds.values())))
+    fixed = _session_batch(sess)
+    if fixed is None or samples >= fixed:
+        return dict(zip(names, sess.run(names, feeds)))
+    padded = {name: _pad(value, fixed) for name, value in feeds.items()}
+    outputs = sess.run(names, padded)
+    return {name: _real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
+
+
+def _session_batch(sess) -> int | None:
+    dims = [inp.shape[0] for inp in sess.get_inputs() if inp.shape]
+    fixed = [d for d in dims if isinstance(d, int) and d > 0]
+    return min(fixed) if fixed else None
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with its last sample repeated up to ``size`` samples."""
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+
+
+def _real_rows(value: np.ndarray, samples: int, batch: int) -> np.ndarray:
+    """The rows of ``samples`` real samples in an output of a padded batch of ``batch``."""
+    if value.ndim == 0 or value.shape[0] % batch:
+        raise SubpruneError(
+            f"the model fixes its batch at {batch} and has an output of shape {list(value.shape)} "
+            f"whose first axis is not a multiple of it; give a number of samples divisible by {batch}"
+        )
+    return value[: value.shape[0] // batch * samples]

@@ -138,3 +138,33 @@ def test_coverage_of_an_ffn_counts_the_bias_adds():
     report = coverage(model, analyze(model))
     assert report["params_in_groups"] == 8 * 16 + 16 + 16 * 8 + 8  # the 3 GELU scalars stay outside
     assert report["params_total"] == report["params_in_groups"] + 3
+
+
+def test_transpose_without_perm_of_unknown_rank_is_a_skip_not_a_crash():
+    """A residual input that comes from a Transpose with no perm, on a tensor whose rank shape
+    inference cannot know (a graph input without a shape), is a reason, not a TypeError."""
+    text = builders.header("float x, float v", "float y") + """ {
+        a = MatMul (x, w1)
+        t = Transpose (v)
+        s = Add (a, t)
+        r = Relu (s)
+        y = MatMul (r, w2)
+    }"""
+    model = builders.build(text, {"w1": (4, 6), "w2": (6, 3)})
+    result = analyze(model)
+    assert result.groups == ()
+    assert [(s.node, "unknown rank" in s.reason) for s in result.skipped if s.node == "MatMul_0"] == [("MatMul_0", True)]
+
+
+def test_unforeseen_error_in_a_rule_skips_the_producer(monkeypatch):
+    """Whatever a rule trips over becomes the skip reason of the producers it touches."""
+    from onnx_subprune import ops
+
+    def broken(node, layout, group):
+        raise KeyError("perm")
+
+    monkeypatch.setitem(ops.PASS_THROUGH, "BatchNormalization", broken)
+    result = analyze(builders.conv_bn_pool_conv())
+    assert [g.name for g in result.groups] == ["Conv_4"]
+    reason = {s.node: s.reason for s in result.skipped}["Conv_0"]
+    assert "could not be analyzed" in reason and "KeyError" in reason

@@ -665,7 +665,9 @@ def test_evaluate_labels_wrong_length_is_a_user_error(data, tmp_path):
     assert_user_error(result, "label")
 
 
-def test_prune_fixed_batch_mismatch_one_line(tmp_path):
+def test_prune_and_evaluate_fixed_batch_pad_the_last_batch(tmp_path):
+    """A model that fixes its batch at 4 prunes and evaluates 51 samples: the last batch is
+    padded and the padded rows are dropped."""
     text = f'<ir_version: {builders.IR_VERSION}, opset_import: ["" : 17]>\n' \
            "g (float[4,10] x) => (float[4,3] y)" + """ {
         a = Gemm <transB = 1> (x, w1, b1)
@@ -674,12 +676,17 @@ def test_prune_fixed_batch_mismatch_one_line(tmp_path):
     }"""
     model = _save(tmp_path / "fixed.onnx",
                   builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)}))
-    calib = _npz(tmp_path / "c.npz", x=np.ones((10, 10), np.float32))
-    out = tmp_path / "out"
-    out.mkdir()
-    result = invoke("prune", model, "-o", out / "p.onnx", "--calib", calib, *FAST)
-    assert list(out.iterdir()) == []
-    assert_user_error(result, "fixed batch of 4")
+    x = np.random.default_rng(0).normal(size=(51, 10)).astype(np.float32)
+    calib = _npz(tmp_path / "c.npz", x=x)
+    out = tmp_path / "p.onnx"
+    result = invoke("prune", model, "-o", out, "--calib", calib, "--json", *FAST)
+    assert_ok(result)
+    report = json.loads(result.stdout)
+    assert report["samples"]["calibration"] + report["samples"]["holdout"] == 51
+    assert report["groups"][0]["rows"] == report["samples"]["calibration"]
+    result = invoke("evaluate", model, out, "--data", calib, "--device", "cpu", "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["outputs"]["y"]["relative_error"] < 1
 
 
 def test_prune_float64_overflow_one_line(data, tmp_path):

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 from onnx_subprune import runtime
@@ -49,3 +51,47 @@ def test_cli_device_cuda_is_one_line_exit_1(tmp_path):
                                        str(models / "digits_calib.npy"), "--device", "cuda", "--quiet"])
     assert result.exit_code == 1 and not out.exists()
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: --device cuda")
+
+
+def _gemm_chain(batch_dim) -> onnx.ModelProto:
+    """Gemm -> Relu -> Gemm whose input declares ``batch_dim`` (int dim_value or str dim_param)."""
+    import builders
+
+    text = builders.header("float[N,10] x", "float[N,3] y") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        y = Gemm <transB = 1> (b, w2, b2)
+    }"""
+    model = builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)})
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        if isinstance(batch_dim, int):
+            dim.dim_value = batch_dim
+        else:
+            dim.dim_param = batch_dim
+    return model
+
+
+@pytest.mark.parametrize("batch_dim", [-1, 0, "batch"])
+def test_minus_one_zero_and_symbolic_batch_dims_are_dynamic(batch_dim):
+    from onnx_subprune.config import PruneConfig
+    from onnx_subprune.pipeline import prune
+
+    model = _gemm_chain(batch_dim)
+    assert runtime.fixed_batch(model) is None
+    assert runtime.batch_size_for(model, 32) == 32
+    x = np.random.default_rng(0).normal(size=(40, 10)).astype(np.float32)
+    result = prune(model, {"x": x}, PruneConfig(keep=0.5, device="cpu"))
+    assert result.report["samples"] == {"calibration": 32, "holdout": 8}
+    assert result.report["groups"][0]["rows"] == 32
+
+
+def test_fixed_batch_pads_the_last_batch_and_drops_the_padded_rows():
+    model = _gemm_chain(4)
+    assert runtime.fixed_batch(model) == 4 and runtime.batch_size_for(model, 32) == 4
+    sess = runtime.session(model, [runtime.CPU], ("b",))
+    x = np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32)
+    padded = runtime.run(sess, {"x": np.concatenate([x, x[-1:]])})
+    short = runtime.run(sess, {"x": x})
+    assert short["y"].shape == (3, 3) and short["b"].shape == (3, 6)
+    np.testing.assert_allclose(short["y"], padded["y"][:3], rtol=1e-6)
