@@ -126,6 +126,7 @@ def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path
             "latency_ms": latency_ms(model, one, providers),
         }
     report["latency_batch"] = int(len(next(iter(one.values()))))
+    report["latency_ratio"] = report["pruned"]["latency_ms"] / max(report["original"]["latency_ms"], 1e-9)
     return report
 
 

@@ -15,6 +15,7 @@ import click
 from . import api
 from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, METHODS, PruneConfig
 from .errors import SubpruneError
+from .pipeline import LARGE_ERROR
 from .runtime import DEVICES
 
 
@@ -126,6 +127,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept (the paper's exact objective).")
 @click.option("--ridge", default=1e-3, show_default=True, type=float, help="Ridge, relative to the mean diagonal of the Gram matrix, for selection and refit.")
 @click.option("--holdout", default=0.2, show_default=True, type=float, help="Fraction of calibration samples held out to report held-out explained variance (and measure sensitivity on).")
+@click.option("--max-error", type=float, metavar="E",
+              help="Fail (exit 1, nothing written) when the pruned model's relative output error on the held-out calibration samples exceeds E, naming the groups that cost the most.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
@@ -135,7 +138,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
-              method, no_refit, no_bias_compensation, ridge, holdout, device, batch_size, seed,
+              method, no_refit, no_bias_compensation, ridge, holdout, max_error, device, batch_size, seed,
               include, exclude, report_path, as_json, quiet) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
@@ -158,13 +161,16 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
                          bias_compensation=not no_bias_compensation, ridge=ridge, holdout=holdout,
                          batch_size=batch_size, seed=seed, device=device, target_params=target_params,
                          target_flops=target_flops, allocation=allocation or "sensitivity",
-                         min_keep=min_keep, round_to=round_to, include=include, exclude=exclude)
+                         min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
+                         max_error=max_error)
     bar = _Progress(not quiet)
     try:
         result = api.prune_file(model, output, calib, config, report_path, progress=bar, log=_note)
     finally:
         bar.close()
     _emit(result.report, as_json, _prune_summary(result.report, output))
+    for line in result.report["warnings"]:
+        _note(f"warning: {line}")
 
 
 def _prune_summary(report: dict, output: str) -> str:
@@ -184,8 +190,10 @@ def _prune_summary(report: dict, output: str) -> str:
             f"  params {params['before']:,} -> {params['after']:,} ({achieved['params']:.2%}{wanted(target['params'])})",
             f"  MACs   {macs['before']:,} -> {macs['after']:,} ({achieved['macs']:.2%}{wanted(target['flops'])})",
         ]
+    verified = report["verified_on"]
     lines += [
-        f"  relative output error on calibration inputs: {report['output_error']:.4f}",
+        f"  relative output error on {verified['samples']} {verified['set']} samples: {report['output_error']:.4f}"
+        + ("  (large: see the warning below)" if report["warnings"] and report["output_error"] >= LARGE_ERROR else ""),
         "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
     ]
     if target is not None:
@@ -304,4 +312,5 @@ def evaluate_cmd(original, pruned, data, labels, device, batch_size, as_json) ->
         r = result[label]
         lines.append(f"{label:<8}: {r['params']:,} params, {r['macs']:,} MACs, "
                      f"{r['latency_ms']:.3f} ms median (batch {result['latency_batch']})")
+    lines.append(f"latency pruned/original: {result['latency_ratio']:.2f}x")
     _emit(result, as_json, "\n".join(lines))

@@ -28,7 +28,10 @@ class PruneConfig:
     holdout: fraction of calibration samples kept out of the statistics, to report
         held-out explained variance.
     batch_size: samples per onnxruntime run.  seed: sample split and random baseline.
-    device: auto | cpu | cuda.  verify_samples: samples used for the final output check.
+    device: auto | cpu | cuda.  verify_samples: held-out samples (calibration ones when none
+        are held out) the pruned model's outputs are compared on.
+    max_error: the largest relative output error accepted on them; above it pruning fails with
+        :class:`errors.QualityError` (None: no limit).
 
     Compression targets (``keep`` is then ignored):
     target_params / target_flops: fraction of the model's float params / MACs to keep, in (0, 1]
@@ -55,6 +58,7 @@ class PruneConfig:
     seed: int = 0
     device: str = "auto"
     verify_samples: int = 512
+    max_error: float | None = None
     target_params: float | None = None
     target_flops: float | None = None
     allocation: str = "sensitivity"
@@ -87,6 +91,8 @@ class PruneConfig:
             raise SubpruneError(f"--ridge must be >= 0, got {self.ridge}")
         if not 0 <= self.holdout < 1:
             raise SubpruneError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
+            raise SubpruneError(f"the maximum output error must be a positive number, got {self.max_error}")
         if self.batch_size < 1:
             raise SubpruneError(f"--batch-size must be >= 1, got {self.batch_size}")
 

@@ -10,3 +10,7 @@ class SubpruneError(Exception):
 
 class UnsupportedPattern(SubpruneError):
     """The graph has no pattern the pruner can handle (e.g. nothing prunable)."""
+
+
+class QualityError(SubpruneError):
+    """The pruned model is further from the original than the user allowed; nothing is written."""

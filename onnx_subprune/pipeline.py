@@ -11,17 +11,17 @@ import onnx
 
 from . import runtime
 from .analyze import analyze
-from .calibrate import GroupStats, Progress, capture_stats, split_samples
+from .calibrate import GroupStats, Progress, Split, capture_stats, split_samples
 from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
 from .config import PruneConfig
-from .errors import SubpruneError, UnsupportedPattern
+from .errors import QualityError, SubpruneError, UnsupportedPattern
 from .graph import name_nodes, read_constants
 from .metrics import count_macs, count_params
 from .ops import consumer_matrix
 from .rewrite import channel_masks, rewrite
-from .choose import choose, original_to_current
+from .choose import choose, current_positions, original_to_current
 from .sensitivity import Curve, measure_curves
 from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
@@ -79,7 +79,8 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     onnx.checker.check_model(pruned)
     timings["rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    verify_feeds = {name: array[: config.verify_samples] for name, array in feeds.items()}
+    verified, verified_on = _verify_indices(split, config.verify_samples)
+    verify_feeds = {name: array[verified] for name, array in feeds.items()}
     outputs = fidelity(predict(model, verify_feeds, providers, batch_size),
                        predict(pruned, verify_feeds, providers, batch_size))
     timings["verify"] = time.perf_counter() - clock
@@ -107,9 +108,68 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         "target": _target_report(config, allocation, params, macs, predicted),
         "outputs": outputs,
         "output_error": max(o["relative_error"] for o in outputs.values()),
+        "verified_on": {"samples": int(len(verified)), "set": verified_on},
         "seconds": {k: round(v, 4) for k, v in timings.items()},
     }
+    report["warnings"] = _warnings(report)
+    if config.max_error is not None and report["output_error"] > config.max_error:
+        raise QualityError(_too_large(report, config.max_error))
     return PruneResult(pruned, report)
+
+
+LARGE_ERROR = 0.25
+"""Relative output error from which the pruned model is flagged as far from the original."""
+
+INACTIVE_ENERGY = 1e-3
+"""A channel is inactive when its variance on the calibration data is below this fraction of the
+mean variance of its group's channels."""
+
+INACTIVE_SHARE = 0.25
+"""Share of a group's channels inactive from which the calibration data is suspected."""
+
+
+def _verify_indices(split: Split, limit: int) -> tuple[np.ndarray, str]:
+    """Samples the pruned model is verified on: the held-out ones, else the calibration ones."""
+    if len(split.holdout):
+        return split.holdout[:limit], "held-out"
+    return split.calibration[:limit], "calibration"
+
+
+def _warnings(report: dict) -> list[str]:
+    """One line per problem a user must hear of: a large output error, calibration data that
+    leaves many of a group's channels inactive."""
+    lines = []
+    error, verified = report["output_error"], report["verified_on"]
+    if error >= LARGE_ERROR:
+        lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} (relative error "
+                     f"on {verified['samples']} {verified['set']} samples): it may be unusable; "
+                     f"keep more, or check that the calibration data looks like deployment inputs")
+    idle = [g for g in report["groups"] if g["inactive"] >= INACTIVE_SHARE * g["channels"]]
+    if idle:
+        worst = ", ".join(f"{g['group']} {g['inactive']}/{g['channels']}" for g in idle[:3])
+        lines.append(f"the calibration data leaves many channels inactive in {len(idle)} of "
+                     f"{len(report['groups'])} groups ({worst}{', ...' if len(idle) > 3 else ''}): if deployment "
+                     f"inputs look different, those channels will be missed")
+    return lines
+
+
+def _too_large(report: dict, limit: float) -> str:
+    """Why a result over the error limit is refused, naming the groups that cost the most."""
+    verified = report["verified_on"]
+    costs = sorted(((_cost(g), g["group"]) for g in report["groups"]), reverse=True)[:3]
+    named = ", ".join(f"{name} ({cost:.3f})" for cost, name in costs)
+    return (f"the pruned model's relative output error {report['output_error']:.4f} on "
+            f"{verified['samples']} {verified['set']} samples exceeds the limit {limit:g}; "
+            f"the groups that cost the most: {named}; nothing was written")
+
+
+def _cost(entry: dict) -> float:
+    """A group's share of the loss: its predicted output error where the sensitivity curves
+    measured it, else its layer's unexplained residual sqrt(1 - F(S)/||Y||^2)."""
+    if entry.get("predicted_loss") is not None:
+        return float(entry["predicted_loss"])
+    explained = entry["explained_holdout"] if entry["explained_holdout"] is not None else entry["explained"]
+    return float(np.sqrt(max(0.0, 1.0 - explained)))
 
 
 def _check_counts(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> tuple[int, ...]:
@@ -242,8 +302,22 @@ def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
         "rows": min(s.n_rows for s in stats.calibration),
         "columns": max(s.d for s in stats.calibration),
         "underdetermined": bool(chosen.underdetermined),
+        "inactive": inactive_channels(group, stats, plans),
     }
     return GroupPlan(group, kept, updates), entry
+
+
+def inactive_channels(group: ChannelGroup, stats: GroupStats, plans: Sequence[GroupPlan] = ()) -> int:
+    """How many of the group's channels barely vary on the calibration data (variance below
+    :data:`INACTIVE_ENERGY` of the group's mean, at every consumer)."""
+    positions = current_positions(group, plans)
+    energy = np.zeros(group.channels)
+    for index, consumer in enumerate(stats.calibration):
+        per_input = consumer.channel_energy(centered=True)
+        where = np.arange(group.channels) if positions is None else positions[index]
+        seen = where >= 0
+        energy[seen] = np.maximum(energy[seen], per_input[where[seen]])
+    return int(np.sum(energy <= INACTIVE_ENERGY * max(float(energy.mean()), 1e-300)))
 
 
 def _current_matrices(pruned: onnx.ModelProto, group: ChannelGroup, weights: dict[str, np.ndarray],

@@ -407,6 +407,7 @@ def test_evaluate_labels_json(data, lenet_run):
     assert report["pruned"]["params"] < report["original"]["params"]
     assert report["pruned"]["macs"] < report["original"]["macs"]
     assert report["latency_batch"] == 64
+    assert report["latency_ratio"] == pytest.approx(report["pruned"]["latency_ms"] / report["original"]["latency_ms"])
     assert "using onnxruntime" in result.stderr
 
 
@@ -719,3 +720,48 @@ def test_include_exclude_and_coverage(tmp_path):
     result = invoke("prune", LENET, "-o", out, "--calib", calib, "--include", "/fc*", "--json", *FAST)
     assert_ok(result)
     assert [g["producer"] for g in json.loads(result.stdout)["groups"]] == ["/fc1/Gemm", "/fc2/Gemm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# no silent collapse: the held-out error is stated, flagged, and can be made a failure
+
+
+def test_max_error_fails_cleanly_and_writes_nothing(tmp_path):
+    calib = _npz(tmp_path / "c.npz", input=np.load(CALIB_NPY)[:80])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = invoke("prune", LENET, "-o", out / "p.onnx", "--calib", calib, "--keep", "0.1",
+                    "--max-error", "0.01", "--report", out / "r.json", *FAST)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert list(out.iterdir()) == []
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors == result.stderr.splitlines()[-1:], result.stderr
+    assert "exceeds the limit 0.01" in errors[0] and "16 held-out samples" in errors[0]
+    assert "/conv" in errors[0] or "/fc" in errors[0], errors[0]
+    result = invoke("prune", LENET, "-o", out / "p.onnx", "--calib", calib, "--keep", "0.9",
+                    "--max-error", "0.5", *FAST)
+    assert_ok(result)
+    assert "relative output error on 16 held-out samples" in result.stdout
+
+
+def test_large_error_and_inactive_channels_are_flagged(tmp_path):
+    """Half of fc1's neurons never fire on the calibration data (bias -100 before the ReLU):
+    the report counts them and a warning names the group."""
+    text = builders.header("float[N,10] x", "float[N,3] y") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        y = Gemm <transB = 1> (b, w2, b2)
+    }"""
+    bias = np.where(np.arange(8) < 4, -100.0, 0.0).astype(np.float32)
+    model = _save(tmp_path / "m.onnx", builders.build(text, {"w1": (8, 10), "b1": bias, "w2": (3, 8), "b2": (3,)}))
+    calib = _npz(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(60, 10)).astype(np.float32))
+    result = invoke("prune", model, "-o", tmp_path / "p.onnx", "--calib", calib, "--keep", "0.75", "--json", *FAST)
+    assert_ok(result)
+    report = json.loads(result.stdout)
+    assert report["groups"][0]["inactive"] == 4
+    assert any("inactive in 1 of 1 groups" in w for w in report["warnings"])
+    assert "warning: the calibration data leaves many channels inactive" in result.stderr
+    result = invoke("prune", model, "-o", tmp_path / "q.onnx", "--calib", calib, "--keep", "0.125", *FAST)
+    assert_ok(result)
+    assert "(large: see the warning below)" in result.stdout
+    assert "warning: the pruned model's outputs differ from the original's" in result.stderr

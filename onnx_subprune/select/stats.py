@@ -146,6 +146,11 @@ class ConsumerStats:
             diag -= self.n_rows * self.mean_b**2
         return diag
 
+    def channel_energy(self, centered: bool) -> np.ndarray:
+        """Energy (n,) of each input channel: the sum of its columns' diagonal of G (or G_c, the
+        channel's variance times N, when ``centered``)."""
+        return self.gram_diag(centered).reshape(self.n_channels, self.block).sum(axis=1)
+
     def diag_blocks(self, centered: bool) -> np.ndarray:
         """Per-channel diagonal blocks (n, block, block) of G (or G_c)."""
         n, r = self.n_channels, self.block
