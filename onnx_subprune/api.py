@@ -15,7 +15,7 @@ from .config import PruneConfig
 from .data import check_inputs, check_labels, load_arrays
 from .errors import SubpruneError
 from .files import check_writable, write_atomic
-from .graph import load_model, name_nodes, save_model
+from .graph import load_model, prepare, save_model
 from .metrics import count_macs, count_params
 from .pipeline import Log, PruneResult, prune, sensitivity
 from .verify import accuracy, fidelity, is_classifier, latency_ms, predict
@@ -24,7 +24,7 @@ from .verify import accuracy, fidelity, is_classifier, latency_ms, predict
 def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict:
     """JSON-ready description of the channel groups and skipped producers of a model file, and
     the share of its float params the groups reach."""
-    model = name_nodes(load_model(model_path))
+    model = prepare(load_model(model_path))
     result = analyze(model, include, exclude)
     groups = [
         {

@@ -51,6 +51,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model analysis and rewrite work on: every node named, constant layout ops folded."""
+    return fold_constants(name_nodes(model))
+
+
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose nameless nodes carry the names :func:`import_graph` gives."""
     named = onnx.ModelProto()
@@ -64,6 +69,74 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = name
             taken.add(name)
     return named
+
+
+FOLDABLE = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Cast", "Slice")
+"""Ops that only lay out or convert a constant; exporters (paddle2onnx) leave them in front of
+biases and scales, e.g. a Conv bias as Reshape(Constant, [1, C, 1, 1]) added after the Conv."""
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every :data:`FOLDABLE` node whose inputs are all constants replaced by an
+    initializer holding its output (same name), so that such parameters are plain constants to
+    analyze and rewrite; the model itself when there is none. The computation is unchanged."""
+    from onnx.reference import ReferenceEvaluator
+
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {node.output[0] for node in model.graph.node if node.op_type == "Constant" and node.output}
+    outputs = {out.name for out in model.graph.output}
+    folded: dict[str, np.ndarray] = {}
+    drop = set()
+    for index, node in enumerate(model.graph.node):
+        inputs = [name for name in node.input if name]
+        if (node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx") or not inputs
+                or not all(name in constants for name in inputs) or len(node.output) != 1
+                or node.output[0] in outputs):
+            continue
+        values = read_constants(model, set(inputs) - set(folded)) | {n: folded[n] for n in inputs if n in folded}
+        if len(values) != len(set(inputs)):
+            continue
+        try:
+            (result,) = ReferenceEvaluator(_single_node_model(model, node, values)).run(None, {})
+        except Exception:  # leave what the reference evaluator cannot compute as it is
+            continue
+        folded[node.output[0]] = np.asarray(result)
+        constants.add(node.output[0])
+        drop.add(index)
+    if not folded:
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    kept = [node for index, node in enumerate(model.graph.node) if index not in drop]
+    read = {name for node in kept for name in node.input} | outputs | _subgraph_inputs(kept)
+    del result.graph.node[:]
+    result.graph.node.extend(node for node in kept
+                             if node.op_type != "Constant" or any(out in read for out in node.output))
+    used = [init for init in result.graph.initializer if init.name in read or init.name not in constants]
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(used)
+    result.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded.items() if name in read)
+    return result
+
+
+def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A model computing ``node`` from the constant ``values`` of its inputs."""
+    graph = onnx.helper.make_graph(
+        [node], "fold", [], [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, None)],
+        initializer=[numpy_helper.from_array(value, name) for name, value in values.items()],
+    )
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _subgraph_inputs(nodes) -> set[str]:
+    """Names read by the subgraphs (If/Loop/Scan bodies) of ``nodes``, which may use outer values."""
+    names = set()
+    for node in nodes:
+        for attr in node.attribute:
+            for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= {name for inner in graph.node for name in inner.input}
+                names |= _subgraph_inputs(graph.node)
+    return names
 
 
 def read_constants(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:

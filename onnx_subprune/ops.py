@@ -99,6 +99,25 @@ def _pool(node: gs.Node, layout: Layout, group: set[str] | None):
     return layout, ()
 
 
+def _resize(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Resize/Upsample of the spatial axes only (constant scales of 1 on batch and channels)."""
+    _only_first_output(node)
+    if not layout.is_nchw or layout.block != 1:
+        raise NotChannelWise(f"{node.op} {node.name} is not applied to an N x C x ... tensor")
+    if len(node.inputs) > 3 and node.inputs[3].name:
+        raise NotChannelWise(f"{node.op} {node.name} resizes to given sizes")
+    if "axes" in node.attrs:
+        raise NotChannelWise(f"{node.op} {node.name} resizes chosen axes")
+    index = 1 if node.op == "Upsample" or len(node.inputs) == 2 else 2
+    scales = node.attrs.get("scales") if len(node.inputs) <= index else const_value(node.inputs[index])
+    if scales is None or len(scales) < 2 or list(np.asarray(scales)[:2]) != [1, 1]:
+        raise NotChannelWise(f"{node.op} {node.name} does not keep the batch and channel axes")
+    for tensor in node.inputs[1:]:
+        if tensor.name and const_value(tensor) is None:
+            raise NotChannelWise(f"input {tensor.name} of {node.op} {node.name} is not a constant")
+    return layout, ()
+
+
 def _flatten(node: gs.Node, layout: Layout, group: set[str] | None):
     if not layout.is_nchw or layout.block != 1 or node.attrs.get("axis", 1) != 1:
         raise NotChannelWise("Flatten does not map N x C x H x W to N x (C*H*W)")
@@ -202,6 +221,8 @@ PASS_THROUGH: dict[str, Rule] = {
         op: _pool
         for op in ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool")
     },
+    "Resize": _resize,
+    "Upsample": _resize,
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Transpose": _transpose,

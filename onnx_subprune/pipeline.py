@@ -17,7 +17,7 @@ from .budget import (
 )
 from .config import PruneConfig
 from .errors import QualityError, SubpruneError, UnsupportedPattern
-from .graph import name_nodes, read_constants
+from .graph import prepare, read_constants
 from .metrics import count_macs, count_params
 from .ops import consumer_matrix
 from .rewrite import channel_masks, rewrite
@@ -349,7 +349,7 @@ def _consumer_matrices(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -
 
 def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis]:
     """The model with every node named, and its channel groups (at least one)."""
-    model = name_nodes(model)
+    model = prepare(model)
     analysis = analyze(model, config.include, config.exclude)
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
