@@ -232,3 +232,26 @@ def csp_residual() -> onnx.ModelProto:
         "w0": (8, 3, 1, 1), "b0": (8,), "halves": np.array([4, 4], np.int64), "w1": (3, 4, 3, 3), "b1": (3,),
         "w2": (4, 3, 1, 1), "b2": (4,), "w3": (6, 8, 1, 1), "b3": (6,), "w4": (4, 6), "b4": (4,),
     })
+
+
+def paddle_style() -> onnx.ModelProto:
+    """As paddle2onnx writes it: a bias-less Conv plus Add(Reshape(Constant, Constant [1,C,1,1]))
+    -> Relu -> nearest Resize x2 (constant roi and scales) -> Conv -> Relu -> GlobalAveragePool ->
+    Flatten -> Gemm."""
+    text = header("float[N,3,8,8] x", "float[N,4] y") + """ {
+        bias = Constant <value = float[6] {0.1, -0.2, 0.3, 0.0, 0.5, -0.1}> ()
+        shape = Constant <value = int64[4] {1, 6, 1, 1}> ()
+        b4 = Reshape (bias, shape)
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1)
+        c = Add (a, b4)
+        d = Relu (c)
+        roi = Constant <value = float[0] {}> ()
+        scales = Constant <value = float[4] {1.0, 1.0, 2.0, 2.0}> ()
+        e = Resize <mode = "nearest"> (d, roi, scales)
+        f = Conv <kernel_shape = [3, 3], strides = [2, 2]> (e, w2, b2)
+        g = Relu (f)
+        h = GlobalAveragePool (g)
+        i = Flatten (h)
+        y = Gemm <transB = 1> (i, w3, b3)
+    }"""
+    return build(text, {"w1": (6, 3, 3, 3), "w2": (5, 6, 3, 3), "b2": (5,), "w3": (4, 5), "b3": (4,)})

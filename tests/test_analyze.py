@@ -168,3 +168,32 @@ def test_unforeseen_error_in_a_rule_skips_the_producer(monkeypatch):
     assert [g.name for g in result.groups] == ["Conv_4"]
     reason = {s.node: s.reason for s in result.skipped}["Conv_0"]
     assert "could not be analyzed" in reason and "KeyError" in reason
+
+
+def test_constant_layout_ops_are_folded_and_resize_passes_channels():
+    """paddle2onnx style: the Conv bias is Reshape(Constant) added after the Conv, upsampling
+    is a Resize with constant scales; prepare() folds the Reshape, the rest is channel-wise."""
+    from onnx_subprune.graph import prepare
+    from helpers import random_feeds, run
+
+    model = builders.paddle_style()
+    raw = {s.node: s.reason for s in analyze(model).skipped}
+    assert "Reshape" in raw["Conv_3"]
+    ready = prepare(model)
+    assert [n.op_type for n in ready.graph.node].count("Reshape") == 0
+    groups = analyze(ready).groups
+    assert [(g.name, [p.op for p in g.passthrough]) for g in groups][0] == ("Conv_3", ["Add", "Relu", "Resize"])
+    feeds = random_feeds(model, 3)
+    np.testing.assert_array_equal(run(model, feeds)[0], run(ready, feeds)[0])
+
+
+def test_resize_to_sizes_or_of_channels_is_not_channel_wise():
+    text = builders.header("float[N,3,8,8] x", "float[N,5,4,4] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w1, b1)
+        roi = Constant <value = float[0] {}> ()
+        scales = Constant <value = float[4] {1.0, 2.0, 1.0, 1.0}> ()
+        e = Resize (a, roi, scales)
+        y = Conv <kernel_shape = [1, 1]> (e, w2, b2)
+    }"""
+    model = builders.build(text, {"w1": (4, 3, 1, 1), "b1": (4,), "w2": (5, 8, 1, 1), "b2": (5,)})
+    assert "batch and channel" in {s.node: s.reason for s in analyze(model).skipped}["Conv_0"]

@@ -5,6 +5,7 @@ import onnx
 import pytest
 
 from onnx_subprune.analyze import analyze
+from onnx_subprune.graph import prepare
 from onnx_subprune.rewrite import rewrite
 from onnx_subprune.types import ConsumerUpdate, GroupPlan
 
@@ -12,7 +13,7 @@ import builders
 from helpers import masked, random_feeds, run
 
 MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block",
-          "csp_split_concat", "dense_block", "channel_slice", "csp_residual"]
+          "csp_split_concat", "dense_block", "channel_slice", "csp_residual", "paddle_style"]
 
 
 def _kept(channels: int, seed: int) -> tuple[int, ...]:
@@ -22,7 +23,7 @@ def _kept(channels: int, seed: int) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_each_group_equals_masked_original(name):
-    model = getattr(builders, name)()
+    model = prepare(getattr(builders, name)())
     feeds = random_feeds(model, 7)
     groups = analyze(model).groups
     assert groups
@@ -36,7 +37,7 @@ def test_each_group_equals_masked_original(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_all_groups_at_once_shrink_the_model(name):
-    model = getattr(builders, name)()
+    model = prepare(getattr(builders, name)())
     groups = analyze(model).groups
     plans = [GroupPlan(g, _kept(g.channels, i)) for i, g in enumerate(groups)]
     pruned = rewrite(model, plans)
