@@ -63,6 +63,9 @@ def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.
     tensor_type = info.type.tensor_type
     expected = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+    if not dims:
+        raise SubpruneError(f"{source}: model input {info.name!r} is a scalar; calibration data stacks "
+                            f"samples on the first axis of every input, so this model cannot be calibrated")
     if array.ndim != len(dims):
         raise SubpruneError(
             f"{source}: input {info.name!r} has rank {array.ndim}, the model expects rank {len(dims)} "

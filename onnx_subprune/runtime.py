@@ -152,10 +152,20 @@ def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> d
     samples = len(next(iter(feeds.values())))
     fixed = _session_batch(sess)
     if fixed is None or samples >= fixed:
-        return dict(zip(names, sess.run(names, feeds)))
+        return dict(zip(names, _checked_run(sess, names, feeds)))
     padded = {name: _pad(value, fixed) for name, value in feeds.items()}
-    outputs = sess.run(names, padded)
+    outputs = _checked_run(sess, names, padded)
     return {name: _real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
+
+
+def _checked_run(sess, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``sess.run``, with onnxruntime's failures (bad dims, a kernel error) as one line."""
+    try:
+        return sess.run(names, feeds)
+    except Exception as exc:
+        shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+        raise SubpruneError(f"onnxruntime cannot run the model on inputs {shapes}: "
+                            f"{' '.join(str(exc).split())[:300]}") from None
 
 
 def _session_batch(sess) -> int | None:

@@ -765,3 +765,36 @@ def test_large_error_and_inactive_channels_are_flagged(tmp_path):
     assert_ok(result)
     assert "(large: see the warning below)" in result.stdout
     assert "warning: the pruned model's outputs differ from the original's" in result.stderr
+
+
+def test_scalar_model_input_is_one_line(tmp_path):
+    """An input without a sample axis (silero-vad's sample rate) cannot take stacked samples."""
+    text = builders.header("float[N,10] x, int64 sr", "float[N,3] y") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        y = Gemm <transB = 1> (b, w2, b2)
+    }"""
+    model = _save(tmp_path / "m.onnx", builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)}))
+    calib = _npz(tmp_path / "c.npz", x=np.ones((8, 10), np.float32), sr=np.array(16000, np.int64))
+    result = invoke("prune", model, "-o", tmp_path / "p.onnx", "--calib", calib, *FAST)
+    assert_user_error(result, "is a scalar")
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_onnxruntime_failure_while_running_is_one_line(tmp_path):
+    """Data that passes the declared dims but that onnxruntime rejects (a Reshape into rows of
+    7 that 8 x 10 values do not fill) ends in one line, not a traceback."""
+    text = builders.header("float[N,10] x", "float[N,3] y, float[M,7] z") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        y = Gemm <transB = 1> (b, w2, b2)
+        s = Constant <value = int64[2] {-1, 7}> ()
+        z = Reshape (x, s)
+    }"""
+    model = _save(tmp_path / "m.onnx", builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)}))
+    calib = _npz(tmp_path / "c.npz", x=np.ones((8, 10), np.float32))
+    result = invoke("prune", model, "-o", tmp_path / "p.onnx", "--calib", calib, *FAST)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "onnxruntime cannot run the model" in errors[0], result.stderr
+    assert not (tmp_path / "p.onnx").exists()
