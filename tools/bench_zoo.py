@@ -1,0 +1,471 @@
+"""Real pretrained models of the zoo (models/zoo.toml): ours vs the ONNX-level peer.
+
+quality: for every fetched zoo model and params target (default 0.75 and 0.5), prune with ours
+(asym, --allocation sensitivity by default, --calib images of the model's in-domain recipe) and
+with onnxsim 0.8.1 at the params ours reached (the peer's sparsity bisected to the same budget;
+its best variant by output error among L2, Wanda and Wanda + ridge refit). Both are measured on
+held-out in-domain inputs (the recipe's eval split): the zoo's task metric against the original
+(top-1 agreement, OCR character error rate, detection recall of the original's boxes, embedding
+cosine), the relative output error, the params ratio, the latency ratio at batch 1 on
+onnxruntime CPU (pruned / original, alternating runs, median), seconds, and the layers each left
+unpruned. One CSV row per model, target and method, written as it goes.
+
+latency: the latency ratio alone, without calibration (latency depends on shapes, not on which
+channels are kept): every group keeps the same fraction, its first channels, with and without
+rounding the kept counts to multiples of N.
+
+report: the markdown tables, a plot, and the zoo block of docs/RESULTS.md from the CSVs.
+
+Usage:
+  python tools/zoo.py fetch
+  python tools/bench_zoo.py quality [--models NAME ...] [--targets 0.75 0.5] [--calib 16] [--eval 8]
+         [--allocation sensitivity] [--round-to 1] [--no-peer]
+  python tools/bench_zoo.py latency [--models NAME ...] [--keeps 0.75 0.5] [--round-to 1 8]
+  python tools/bench_zoo.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import zoo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "results"
+QUALITY_CSV = OUT / "zoo_quality.csv"
+LATENCY_CSV = OUT / "zoo_latency.csv"
+RESULTS = ROOT / "docs" / "RESULTS.md"
+CPU = ["CPUExecutionProvider"]
+PEER_VARIANTS = ("l2", "wanda", "wanda+ridge")
+QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "status", "groups", "params_in_groups",
+                  "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better",
+                  "output_error", "latency_ratio", "seconds", "unpruned", "note"]
+LATENCY_FIELDS = ["model", "keep", "round_to", "params_ratio", "macs_ratio", "latency_ratio"]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def output_error(entry: dict, original: str, pruned: str, feed: dict) -> float:
+    """Largest relative L2 error over the float outputs, on ``feed``."""
+    errors = []
+    for a, b in zip(zoo.run_model(original, feed, entry), zoo.run_model(pruned, feed, entry)):
+        if a.dtype.kind == "f" and a.shape == b.shape:
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            errors.append(float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30)))
+    return max(errors) if errors else float("nan")
+
+
+def latency_ratio(entry: dict, original: str, pruned: str, feed: dict, rounds: int = 5, repeats: int = 15) -> float:
+    """Median batch-1 latency of ``pruned`` over ``original`` on CPU, runs alternating."""
+    one = {k: (v if zoo.batch_axis(entry, k) < 0 else np.take(v, [0], axis=zoo.batch_axis(entry, k)))
+           for k, v in feed.items()}
+    sessions = [zoo.make_session(original), zoo.make_session(pruned)]
+    for sess in sessions:
+        for _ in range(3):
+            sess.run(None, one)
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for index, sess in enumerate(sessions):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                sess.run(None, one)
+                times[index].append(time.perf_counter() - start)
+    return float(np.median(times[1]) / np.median(times[0]))
+
+
+def task_metric(entry: dict, original: str, pruned: str, n: int, seed: int) -> dict:
+    return zoo.METRICS[entry["metric"]](entry, original, pruned, n, seed)
+
+
+def unpruned_layers(model: onnx.ModelProto, pruned: onnx.ModelProto) -> list[str]:
+    """Conv/Gemm/MatMul nodes whose constant weight kept its shape."""
+    from onnx_subprune.graph import prepare, read_constants
+
+    def shapes(m):
+        m = prepare(m)
+        layers = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
+        values = read_constants(m, {n.input[1] for n in layers})
+        return {n.name: values[n.input[1]].shape for n in layers if n.input[1] in values}
+
+    before, after = shapes(model), shapes(pruned)
+    return sorted(name for name, shape in before.items() if after.get(name) == shape)
+
+
+# --------------------------------------------------------------------------- ours and the peer
+
+
+def prune_ours(model: onnx.ModelProto, calib: dict, target: float, args) -> tuple[onnx.ModelProto, dict]:
+    from onnx_subprune.config import PruneConfig
+    from onnx_subprune.pipeline import prune
+
+    config = PruneConfig(target_params=target, method="asym", allocation=args.allocation,
+                         round_to=args.round_to, device="cpu", seed=args.seed)
+    result = prune(model, calib, config)
+    return result.model, result.report
+
+
+class Peer:
+    """onnxsim 0.8.1's structured pruning brought to a params budget (bisection on its sparsity)."""
+
+    def __init__(self, model: onnx.ModelProto, calib: dict):
+        from onnxsim import finetune, pruning
+
+        from onnx_subprune.metrics import count_params
+
+        self.pruning, self.finetune, self.count = pruning, finetune, count_params
+        self.model = model
+        samples = len(next(iter(calib.values())))
+        self.batches = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(samples)]
+
+    def _prune(self, ranking: str, sparsity: float):
+        if ranking == "l2":
+            return self.pruning.apply_structured_pruning(self.model, sparsity=sparsity)
+        return self.pruning.apply_structured_wanda_pruning(
+            self.model, calibration_data=self.batches, num_samples=len(self.batches), sparsity=sparsity,
+            providers=CPU)
+
+    def sparsity_for(self, budget: int) -> tuple[float, bool]:
+        """Smallest sparsity whose model has at most ``budget`` params (the params do not depend
+        on the ranking); (0.999, False) when even that misses it."""
+        params = lambda s: self.count(self.pruning.apply_structured_pruning(self.model, sparsity=s))
+        if params(0.999) > budget:
+            return 0.999, False
+        low, high = 0.0, 0.999
+        for _ in range(12):
+            middle = (low + high) / 2
+            low, high = (low, middle) if params(middle) <= budget else (middle, high)
+        return high, True
+
+    def variant(self, name: str, sparsity: float) -> onnx.ModelProto:
+        pruned = self._prune("l2" if name == "l2" else "wanda", sparsity)
+        if name.endswith("+ridge"):
+            pruned = self.finetune.apply_pruning_finetune(self.model, pruned, calibration_data=self.batches,
+                                                          num_samples=len(self.batches), providers=CPU)
+        return pruned
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def quality(args) -> None:
+    from onnx_subprune.analyze import analyze, coverage
+    from onnx_subprune.graph import prepare
+    from onnx_subprune.metrics import count_params
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    done = _existing(QUALITY_CSV, ("model", "target", "method")) if args.resume else set()
+    rows_out = _writer(QUALITY_CSV, QUALITY_FIELDS, append=args.resume)
+    for entry in _entries(args.models):
+        path = zoo.cached_path(entry)
+        if path is None:
+            print(f"{entry['name']}: not fetched (python tools/zoo.py fetch)", file=sys.stderr)
+            continue
+        model = onnx.load(str(path))
+        ready = prepare(model)
+        analysis = analyze(ready)
+        reach = coverage(ready, analysis)
+        base = dict(model=entry["name"], exporter=entry["exporter"], task=entry["task"],
+                    groups=len(analysis.groups), params_in_groups=round(reach["fraction"], 4))
+        calib = zoo.feeds(entry, args.calib, args.seed, "calib")
+        evaluation = zoo.feeds(entry, args.eval, args.seed, "eval")
+        with tempfile.TemporaryDirectory() as tmp:
+            for target in args.targets:
+                if (entry["name"], str(target), "ours") in done:
+                    continue
+                row = dict(base, target=target, method="ours")
+                clock = time.perf_counter()
+                try:
+                    pruned, report = prune_ours(model, calib, target, args)
+                except Exception as exc:  # a failure is a row of the benchmark, never its end
+                    row.update(status="failed", note=_one_line(exc))
+                    rows_out(row)
+                    print(f"{entry['name']} {target} ours: {row['note']}", file=sys.stderr)
+                    if args.verbose:
+                        traceback.print_exc()
+                    continue
+                seconds = time.perf_counter() - clock
+                ours_path = os.path.join(tmp, f"ours_{target}.onnx")
+                onnx.save(pruned, ours_path)
+                row.update(_measure(entry, str(path), ours_path, model, pruned, evaluation, args),
+                           status="ok", seconds=round(seconds, 1),
+                           note="; ".join(report["warnings"])[:300])
+                rows_out(row)
+                print(_line(row), file=sys.stderr)
+                if args.no_peer:
+                    continue
+                rows_out(_peer_row(entry, str(path), model, calib, evaluation, count_params(pruned), base,
+                                   target, tmp, args))
+
+
+def _peer_row(entry, path, model, calib, evaluation, budget, base, target, tmp, args) -> dict:
+    row = dict(base, target=target, method="onnxsim")
+    clock = time.perf_counter()
+    try:
+        peer = Peer(model, calib)
+        sparsity, met = peer.sparsity_for(budget)
+        best = None
+        for name in PEER_VARIANTS:
+            pruned = peer.variant(name, sparsity)
+            out = os.path.join(tmp, f"peer_{name}.onnx")
+            onnx.save(pruned, out)
+            error = output_error(entry, path, out, evaluation)
+            if best is None or error < best[0]:
+                best = (error, name, pruned, out)
+    except Exception as exc:
+        row.update(status="failed", note=_one_line(exc))
+        print(f"{entry['name']} {target} onnxsim: {row['note']}", file=sys.stderr)
+        return row
+    _, name, pruned, out = best
+    row.update(_measure(entry, path, out, model, pruned, evaluation, args), status="ok",
+               seconds=round(time.perf_counter() - clock, 1),
+               note=f"best variant {name}, sparsity {sparsity:.3f}" + ("" if met else ", budget not reached"))
+    print(_line(row), file=sys.stderr)
+    return row
+
+
+def _measure(entry, original: str, pruned_path: str, model, pruned, evaluation, args) -> dict:
+    from onnx_subprune.metrics import count_params
+
+    metric = task_metric(entry, original, pruned_path, args.eval, args.seed)
+    original_value = metric.get("original", metric.get("value_original"))
+    return dict(
+        params_ratio=round(count_params(pruned) / count_params(model), 4),
+        metric=metric["metric"], metric_value=_round(metric["value"]),
+        metric_original=_round(original_value), higher_is_better=metric["higher_is_better"],
+        output_error=_round(output_error(entry, original, pruned_path, evaluation)),
+        latency_ratio=round(latency_ratio(entry, original, pruned_path, evaluation), 3),
+        unpruned=len(unpruned_layers(model, pruned)),
+    )
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def latency(args) -> None:
+    from onnx_subprune.analyze import analyze
+    from onnx_subprune.config import PruneConfig
+    from onnx_subprune.graph import prepare
+    from onnx_subprune.metrics import count_macs, count_params
+    from onnx_subprune.rewrite import rewrite
+    from onnx_subprune.types import GroupPlan
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    write = _writer(LATENCY_CSV, LATENCY_FIELDS, append=args.resume)
+    for entry in _entries(args.models):
+        path = zoo.cached_path(entry)
+        if path is None:
+            continue
+        model = prepare(onnx.load(str(path)))
+        groups = analyze(model).groups
+        if not groups:
+            continue
+        # latency depends on shapes only: any recipe that fills the inputs will do
+        recipe = entry["recipe"] if entry["recipe"] in zoo.recipes() else "photo"
+        feed = zoo.feeds(entry, 1, args.seed, "eval", recipe=recipe)
+        with tempfile.TemporaryDirectory() as tmp:
+            original = os.path.join(tmp, "original.onnx")
+            onnx.save(model, original)
+            for keep in args.keeps:
+                for step in args.round_to:
+                    config = PruneConfig(keep=keep, round_to=step)
+                    plans = [GroupPlan(g, tuple(range(config.kept_count(g.channels)))) for g in groups]
+                    pruned = rewrite(model, plans)
+                    out = os.path.join(tmp, "pruned.onnx")
+                    onnx.save(pruned, out)
+                    row = dict(model=entry["name"], keep=keep, round_to=step,
+                               params_ratio=round(count_params(pruned) / count_params(model), 4),
+                               macs_ratio=round(count_macs(pruned) / max(count_macs(model), 1), 4),
+                               latency_ratio=round(latency_ratio(entry, original, out, feed), 3))
+                    write(row)
+                    print(row, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(args) -> None:
+    lines = ["## Real pretrained models (the zoo)", ""]
+    if QUALITY_CSV.exists():
+        rows = list(csv.DictReader(open(QUALITY_CSV)))
+        lines += _quality_tables(rows)
+        _plot(rows, ROOT / "docs" / "zoo_quality.png")
+        lines += ["", "![zoo quality](zoo_quality.png)", ""]
+    if LATENCY_CSV.exists():
+        lines += _latency_table(list(csv.DictReader(open(LATENCY_CSV))))
+    block = "\n".join(lines) + "\n"
+    (OUT / "zoo.md").write_text(block)
+    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
+    start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"
+    body = f"{start}\n{block}{end}"
+    if start in text:
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    RESULTS.write_text(text)
+    print(block)
+
+
+def _quality_tables(rows: list[dict]) -> list[str]:
+    lines = [
+        "Reproduce: `python tools/zoo.py fetch && python tools/bench_zoo.py quality && python tools/bench_zoo.py report`.",
+        "Ours: asym, sensitivity allocation, the recipe's calibration images; onnxsim 0.8.1: the best of L2, Wanda and",
+        "Wanda + ridge refit at the params ours reached. Metric: the zoo's task metric of the pruned model against the",
+        "original on held-out in-domain inputs (CER: lower is better, original's own CER in brackets); error: relative",
+        "output error; latency: pruned / original at batch 1 on onnxruntime CPU.",
+        "",
+        "| model | exporter | groups | params in groups | target | method | params | metric | error | latency | s | unpruned layers | note |",
+        "|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | "
+                         f"{r['target']} | {r['method']} | failed | | | | | | {r['note']} |")
+            continue
+        metric = "-" if r["metric"] == "none" else f"{r['metric']} {_num(r['metric_value'])}"
+        if r["metric_original"] not in ("", "None", "nan"):
+            metric += f" [{_num(r['metric_original'])}]"
+        lines.append(
+            f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | {r['target']} | "
+            f"{r['method']} | {_num(r['params_ratio'])} | {metric} | {_num(r['output_error'])} | "
+            f"{_num(r['latency_ratio'])} | {r['seconds']} | {r['unpruned']} | {r['note'][:120]} |")
+    return lines
+
+
+def _latency_table(rows: list[dict]) -> list[str]:
+    lines = ["", "Latency pruned / original at batch 1 (onnxruntime CPU, 2 threads), every group at one kept "
+             "fraction, with and without rounding the counts (`python tools/bench_zoo.py latency`):", "",
+             "| model | keep | round to | params | MACs | latency |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['keep']} | {r['round_to']} | {_num(r['params_ratio'])} | "
+                     f"{_num(r['macs_ratio'])} | {_num(r['latency_ratio'])} |")
+    return lines
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for method, marker in (("ours", "o"), ("onnxsim", "x")):
+        ok = [r for r in rows if r["method"] == method and r["status"] == "ok"]
+        params = [float(r["params_ratio"]) for r in ok]
+        axes[0].scatter(params, [max(float(r["output_error"]), 1e-4) for r in ok], marker=marker, label=method)
+        axes[1].scatter(params, [float(r["latency_ratio"]) for r in ok], marker=marker, label=method)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("params ratio")
+    axes[0].set_ylabel("relative output error (held-out)")
+    axes[1].axhline(1.0, color="grey", linewidth=0.8)
+    axes[1].set_xlabel("params ratio")
+    axes[1].set_ylabel("latency pruned / original (batch 1, CPU)")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    figure.suptitle("zoo models at params targets 0.75 and 0.5")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _entries(names: list[str] | None) -> list[dict]:
+    entries = zoo.load_manifest()
+    if names:
+        unknown = set(names) - {e["name"] for e in entries}
+        if unknown:
+            raise SystemExit(f"unknown zoo models: {', '.join(sorted(unknown))}")
+        entries = [e for e in entries if e["name"] in names]
+    return entries
+
+
+def _writer(path: Path, fields: list[str], append: bool):
+    fresh = not (append and path.exists())
+    if fresh:
+        with open(path, "w", newline="") as handle:
+            csv.DictWriter(handle, fields).writeheader()
+
+    def write(row: dict) -> None:
+        with open(path, "a", newline="") as handle:
+            csv.DictWriter(handle, fields).writerow({k: row.get(k, "") for k in fields})
+
+    return write
+
+
+def _existing(path: Path, keys: tuple[str, ...]) -> set[tuple]:
+    if not path.exists():
+        return set()
+    return {tuple(r[k] for k in keys) for r in csv.DictReader(open(path)) if r.get("status") == "ok"}
+
+
+def _line(row: dict) -> str:
+    return (f"{row['model']} {row['target']} {row['method']}: params {row['params_ratio']}, "
+            f"{row['metric']} {row['metric_value']} (orig {row['metric_original']}), error {row['output_error']}, "
+            f"latency {row['latency_ratio']}, {row.get('seconds')} s, unpruned {row['unpruned']}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"
+
+
+def _round(value) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def _num(text: str) -> str:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return "nan" if math.isnan(value) else f"{value:.3g}"
+
+
+def _pct(text: str) -> str:
+    try:
+        return f"{float(text):.0%}"
+    except (TypeError, ValueError):
+        return str(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--targets", type=float, nargs="+", default=[0.75, 0.5])
+    q.add_argument("--calib", type=int, default=16, help="calibration images (default 16)")
+    q.add_argument("--eval", type=int, default=8, help="held-out evaluation inputs (default 8)")
+    q.add_argument("--allocation", default="sensitivity")
+    q.add_argument("--round-to", type=int, default=1)
+    q.add_argument("--no-peer", action="store_true")
+    q.add_argument("--verbose", action="store_true")
+    lat = sub.add_parser("latency")
+    lat.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5])
+    lat.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
+    sub.add_parser("report")
+    for p in (q, lat):
+        p.add_argument("--models", nargs="+")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--resume", action="store_true", help="append to the CSV, skipping finished rows")
+    args = parser.parse_args()
+    {"quality": quality, "latency": latency, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
