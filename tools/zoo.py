@@ -256,8 +256,9 @@ def _split_index(split: str) -> int:
 
 
 def _rng(entry: dict, seed: int, split: str, salt: str = "") -> np.random.Generator:
-    key = zlib.crc32(f"{entry['name']}|{salt}".encode())
-    return np.random.default_rng([seed, _split_index(split), key])
+    """The random stream of one entry, split and purpose (shared with tools/zoo_tasks.py)."""
+    key = zlib.crc32(f"{entry.get('name', '')}|{salt}".encode())
+    return np.random.default_rng([int(seed), _split_index(split), key])
 
 
 def input_shape(entry: dict, name: str) -> list[int]:

@@ -90,13 +90,13 @@ import sys
 import time
 import unicodedata
 import zipfile
-import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("calib", "eval")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import SPLITS, _rng, _split_index  # noqa: E402  (the random streams of zoo.py's recipes)
 
 # ---------------------------------------------------------------------------
 # locating models and assets
@@ -168,17 +168,6 @@ def _charset_from_wheel(member: str, pattern: str) -> list[str] | None:
 
 # ---------------------------------------------------------------------------
 # small helpers
-
-
-def _split_index(split: str) -> int:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    return SPLITS.index(split)
-
-
-def _rng(entry: dict, seed: int, split: str, salt: str = "") -> np.random.Generator:
-    key = zlib.crc32(f"{entry.get('name', '')}|{salt}".encode())
-    return np.random.default_rng([int(seed), _split_index(split), key])
 
 
 def _first_input(entry: dict) -> tuple[str, list[int]]:
