@@ -127,6 +127,9 @@ mean variance of its group's channels."""
 INACTIVE_SHARE = 0.25
 """Share of a group's channels inactive from which the calibration data is suspected."""
 
+INACTIVE_MIN_GROUP = 8
+"""Smallest group the inactive-channel warning looks at (one idle channel of two says little)."""
+
 
 def _verify_indices(split: Split, limit: int) -> tuple[np.ndarray, str]:
     """Samples the pruned model is verified on: the held-out ones, else the calibration ones."""
@@ -144,7 +147,8 @@ def _warnings(report: dict) -> list[str]:
         lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} (relative error "
                      f"on {verified['samples']} {verified['set']} samples): it may be unusable; "
                      f"keep more, or check that the calibration data looks like deployment inputs")
-    idle = [g for g in report["groups"] if g["inactive"] >= INACTIVE_SHARE * g["channels"]]
+    idle = [g for g in report["groups"]
+            if g["channels"] >= INACTIVE_MIN_GROUP and g["inactive"] >= INACTIVE_SHARE * g["channels"]]
     if idle:
         worst = ", ".join(f"{g['group']} {g['inactive']}/{g['channels']}" for g in idle[:3])
         lines.append(f"the calibration data leaves many channels inactive in {len(idle)} of "

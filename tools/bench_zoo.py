@@ -240,7 +240,7 @@ def _measure(entry, original: str, pruned_path: str, model, pruned, evaluation, 
     from onnx_subprune.metrics import count_params
 
     metric = task_metric(entry, original, pruned_path, args.eval, args.seed)
-    original_value = metric.get("original", metric.get("value_original"))
+    original_value = next((metric[k] for k in ("original", "cer_original") if k in metric), None)
     return dict(
         params_ratio=round(count_params(pruned) / count_params(model), 4),
         metric=metric["metric"], metric_value=_round(metric["value"]),
