@@ -9,6 +9,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError
+from .graph import static_dim
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
@@ -62,7 +63,7 @@ def check_inputs(arrays: dict[str, np.ndarray], model: onnx.ModelProto, source: 
 def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.ndarray:
     tensor_type = info.type.tensor_type
     expected = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+    dims = [static_dim(d) for d in tensor_type.shape.dim]
     if not dims:
         raise SubpruneError(f"{source}: model input {info.name!r} is a scalar; calibration data stacks "
                             f"samples on the first axis of every input, so this model cannot be calibrated")

@@ -42,6 +42,12 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return gs.import_onnx(infer_shapes(name_nodes(model)))
 
 
+def static_dim(dim: onnx.TensorShapeProto.Dimension) -> int | None:
+    """The size a declared dim fixes, or None when it is dynamic: symbolic, unset, or a value of
+    0 or -1 (as some exporters write a dynamic dim)."""
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with inferred shapes, or as it is where onnx's shape inference fails on it
     (custom domains, ops newer than the installed onnx)."""

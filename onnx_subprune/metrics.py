@@ -7,7 +7,7 @@ import math
 import numpy as np
 import onnx
 
-from .graph import infer_shapes
+from .graph import infer_shapes, static_dim
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -35,8 +35,7 @@ def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
     weight shapes are known, in graph order (see :func:`count_macs`)."""
     inferred = infer_shapes(model)
     shapes = {
-        info.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                    for d in info.type.tensor_type.shape.dim]
+        info.name: [static_dim(d) or 1 for d in info.type.tensor_type.shape.dim]
         for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     }
     shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError
-from .graph import infer_shapes
+from .graph import infer_shapes, static_dim
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -86,15 +86,20 @@ def _dynamic_batch_dims(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with graph input/output dims declared 0 or -1 made symbolic (onnxruntime takes
     a 0 literally), or ``model`` itself when it has none."""
     values = [*model.graph.input, *model.graph.output]
-    if not any(d.HasField("dim_value") and d.dim_value <= 0 for v in values for d in v.type.tensor_type.shape.dim):
+    if not any(_declared_dynamic(d) for v in values for d in v.type.tensor_type.shape.dim):
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for value in [*copy.graph.input, *copy.graph.output]:
         for index, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value <= 0:
+            if _declared_dynamic(dim):
                 dim.dim_param = f"dynamic_{index}"
     return copy
+
+
+def _declared_dynamic(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    """A dim given as a value that :func:`graph.static_dim` reads as dynamic (0 or -1)."""
+    return dim.HasField("dim_value") and static_dim(dim) is None
 
 
 def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
@@ -119,12 +124,7 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     """
     from .data import model_inputs
 
-    sizes = {
-        dim.dim_value
-        for inp in model_inputs(model)
-        for dim in inp.type.tensor_type.shape.dim[:1]
-        if dim.HasField("dim_value") and dim.dim_value > 0
-    }
+    sizes = {static_dim(dim) for inp in model_inputs(model) for dim in inp.type.tensor_type.shape.dim[:1]} - {None}
     return min(sizes) if sizes else None
 
 
