@@ -21,6 +21,7 @@ Usage:
   python tools/bench_zoo.py quality [--models NAME ...] [--targets 0.75 0.5] [--calib 16] [--eval 8]
          [--allocation sensitivity] [--round-to 1] [--no-peer]
   python tools/bench_zoo.py latency [--models NAME ...] [--keeps 0.75 0.5] [--round-to 1 8]
+  python tools/bench_zoo.py remeasure [--models NAME ...]   # latency of the kept pruned models again
   python tools/bench_zoo.py report
 """
 
@@ -197,7 +198,7 @@ def quality(args) -> None:
                         traceback.print_exc()
                     continue
                 seconds = time.perf_counter() - clock
-                ours_path = os.path.join(tmp, f"ours_{target}.onnx")
+                ours_path = str(kept_model(entry["name"], target, "ours"))
                 onnx.save(pruned, ours_path)
                 row.update(_measure(entry, str(path), ours_path, model, pruned, evaluation, args),
                            status="ok", seconds=round(seconds, 1),
@@ -228,7 +229,9 @@ def _peer_row(entry, path, model, calib, evaluation, budget, base, target, tmp, 
         row.update(status="failed", note=_one_line(exc))
         print(f"{entry['name']} {target} onnxsim: {row['note']}", file=sys.stderr)
         return row
-    _, name, pruned, out = best
+    _, name, pruned, _ = best
+    out = str(kept_model(entry["name"], target, "onnxsim"))
+    onnx.save(pruned, out)
     row.update(_measure(entry, path, out, model, pruned, evaluation, args), status="ok",
                seconds=round(time.perf_counter() - clock, 1),
                note=f"best variant {name}, sparsity {sparsity:.3f}" + ("" if met else ", budget not reached"))
@@ -249,6 +252,32 @@ def _measure(entry, original: str, pruned_path: str, model, pruned, evaluation, 
         latency_ratio=round(latency_ratio(entry, original, pruned_path, evaluation), 3),
         unpruned=len(unpruned_layers(model, pruned)),
     )
+
+
+def kept_model(name: str, target: float, method: str) -> Path:
+    """Where a benchmarked pruned model is kept (in the zoo cache), for `remeasure`."""
+    folder = zoo.cache_dir() / "bench"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{name}_{target}_{method}.onnx"
+
+
+def remeasure(args) -> None:
+    """Time again the pruned models of the quality CSV's rows (latency ratio only)."""
+    rows = list(csv.DictReader(open(QUALITY_CSV)))
+    for row in rows:
+        if row["status"] != "ok" or (args.models and row["model"] not in args.models):
+            continue
+        saved = kept_model(row["model"], float(row["target"]), row["method"])
+        entry = zoo.get_entry(row["model"])
+        if not saved.exists():
+            continue
+        feed = zoo.feeds(entry, 1, args.seed, "eval")
+        row["latency_ratio"] = round(latency_ratio(entry, str(zoo.cached_path(entry)), str(saved), feed), 3)
+        print(row["model"], row["target"], row["method"], row["latency_ratio"], file=sys.stderr)
+    with open(QUALITY_CSV, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, QUALITY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------- latency
@@ -459,12 +488,13 @@ def main() -> None:
     lat.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5])
     lat.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
     sub.add_parser("report")
-    for p in (q, lat):
+    again = sub.add_parser("remeasure", help="time the kept pruned models of the quality CSV again")
+    for p in (q, lat, again):
         p.add_argument("--models", nargs="+")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="append to the CSV, skipping finished rows")
     args = parser.parse_args()
-    {"quality": quality, "latency": latency, "report": report}[args.command](args)
+    {"quality": quality, "latency": latency, "report": report, "remeasure": remeasure}[args.command](args)
 
 
 if __name__ == "__main__":

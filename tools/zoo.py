@@ -831,10 +831,21 @@ def _fixed_batch(sess, entry: dict) -> int | None:
 def make_session(path: str | os.PathLike, threads: int = 2):
     import onnxruntime as ort
 
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int = 2):
+    """CPU session options for benchmarks: ``threads`` intra-op threads that do not spin. With
+    spinning, the idle threads of one session steal the cores of the next one timed (measured:
+    the same model timed second ran 0.85x-0.95x of itself timed first)."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
 
 
 def run_model(path_or_session, feed: dict[str, np.ndarray], entry: dict) -> list[np.ndarray]:

@@ -96,7 +96,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import SPLITS, _rng, _split_index, prepare_image  # noqa: E402  (zoo.py's random streams and preprocessing)
+from zoo import SPLITS, _rng, _split_index, prepare_image, session_options  # noqa: E402  (shared with zoo.py)
 
 # ---------------------------------------------------------------------------
 # locating models and assets
@@ -184,12 +184,7 @@ def _hwc(entry: dict, shape: list[int]) -> tuple[int, int, int]:
 def _session(path: str, entry: dict | None = None, threads: int = 2):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    # several sessions alternate on 2 cores: spinning worker threads would steal them
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(threads)
     src: str | bytes = str(path)
     rd = (entry or {}).get("rewrite_dims")
     if rd:
