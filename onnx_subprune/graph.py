@@ -48,6 +48,24 @@ def static_dim(dim: onnx.TensorShapeProto.Dimension) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
+def pin_input_dims(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose dynamic input dims take the sizes of the arrays in ``feeds``
+    (first axis = samples, pinned to 1), so that MACs are counted at the size the model runs
+    at; ``model`` itself when no input has a dynamic dim past the batch axis."""
+    inputs = [value for value in model.graph.input if value.name in feeds]
+    if not any(static_dim(dim) is None for value in inputs for dim in value.type.tensor_type.shape.dim[1:]):
+        return model
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    for value in pinned.graph.input:
+        if value.name not in feeds:
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis and static_dim(dim) is None and axis < feeds[value.name].ndim:
+                dim.dim_value = int(feeds[value.name].shape[axis])
+    return pinned
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with inferred shapes, or as it is where onnx's shape inference fails on it
     (custom domains, ops newer than the installed onnx)."""

@@ -17,7 +17,7 @@ from .budget import (
 )
 from .config import PruneConfig
 from .errors import QualityError, SubpruneError, UnsupportedPattern
-from .graph import prepare, read_constants
+from .graph import pin_input_dims, prepare, read_constants
 from .metrics import count_macs, count_params
 from .ops import consumer_matrix
 from .rewrite import channel_masks, rewrite
@@ -53,8 +53,9 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     clock = time.perf_counter()
     model, analysis = _analyzed(model, config)
     groups = analysis.groups
-    size = SizeModel(model, groups, refit=config.refit, bias_compensation=config.bias_compensation)
-    grids = [grid(g.channels, config.min_count(g.channels), config.round_to) for g in groups]
+    size = SizeModel(pin_input_dims(model, feeds), groups, refit=config.refit,
+                     bias_compensation=config.bias_compensation)
+    grids = [grid(g.channels, config.min_count(g.channels), config.count_step(g.channels)) for g in groups]
     limits = Limits.from_ratios(size, config.target_params, config.target_flops)
     if counts is None and config.has_target:
         check_reachable(size, grids, limits)  # before any work
@@ -85,7 +86,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
                        predict(pruned, verify_feeds, providers, batch_size))
     timings["verify"] = time.perf_counter() - clock
     params = {"before": count_params(model), "after": count_params(pruned)}
-    macs = {"before": count_macs(model), "after": count_macs(pruned)}
+    macs = {"before": count_macs(pin_input_dims(model, feeds)), "after": count_macs(pin_input_dims(pruned, feeds))}
     predicted = size.totals(counts)
     if log and predicted != (params["after"], macs["after"]):
         log(f"note: the size model predicted {predicted[0]:,} params and {predicted[1]:,} MACs, "

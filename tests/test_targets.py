@@ -51,7 +51,7 @@ def _check_met(model, report, config: PruneConfig):
         assert achieved["macs"] <= config.target_flops
     limits = Limits.from_ratios(size, config.target_params, config.target_flops)
     for index, group in enumerate(groups):
-        values = grid(group.channels, config.min_count(group.channels), config.round_to)
+        values = grid(group.channels, config.min_count(group.channels), config.count_step(group.channels))
         assert counts[index] in values
         position = int(np.searchsorted(values, counts[index]))
         if position + 1 < len(values):
@@ -242,3 +242,39 @@ def test_cli_prune_target_errors(calib64, tmp_path, extra, contains, code):
                     "--device", "cpu", "--quiet")
     _one_line_error(result, contains, code)
     assert not output.exists()
+
+
+def test_macs_are_counted_at_the_calibration_input_size():
+    """Symbolic H and W are pinned to the calibration arrays' size for the size model and the
+    report, so a FLOPs target weighs each layer by its real output positions."""
+    import builders
+    from onnx_subprune.graph import pin_input_dims
+    from onnx_subprune.metrics import count_macs
+
+    text = builders.header("float[N,3,H,W] x", "float[N,4] y") + """ {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1, b1)
+        b = Relu (a)
+        c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (b, w2, b2)
+        d = Relu (c)
+        e = GlobalAveragePool (d)
+        f = Flatten (e)
+        y = Gemm <transB = 1> (f, w3, b3)
+    }"""
+    model = builders.build(text, {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (6, 8, 3, 3), "b2": (6,), "w3": (4, 6), "b3": (4,)})
+    x = np.random.default_rng(0).normal(size=(20, 3, 10, 12)).astype(np.float32)
+    pinned = pin_input_dims(model, {"x": x})
+    assert [d.dim_value for d in pinned.graph.input[0].type.tensor_type.shape.dim][1:] == [3, 10, 12]
+    assert count_macs(pinned) == 120 * (8 * 27 + 6 * 72) + 24
+    result = prune(model, {"x": x}, PruneConfig(target_flops=0.5, allocation="uniform", device="cpu"))
+    assert result.report["macs"]["before"] == count_macs(pinned)
+    assert result.report["macs"]["after"] <= 0.5 * count_macs(pinned)
+
+
+def test_default_rounding_under_a_target_only_in_large_groups():
+    """Under a target, groups of 32 channels or more keep multiples of 8 unless --round-to says
+    otherwise; with --keep, nothing is rounded by default."""
+    target = PruneConfig(target_params=0.5)
+    assert [target.count_step(n) for n in (16, 31, 32, 512)] == [1, 1, 8, 8]
+    assert PruneConfig(target_params=0.5, round_to=1).count_step(512) == 1
+    assert PruneConfig(target_params=0.5, round_to=4).count_step(16) == 4
+    assert PruneConfig(keep=0.5).count_step(512) == 1 and PruneConfig(keep=0.5).kept_count(100) == 50

@@ -481,7 +481,7 @@ def main() -> None:
     q.add_argument("--calib", type=int, default=16, help="calibration images (default 16)")
     q.add_argument("--eval", type=int, default=8, help="held-out evaluation inputs (default 8)")
     q.add_argument("--allocation", default="sensitivity")
-    q.add_argument("--round-to", type=int, default=1)
+    q.add_argument("--round-to", type=int, default=None, help="default: the tool's (8 with a target)")
     q.add_argument("--no-peer", action="store_true")
     q.add_argument("--verbose", action="store_true")
     lat = sub.add_parser("latency")
