@@ -50,7 +50,7 @@ LATENCY_CSV = OUT / "zoo_latency.csv"
 RESULTS = ROOT / "docs" / "RESULTS.md"
 CPU = ["CPUExecutionProvider"]
 PEER_VARIANTS = ("l2", "wanda", "wanda+ridge")
-QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "status", "groups", "params_in_groups",
+QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "round_to", "status", "groups", "params_in_groups",
                   "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better",
                   "output_error", "latency_ratio", "seconds", "unpruned", "note"]
 LATENCY_FIELDS = ["model", "keep", "round_to", "params_ratio", "macs_ratio", "latency_ratio"]
@@ -186,7 +186,7 @@ def quality(args) -> None:
             for target in args.targets:
                 if (entry["name"], str(target), "ours") in done:
                     continue
-                row = dict(base, target=target, method="ours")
+                row = dict(base, target=target, method="ours", round_to=args.round_to or "default")
                 clock = time.perf_counter()
                 try:
                     pruned, report = prune_ours(model, calib, target, args)
@@ -355,20 +355,20 @@ def _quality_tables(rows: list[dict]) -> list[str]:
         "original on held-out in-domain inputs (CER: lower is better, original's own CER in brackets); error: relative",
         "output error; latency: pruned / original at batch 1 on onnxruntime CPU.",
         "",
-        "| model | exporter | groups | params in groups | target | method | params | metric | error | latency | s | unpruned layers | note |",
-        "|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|",
+        "| model | exporter | groups | params in groups | target | method | round to | params | metric | error | latency | s | unpruned layers | note |",
+        "|---|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | "
-                         f"{r['target']} | {r['method']} | failed | | | | | | {r['note']} |")
+                         f"{r['target']} | {r['method']} | {r['round_to']} | failed | | | | | | {r['note']} |")
             continue
         metric = "-" if r["metric"] == "none" else f"{r['metric']} {_num(r['metric_value'])}"
         if r["metric_original"] not in ("", "None", "nan"):
             metric += f" [{_num(r['metric_original'])}]"
         lines.append(
             f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | {r['target']} | "
-            f"{r['method']} | {_num(r['params_ratio'])} | {metric} | {_num(r['output_error'])} | "
+            f"{r['method']} | {r['round_to']} | {_num(r['params_ratio'])} | {metric} | {_num(r['output_error'])} | "
             f"{_num(r['latency_ratio'])} | {r['seconds']} | {r['unpruned']} | {r['note'][:120]} |")
     return lines
 
