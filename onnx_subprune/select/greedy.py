@@ -33,6 +33,7 @@ def greedy_select(
     *,
     ridge: float = 0.0,
     bias_compensation: bool = True,
+    anchored: bool = False,
 ) -> GreedyResult:
     """Pick ``k`` of the group's n channels greedily, maximizing F(S) summed over ``consumers``.
 
@@ -41,20 +42,23 @@ def greedy_select(
     Channels whose residual block is numerically zero in every consumer (already spanned by the
     kept ones) come after all others, and channels dead from the start (e.g. all-zero after ReLU)
     come last. ``ridge`` is relative: lambda = ridge * mean(diag(G)) per consumer, G centered when
-    ``bias_compensation``.
+    ``bias_compensation``. ``anchored``: the ridge pulls the refit toward the original weights W
+    instead of zero (METHOD.md sec. 9): F(S) = ||Y||^2 - min ||B_S W' - Y||^2 + lambda ||W' - W_S||^2,
+    a gain of channel j is then its ridge gain with cross statistics C + lambda W minus the
+    modular lambda ||W_J||^2, and can be negative.
     ``k == n`` gives the full greedy order. Requires 1 <= k <= n.
     """
     n = group_channels(consumers)
     check_k(k, n)
+    lams = [c.ridge_lambda(ridge, bias_compensation) for c in consumers]
     states = [
-        make_residual(
-            c,
-            lam=c.ridge_lambda(ridge, bias_compensation),
-            centered=bias_compensation,
-            capacity=k,
-        )
-        for c in consumers
+        make_residual(c, lam=lam, centered=bias_compensation, capacity=k, anchored=anchored)
+        for c, lam in zip(consumers, lams)
     ]
+    penalty = np.zeros(n)
+    if anchored:
+        for c, lam in zip(consumers, lams):
+            penalty += lam * np.sum(c.weight.reshape(n, -1) ** 2, axis=1)
     live = np.logical_or.reduce([state.live for state in states])
     fallback = np.where(live, -1.0, -2.0)
     picked = np.zeros(n, dtype=bool)
@@ -67,9 +71,10 @@ def greedy_select(
             g, a = state.gains()
             gain += g
             alive |= a
-        score = np.where(alive, gain, fallback)
-        score[picked] = -np.inf
-        j = int(np.argmax(score))
+        gain -= np.where(alive, penalty, 0.0)
+        tier = np.where(alive, 0.0, fallback)
+        tier[picked] = -np.inf
+        j = int(np.argmax(np.where(tier == tier.max(), gain, -np.inf)))
         order[step], gains[step], picked[j] = j, gain[j], True
         if step + 1 < k:
             for state in states:

@@ -40,6 +40,8 @@ class Residual(ABC):
     """Shared part of the residual state of one consumer (see the module docstring).
 
     ``diag`` (n, r, r) and ``cross`` (d, m') are the initial G and C blocks, without the ridge.
+    ``anchored``: the ridge rows carry targets (see :func:`make_residual`), so a channel whose
+    data block is spanned still has a gain through them.
     """
 
     def __init__(
@@ -49,10 +51,12 @@ class Residual(ABC):
         cross: np.ndarray,
         lam: float,
         centered: bool,
+        anchored: bool,
     ) -> None:
         self.n = stats.n_channels
         self.r = stats.block
         self.lam = lam
+        self.floor = 0.0 if anchored else lam
         self.tol = psd_tolerance(stats.gram_diag(centered))
         self.diag = diag + lam * np.eye(self.r)
         self.cross = cross
@@ -65,15 +69,15 @@ class Residual(ABC):
     def gains(self) -> tuple[np.ndarray, np.ndarray]:
         """Gains (n,) tr(Cr[J]^T Gr[J,J]^+ Cr[J]) of every channel, and the mask (n,) of alive ones.
 
-        A channel is alive when its residual block (without the ridge) has an eigenvalue above the
-        tolerance; dead channels get gain 0.
+        A channel is alive when its residual block (without the ridge, unless anchored) has an
+        eigenvalue above the tolerance; dead channels get gain 0.
         """
         w, e = np.linalg.eigh(self.diag)
         blocks = self.cross.reshape(self.n, self.r, -1)
         energy = blocks @ blocks.transpose(0, 2, 1)
         quad = np.einsum("jrs,jrt,jts->js", e, energy, e)
         gain = np.maximum(np.sum(quad * pinv_values(w, self.tol), axis=1), 0.0)
-        alive = w[:, -1] > self.lam + self.tol
+        alive = w[:, -1] > self.floor + self.tol
         return np.where(alive, gain, 0.0), alive
 
     def commit(self, j: int) -> None:
@@ -102,9 +106,14 @@ class Residual(ABC):
 class GramResidual(Residual):
     """Residual state over Gram-form statistics (left-looking block Cholesky)."""
 
-    def __init__(self, stats: ConsumerStats, lam: float, centered: bool, capacity: int) -> None:
-        cross = compress_columns(stats.cross_matrix(centered))
-        super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered)
+    def __init__(
+        self, stats: ConsumerStats, lam: float, centered: bool, capacity: int, anchored: bool
+    ) -> None:
+        cross = stats.cross_matrix(centered)
+        if anchored:
+            cross += lam * stats.weight
+        cross = compress_columns(cross)
+        super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.gram = stats.gram
         self.scaled_mean = np.sqrt(stats.n_rows) * stats.mean_b if centered else None
         self.factor_t = np.empty((capacity * self.r, stats.d))
@@ -128,10 +137,13 @@ class GramResidual(Residual):
 class RowResidual(Residual):
     """Residual state over row-form statistics (whitened rows updated in place)."""
 
-    def __init__(self, stats: ConsumerStats, lam: float, centered: bool) -> None:
+    def __init__(self, stats: ConsumerStats, lam: float, centered: bool, anchored: bool) -> None:
         rows, targets = stats.row_matrices(centered)
-        cross = rows.T @ compress_columns(targets)
-        super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered)
+        if anchored:
+            cross = compress_columns(rows.T @ targets + lam * stats.weight)
+        else:
+            cross = rows.T @ compress_columns(targets)
+        super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.rows = rows
 
     def column(self, j: int) -> np.ndarray:
@@ -148,8 +160,15 @@ class RowResidual(Residual):
         self.rows -= (q * shrink) @ (q.T @ self.rows)
 
 
-def make_residual(stats: ConsumerStats, *, lam: float, centered: bool, capacity: int) -> Residual:
-    """Residual state for ``stats`` in its storage form; ``capacity``: most channels picked."""
+def make_residual(
+    stats: ConsumerStats, *, lam: float, centered: bool, capacity: int, anchored: bool = False
+) -> Residual:
+    """Residual state for ``stats`` in its storage form; ``capacity``: most channels picked.
+
+    ``anchored``: the ridge pulls toward the original weight W instead of zero, i.e. the cross
+    statistics are C + lam W (the rows sqrt(lam) I appended to B get targets sqrt(lam) W); the
+    gains then miss the modular term -lam ||W_J||^2, which the caller subtracts.
+    """
     if stats.is_row_form:
-        return RowResidual(stats, lam, centered)
-    return GramResidual(stats, lam, centered, capacity)
+        return RowResidual(stats, lam, centered, anchored)
+    return GramResidual(stats, lam, centered, capacity, anchored)

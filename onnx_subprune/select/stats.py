@@ -164,6 +164,24 @@ class ConsumerStats:
             blocks -= self.n_rows * mu[:, :, None] * mu[:, None, :]
         return blocks
 
+    def map_gram(self, centered: bool) -> np.ndarray:
+        """Channel Gram matrix (n, n) of the input maps: sum over the block offsets o of
+        G[(i, o), (j, o)] (of G_c, offset by offset, when ``centered``).
+
+        A Conv consumer's column (j, o) holds channel j's map read at kernel offset o, and a
+        Flatten consumer's column (j, o) its map at position o, so this is the Gram matrix of the
+        channels over (nearly) every pixel of every sample: N * block rows instead of N.
+        """
+        n, r = self.n_channels, self.block
+        if self.is_row_form:
+            rows = self.row_matrices(centered)[0].reshape(-1, n, r)
+            return np.einsum("kir,kjr->ij", rows, rows)
+        gram = np.einsum("iojo->ij", self.gram.reshape(n, r, n, r))
+        if centered:
+            mu = self.mean_b.reshape(n, r)
+            gram -= self.n_rows * (mu @ mu.T)
+        return gram
+
     def gram_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
         """New array G[cols, cols] (s, s) (all columns when ``cols`` is None), centered if asked."""
         if self.is_row_form:

@@ -1,0 +1,221 @@
+"""The refit shrunk toward an anchor (select/shrink.py) and the anchored greedy selection, against
+dense solves written apart from the package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from select_helpers import FORMS, columns, make_stats, random_problem
+
+from onnx_subprune.select import greedy_select, keep_weights, refit, residual_energy
+from onnx_subprune.select.shrink import KeptProblem, anchors, shrink_refit
+
+BLOCK = 3
+KEPT = np.array([0, 2, 3, 6])
+
+
+def _design(b, y, kept, block, intercept):
+    """B_S and Y, centered when ``intercept`` (the unpenalized intercept's normal equations)."""
+    design = b[:, columns(kept, block)]
+    if intercept:
+        return design - design.mean(0), y - y.mean(0)
+    return design, y
+
+
+def _dense_shrunk(b, y, anchor, lam, kept, block, intercept):
+    """argmin ||B_S W' (+ 1 c^T) - Y||^2 + lam ||W' - anchor||^2 by an augmented lstsq."""
+    design, target = _design(b, y, kept, block, intercept)
+    s = design.shape[1]
+    aug = np.vstack([design, np.sqrt(lam) * np.eye(s)])
+    rhs = np.vstack([target, np.sqrt(lam) * anchor])
+    return np.linalg.lstsq(aug, rhs, rcond=None)[0]
+
+
+def _dense_map_regression(b, w, kept, block, intercept):
+    """W_S + (M kron I) W_R with M from the maps: rows (sample, offset), columns channels, each
+    offset centered on its own when ``intercept``."""
+    n = b.shape[1] // block
+    maps = b.reshape(len(b), n, block)
+    if intercept:
+        maps = maps - maps.mean(0)
+    pixels = maps.transpose(0, 2, 1).reshape(-1, n)
+    removed = np.setdiff1d(np.arange(n), kept)
+    coef = np.linalg.lstsq(pixels[:, kept], pixels[:, removed], rcond=None)[0]
+    blocks = w.reshape(n, block, -1)
+    return (blocks[kept] + np.einsum("kc,com->kom", coef, blocks[removed])).reshape(len(kept) * block, -1)
+
+
+@pytest.fixture
+def problem():
+    return random_problem(np.random.default_rng(11), 8, BLOCK, 150, 4, mixing=1.5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("bias_compensation", [True, False])
+@pytest.mark.parametrize("lam", [0.5, 40.0])
+def test_shrunk_refit_matches_dense_solve(problem, form, bias_compensation, lam):
+    b, y, w = problem
+    stats = make_stats(form, b, y, w, BLOCK)
+    expected_anchors = {
+        "original": w[columns(KEPT, BLOCK)],
+        "channel-regression": _dense_map_regression(b, w, KEPT, BLOCK, bias_compensation),
+    }
+    found = anchors(stats, KEPT, bias_compensation=bias_compensation)
+    assert found.keys() == expected_anchors.keys()
+    for name, anchor in expected_anchors.items():
+        np.testing.assert_allclose(found[name], anchor, rtol=1e-7, atol=1e-9)
+        fit = shrink_refit(stats, KEPT, lam=lam, anchor=name, bias_compensation=bias_compensation)
+        expected = _dense_shrunk(b, y, anchor, lam, KEPT, BLOCK, bias_compensation)
+        np.testing.assert_allclose(fit.weight, expected, rtol=1e-7, atol=1e-9)
+        design = b[:, columns(KEPT, BLOCK)]
+        bias = y.mean(0) - design.mean(0) @ fit.weight if bias_compensation else np.zeros(y.shape[1])
+        np.testing.assert_allclose(fit.bias_shift, bias, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("bias_compensation", [True, False])
+def test_lambda_limits(problem, form, bias_compensation):
+    """lam -> 0: the plain least-squares refit; lam -> inf: the original rows (keep_weights, with
+    the intercept re-fitted under bias compensation)."""
+    b, y, w = problem
+    stats = make_stats(form, b, y, w, BLOCK)
+    plain = refit(stats, KEPT, ridge=0.0, bias_compensation=bias_compensation)
+    for lam in (0.0, 1e-9):
+        fit = shrink_refit(stats, KEPT, lam=lam, anchor="original", bias_compensation=bias_compensation)
+        np.testing.assert_allclose(fit.weight, plain.weight, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(fit.bias_shift, plain.bias_shift, rtol=1e-6, atol=1e-8)
+    kept_rows = keep_weights(stats, KEPT)
+    for lam in (np.inf, 1e15):
+        fit = shrink_refit(stats, KEPT, lam=lam, anchor="original", bias_compensation=bias_compensation)
+        np.testing.assert_allclose(fit.weight, kept_rows.weight, rtol=1e-9, atol=1e-9)
+        if bias_compensation:
+            mean_shift = stats.mean_y - kept_rows.weight.T @ stats.mean_b[columns(KEPT, BLOCK)]
+            np.testing.assert_allclose(fit.bias_shift, mean_shift, rtol=1e-7, atol=1e-9)
+        else:
+            np.testing.assert_allclose(fit.bias_shift, kept_rows.bias_shift, atol=1e-9)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("rows", [150, 10])
+def test_spectrum_rss_and_dof(problem, form, rows):
+    """RSS(lam) from the eigen-coordinates equals the direct residual of the fit; dof(lam) is the
+    trace of the hat matrix B_S (B_S^T B_S + lam I)^-1 B_S^T; also with fewer rows than columns."""
+    b, y, w = problem
+    b, y = b[:rows], y[:rows]
+    stats = make_stats(form, b, y, w, BLOCK)
+    design, target = _design(b, y, KEPT, BLOCK, True)
+    for name, anchor in anchors(stats, KEPT, bias_compensation=True).items():
+        spec = KeptProblem(stats, columns(KEPT, BLOCK), True).toward(anchor)
+        lams = np.array([0.0, 3.0, 300.0, np.inf])
+        for lam, rss, dof in zip(lams, spec.rss(lams), spec.dof(lams)):
+            weight = anchor + spec.correction(lam)
+            diff = design @ weight - target
+            assert rss == pytest.approx(float(np.sum(diff * diff)), rel=1e-6, abs=1e-8 * np.sum(target**2))
+            if np.isfinite(lam) and lam > 0:
+                hat = design @ np.linalg.solve(design.T @ design + lam * np.eye(design.shape[1]), design.T)
+                assert dof == pytest.approx(np.trace(hat), rel=1e-7)
+        assert spec.dof(np.array([np.inf]))[0] == 0.0
+
+
+def _overfitting_case(rng, block, rows):
+    """A layer-like problem: Y = B W (+ noise) over all 12 channels, half of them kept, few rows
+    for the kept columns; returns calibration (b, y), held-out (b, y) and w."""
+    n, m = 12, 5
+    d = n * block
+    mixing = np.eye(d) + 0.4 * rng.standard_normal((d, d)) / np.sqrt(d)
+    shift = rng.standard_normal(d)
+    w = rng.standard_normal((d, m))
+
+    def draw(count):
+        b = rng.standard_normal((count, d)) @ mixing + shift
+        return b, b @ w + 0.5 * rng.standard_normal((count, m))
+
+    return draw(rows), draw(2000), w
+
+
+@pytest.mark.parametrize("block", [1, 4])
+@pytest.mark.parametrize("form", FORMS)
+def test_chosen_lambda_not_worse_than_no_refit_held_out(block, form):
+    """With few rows the plain refit overfits (worse than keeping the original rows on held-out
+    data); the GCV-chosen shrinkage is never worse than either, on 8 random draws."""
+    kept = np.arange(0, 12, 2)
+    overfit = 0
+    for seed in range(8):
+        rng = np.random.default_rng([block, seed])
+        (b, y), (hb, hy), w = _overfitting_case(rng, block, rows=len(kept) * block + 4)
+        stats = make_stats(form, b, y, w, block)
+        held = make_stats("rows", hb, hy, w, block)
+        error = {
+            "auto": residual_energy(held, kept, shrink_refit(stats, kept)),
+            "plain": residual_energy(held, kept, refit(stats, kept, ridge=0.0)),
+            "none": residual_energy(held, kept, keep_weights(stats, kept)),
+        }
+        overfit += error["plain"] > error["none"]
+        assert error["auto"] <= error["none"]
+        assert error["auto"] <= error["plain"] * 1.02
+    assert overfit >= 4  # the case does overfit
+
+
+def _dense_anchored_residual(problems, channels, block, ridge, intercept):
+    """Sum over consumers of min ||B_S W' (+ 1 c^T) - Y||^2 + lam ||W' - W_S||^2 (no channel:
+    ||Y||^2, centered when ``intercept``); lam = ridge * mean column energy (centered)."""
+    total = 0.0
+    for b, y, w in problems:
+        x = b - b.mean(0) if intercept else b
+        lam = ridge * float(np.mean(np.sum(x * x, axis=0)))
+        design, target = _design(b, y, channels, block, intercept)
+        if not channels:
+            total += float(np.sum(target * target))
+            continue
+        anchor = w[columns(channels, block)]
+        weight = _dense_shrunk(b, y, anchor, lam, channels, block, intercept)
+        diff = design @ weight - target
+        total += float(np.sum(diff * diff)) + lam * float(np.sum((weight - anchor) ** 2))
+    return total
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("bias_compensation", [True, False])
+@pytest.mark.parametrize("rows", [80, 9])
+def test_anchored_greedy_matches_dense_greedy(form, bias_compensation, rows):
+    """The anchored greedy (ridge toward W) picks what a greedy on dense anchored solves picks,
+    with the same gains, also with fewer rows than columns and with a dead channel (its anchored
+    gain is 0, ahead of channels whose penalty outweighs their fit)."""
+    rng = np.random.default_rng([3, rows, int(bias_compensation)])
+    n, block, k, ridge = 7, 2, 7, 0.05
+    problems = [random_problem(rng, n, block, rows + i, 3 + i, mixing=1.0) for i in range(2)]
+    for b, _, _ in problems:
+        b[:, columns([4], block)] = 0.0
+    stats = [make_stats(form, b, y, w, block) for b, y, w in problems]
+    fast = greedy_select(stats, k, ridge=ridge, bias_compensation=bias_compensation, anchored=True)
+    order, gains = [], []
+    current = _dense_anchored_residual(problems, [], block, ridge, bias_compensation)
+    for _ in range(k):
+        scores = {j: _dense_anchored_residual(problems, sorted(order + [j]), block, ridge, bias_compensation)
+                  for j in range(n) if j not in order}
+        best = min(scores, key=lambda j: (scores[j], j))
+        order.append(best)
+        gains.append(current - scores[best])
+        current = scores[best]
+    np.testing.assert_array_equal(fast.order, order)
+    np.testing.assert_allclose(fast.gains, gains, rtol=1e-6, atol=1e-8 * max(abs(g) for g in gains))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("centered", [True, False])
+def test_map_gram(problem, form, centered):
+    b, y, w = problem
+    maps = b.reshape(len(b), -1, BLOCK)
+    if centered:
+        maps = maps - maps.mean(0)
+    expected = np.einsum("kir,kjr->ij", maps, maps)
+    np.testing.assert_allclose(make_stats(form, b, y, w, BLOCK).map_gram(centered), expected, rtol=1e-9)
+
+
+def test_shrink_refit_validation(problem):
+    b, y, w = problem
+    stats = make_stats("gram", b, y, w, 1)
+    with pytest.raises(ValueError, match="lam must be"):
+        shrink_refit(stats, KEPT, lam=-1.0)
+    with pytest.raises(ValueError, match="not available"):
+        shrink_refit(stats, KEPT, anchor="channel-regression")  # block 1: only the original
