@@ -26,8 +26,9 @@ from onnx_subprune.graph import name_nodes
 from onnx_subprune.pipeline import prune
 from onnx_subprune.verify import fidelity, predict
 
-ROOT = Path(__file__).resolve().parent.parent
-ARCH = ROOT / "models" / "arch"
+from common import CALIB, MODELS as MODELS_DIR, TEST
+
+ARCH = MODELS_DIR / "arch"
 NAMES = ["resnet_mixed", "mobilenetv2", "mobilenetv3_se", "csp_split_concat", "densenet_block", "bert_layer"]
 MODELS = [*NAMES, *(f"{n}_const" for n in NAMES), "nhwc_cnn"]
 VARIANTS = [("asym", "asym", True), ("weight-norm+refit", "weight-norm", True), ("weight-norm", "weight-norm", False)]
@@ -40,8 +41,8 @@ def data(name: str) -> tuple[dict, dict]:
         rng = np.random.default_rng(0)
         return ({"input": rng.standard_normal((256, 8, 32)).astype(np.float32)},
                 {"input": rng.standard_normal((64, 8, 32)).astype(np.float32)})
-    calib = np.load(ROOT / "models" / "digits_calib.npz")["input"][:256]
-    test = np.load(ROOT / "models" / "digits_test.npz")["input"][:200]
+    calib = np.load(CALIB)["input"][:256]
+    test = np.load(TEST)["input"][:200]
     if name == "nhwc_cnn":
         calib, test = calib.transpose(0, 2, 3, 1), test.transpose(0, 2, 3, 1)
     return {"input": np.ascontiguousarray(calib)}, {"input": np.ascontiguousarray(test)}

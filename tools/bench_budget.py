@@ -32,25 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from onnx_subprune import pipeline
+from onnx_subprune.config import PruneConfig
+from onnx_subprune.data import check_inputs, load_arrays
+from onnx_subprune.graph import load_model
+from onnx_subprune.sensitivity import output_error
+from onnx_subprune.runtime import run, session
+from onnx_subprune.verify import accuracy, predict
 
-from onnx_subprune import pipeline  # noqa: E402
-from onnx_subprune.config import PruneConfig  # noqa: E402
-from onnx_subprune.data import check_inputs, load_arrays  # noqa: E402
-from onnx_subprune.graph import load_model  # noqa: E402
-from onnx_subprune.sensitivity import output_error  # noqa: E402
-from onnx_subprune.runtime import run, session  # noqa: E402
-from onnx_subprune.verify import accuracy, predict  # noqa: E402
+from common import CALIB, MODELS, TEST, markdown_table
 
 CPU = ["CPUExecutionProvider"]
-MODELS = ROOT / "models"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    return "\n".join([line(header), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(r) for r in rows])
 
 
 def latency_ratios(original, pruned, images, repeats: int) -> tuple[float, float]:
@@ -87,8 +79,8 @@ def main() -> None:
     rows, records = [], []
     for name in args.models:
         model = load_model(MODELS / f"{name}.onnx")
-        feeds = check_inputs(load_arrays(MODELS / "digits_calib.npz"), model, "calibration")
-        with np.load(MODELS / "digits_test.npz") as test:
+        feeds = check_inputs(load_arrays(CALIB), model, "calibration")
+        with np.load(TEST) as test:
             images, labels = test["input"], test["label"]
         reference = predict(model, {"input": images}, CPU, 64)
         base_acc = accuracy(reference["logits"], labels)

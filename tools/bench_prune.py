@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,10 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-CALIB = MODELS / "digits_calib.npz"
-TEST = MODELS / "digits_test.npz"
+from common import CALIB, MODELS, ROOT, TEST, environment, markdown_table
 
 # (method, refit) pairs of the quality grid, in table order.
 VARIANTS = (
@@ -58,19 +54,6 @@ VARIANTS = (
 # --------------------------------------------------------------------------- output helpers
 
 
-def markdown_table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
-    """A markdown table; columns whose index is in ``right`` are right-aligned."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        return "| " + " | ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ) + " |"
-
-    rule = "| " + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)) + " |"
-    return "\n".join([line(header), rule] + [line(r) for r in rows])
-
-
 def write_outputs(args, payload: dict, rows: list[dict]) -> None:
     """Write ``payload`` as JSON to --json and the flat ``rows`` as CSV to --csv, if given."""
     if args.json:
@@ -84,19 +67,6 @@ def write_outputs(args, payload: dict, rows: list[dict]) -> None:
             for row in rows:
                 writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
         print(f"wrote {args.csv}", file=sys.stderr)
-
-
-def environment() -> dict:
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-    }
 
 
 # --------------------------------------------------------------------------- memory

@@ -44,12 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prune import (  # noqa: E402
-    CALIB, MODELS, ROOT, TEST, build_calibration_sets, cli_command, environment, markdown_table,
-    run_measured,
+from bench_prune import build_calibration_sets, cli_command, run_measured
+from common import (
+    CALIB, MODELS, ROOT, TEST, calibration_subset, cpu_model, environment, markdown_table, splice, write_csv,
 )
-from bench_quality import _cpu_model, calibration_subset, splice, write_csv  # noqa: E402
 
 STAGES = ("analyze", "allocation", "capture", "select", "rewrite", "verify")
 
@@ -58,7 +56,7 @@ def machine_line() -> str:
     env = environment()
     import onnxruntime
 
-    return (f"Machine: {env['cpus']} CPUs ({_cpu_model()}), OPENBLAS_CORETYPE={env['openblas_coretype']}, "
+    return (f"Machine: {env['cpus']} CPUs ({cpu_model()}), OPENBLAS_CORETYPE={env['openblas_coretype']}, "
             f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, Python {env['python']}, "
             f"numpy {env['numpy']}, onnxruntime {onnxruntime.__version__}; load average at the end "
             f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min: other jobs share the machine, "

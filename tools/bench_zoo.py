@@ -40,10 +40,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import zoo  # noqa: E402
+import zoo
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
 QUALITY_CSV = OUT / "zoo_quality.csv"
 LATENCY_CSV = OUT / "zoo_latency.csv"

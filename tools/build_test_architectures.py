@@ -55,11 +55,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from onnx import helper
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_reference_models import (  # noqa: E402
-    _materialize_initializer_identities,
-    _name_nodes,
+from train_reference_models import (
     load_data,
+    materialize_initializer_identities,
+    name_nodes,
     set_determinism,
     train_model,
 )
@@ -605,11 +604,11 @@ def export(model: nn.Module, kind: str, path: str, const: bool
             training=mode,
         )
     m = onnx.load(path)
-    _materialize_initializer_identities(m)
+    materialize_initializer_identities(m)
     if const:
         initializers_to_constants(m)
     del m.graph.value_info[:]
-    _name_nodes(m)
+    name_nodes(m)
     m = onnx.shape_inference.infer_shapes(m)
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, path)

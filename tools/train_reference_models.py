@@ -291,7 +291,7 @@ def train_model(model: nn.Module, data: dict, epochs: int, lr: float,
 # Export and checks
 # --------------------------------------------------------------------------
 
-def _materialize_initializer_identities(model: onnx.ModelProto) -> None:
+def materialize_initializer_identities(model: onnx.ModelProto) -> None:
     """The TorchScript exporter deduplicates equal initializers and wires the
     duplicates through Identity nodes.  Replace every Identity fed by an
     initializer with its own copy of the initializer so that each parameter
@@ -314,7 +314,8 @@ def _materialize_initializer_identities(model: onnx.ModelProto) -> None:
     g.initializer.extend(kept_inits)
 
 
-def _name_nodes(model: onnx.ModelProto) -> None:
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique name (``/<op_type>_<index>`` where it has none), in place."""
     seen = set()
     for i, node in enumerate(model.graph.node):
         name = node.name or f"/{node.op_type}_{i}"
@@ -342,8 +343,8 @@ def export_onnx(model: nn.Module, path: str) -> onnx.ModelProto:
             training=torch.onnx.TrainingMode.PRESERVE,
         )
     m = onnx.load(path)
-    _materialize_initializer_identities(m)
-    _name_nodes(m)
+    materialize_initializer_identities(m)
+    name_nodes(m)
     m = onnx.shape_inference.infer_shapes(m)
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, path)

@@ -38,7 +38,8 @@ from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT
+
 MANIFEST = ROOT / "models" / "zoo.toml"
 SPLITS = ("calib", "eval")
 
@@ -249,16 +250,16 @@ def fetch(entry: dict, force: bool = False) -> Path:
 # feeds
 
 
-def _split_index(split: str) -> int:
+def split_index(split: str) -> int:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     return SPLITS.index(split)
 
 
-def _rng(entry: dict, seed: int, split: str, salt: str = "") -> np.random.Generator:
-    """The random stream of one entry, split and purpose (shared with tools/zoo_tasks.py)."""
+def entry_rng(entry: dict, seed: int, split: str, salt: str = "") -> np.random.Generator:
+    """The random stream of one entry, split and purpose (the recipes here and in tools/zoo_tasks.py)."""
     key = zlib.crc32(f"{entry.get('name', '')}|{salt}".encode())
-    return np.random.default_rng([int(seed), _split_index(split), key])
+    return np.random.default_rng([int(seed), split_index(split), key])
 
 
 def input_shape(entry: dict, name: str) -> list[int]:
@@ -336,7 +337,7 @@ def load_photo(source: str) -> np.ndarray:
 
 
 def photo_sources(split: str, pool: str = "all") -> list[tuple[str, tuple | None]]:
-    _split_index(split)
+    split_index(split)
     out = [(s, box) for sp, s, box in _PHOTO_SOURCES if sp == split]
     if pool == "faces":
         out = [(s, box) for s, box in out if box is not None]
@@ -453,7 +454,7 @@ def prepare_image(entry: dict, img: np.ndarray, name: str | None = None) -> np.n
 
 
 def recipe_photo(entry: dict, n: int, seed: int, split: str) -> dict[str, np.ndarray]:
-    rng = _rng(entry, seed, split, "photo")
+    rng = entry_rng(entry, seed, split, "photo")
     sources = photo_sources(split, entry.get("photo_pool", "all"))
     order = rng.permutation(len(sources))
     name = next(iter(entry["inputs"]))
@@ -595,8 +596,8 @@ class WordPiece:
 
 
 def recipe_sentences(entry: dict, n: int, seed: int, split: str) -> dict[str, np.ndarray]:
-    rng = _rng(entry, seed, split, "sentences")
-    pool = sentences()[_split_index(split)::2]  # calib: even, eval: odd sentences
+    rng = entry_rng(entry, seed, split, "sentences")
+    pool = sentences()[split_index(split)::2]  # calib: even, eval: odd sentences
     tok = WordPiece(asset_path(entry, entry.get("vocab_asset", "vocab.txt")))
     names = entry.get("text_inputs", {"ids": "input_ids", "mask": "attention_mask"})
     length = input_shape(entry, names["ids"])[1]
@@ -702,7 +703,7 @@ def recipe_audio(entry: dict, n: int, seed: int, split: str) -> dict[str, np.nda
     Other inputs: ``state_inputs`` are zero tensors (batch on their batch_axis),
     ``constant_inputs`` are fixed scalars/arrays (e.g. silero's ``sr``).
     """
-    rng = _rng(entry, seed, split, "audio")
+    rng = entry_rng(entry, seed, split, "audio")
     sr = int(entry["sample_rate"])
     name = entry.get("audio_input", next(iter(entry["inputs"])))
     shape = input_shape(entry, name)
@@ -778,8 +779,8 @@ def recipe_bytes(entry: dict, n: int, seed: int, split: str) -> dict[str, np.nda
     global _FILES_CACHE
     if _FILES_CACHE is None:
         _FILES_CACHE = _disk_files()
-    rng = _rng(entry, seed, split, "bytes")
-    idx = _split_index(split)
+    rng = entry_rng(entry, seed, split, "bytes")
+    idx = split_index(split)
     min_size = int(entry.get("min_file_size", 8))
     pool = [p for p in _FILES_CACHE if zlib.crc32(p.encode()) % 2 == idx]
     # balance by extension so .py files do not dominate
@@ -942,9 +943,6 @@ def _merge_tasks() -> None:
     if _TASKS_MERGED:
         return
     _TASKS_MERGED = True
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
     try:
         tasks = importlib.import_module("zoo_tasks")
     except ModuleNotFoundError as exc:
@@ -975,7 +973,7 @@ def feeds(entry: dict, n: int, seed: int = 0, split: str = "calib",
     files; audio from distinct random streams). ``recipe`` overrides the
     manifest's recipe.
     """
-    _split_index(split)
+    split_index(split)
     name = recipe or entry["recipe"]
     table = recipes()
     if name not in table:

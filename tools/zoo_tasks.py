@@ -95,8 +95,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import SPLITS, _rng, _split_index, prepare_image, session_options  # noqa: E402  (shared with zoo.py)
+import zoo
+from zoo import SPLITS, entry_rng, prepare_image, session_options, split_index
 
 # ---------------------------------------------------------------------------
 # locating models and assets
@@ -312,7 +312,7 @@ def _punct(rng: np.random.Generator, tok: str) -> str:
 def _words_for(split: str) -> list[str]:
     # calib and eval use disjoint halves of the word list
     w = sorted(set(_WORDS))
-    return w[_split_index(split)::2]
+    return w[split_index(split)::2]
 
 
 def _fill_line(rng, font, words: list[str], max_w: float, min_words: int = 1) -> str:
@@ -513,7 +513,7 @@ def _page_size(entry: dict) -> tuple[int, int]:
 
 def text_pages(entry: dict, n: int, seed: int, split: str):
     """n rendered pages: list of (RGB uint8 page, lines [{"text", "box"}], rotation degrees)."""
-    rng = _rng(entry, seed, split, "text_page")
+    rng = entry_rng(entry, seed, split, "text_page")
     h, w = _page_size(entry)
     rots = entry.get("rotations", [0, 90, 180, 270] if entry.get("task") == "classifier" else [0])
     out = []
@@ -529,7 +529,7 @@ def text_pages(entry: dict, n: int, seed: int, split: str):
 
 def text_lines(entry: dict, n: int, seed: int, split: str):
     """n rendered line crops: list of (RGB uint8 crop, text, flipped_180)."""
-    rng = _rng(entry, seed, split, "text_line")
+    rng = entry_rng(entry, seed, split, "text_line")
     _, shape = _first_input(entry)
     th, tw, _ = _hwc(entry, shape)
     flip_p = float(entry.get("flip_prob", 0.5 if entry.get("task") == "classifier" else 0.0))
@@ -544,7 +544,7 @@ def text_lines(entry: dict, n: int, seed: int, split: str):
 
 
 def captchas(entry: dict, n: int, seed: int, split: str):
-    rng = _rng(entry, seed, split, "captcha")
+    rng = entry_rng(entry, seed, split, "captcha")
     h, w = entry.get("page_size") or (int(rng.integers(280, 400)),) * 2
     return [render_captcha(rng, int(h), int(w)) for _ in range(n)]
 
@@ -576,11 +576,6 @@ def _eval_feed(entry: dict, n: int, seed: int) -> dict[str, np.ndarray]:
     if r in RECIPES:
         return RECIPES[r](entry, n, seed, "eval")
     try:  # the other recipes (photo) live in tools/zoo.py
-        here = str(Path(__file__).resolve().parent)
-        if here not in sys.path:
-            sys.path.insert(0, here)
-        import zoo  # noqa: WPS433
-
         return zoo.recipes()[r](entry, n, seed, "eval")
     except (ImportError, KeyError, AttributeError):
         if r != "photo":
@@ -589,7 +584,7 @@ def _eval_feed(entry: dict, n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def _fallback_photos(entry: dict, n: int, seed: int) -> dict[str, np.ndarray]:
-    """Photographs from installed wheels (used only when tools/zoo.py is unavailable)."""
+    """Photographs from installed wheels (used only when tools/zoo.py's photo recipe cannot run)."""
     import skimage.data
 
     imgs = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
@@ -1100,11 +1095,6 @@ _SELF_ENTRIES = [
 def _self_check(n: int = 8, seed: int = 0, only: list[str] | None = None) -> int:
     manifest = {}
     try:
-        here = str(Path(__file__).resolve().parent)
-        if here not in sys.path:
-            sys.path.insert(0, here)
-        import zoo
-
         manifest = {e["name"]: e for e in zoo.load_manifest()}
     except Exception as exc:  # noqa: BLE001
         print(f"(tools/zoo.py manifest not used: {exc})")
