@@ -1,8 +1,8 @@
 """Find the channel groups of a model: producer -> channel-wise ops -> consumers.
 
-Every Conv (group=1), Gemm and MatMul with a constant weight is a candidate producer. Its
-output channels are followed through the channel-wise ops of :data:`ops.PASS_THROUGH` to the
-layers that read them (Conv, Gemm, MatMul). A candidate that cannot be pruned safely is
+Every layer of :data:`ops.LAYERS` (Conv with group=1, Gemm, MatMul) with a constant weight is a
+candidate producer. Its output channels are followed through the channel-wise and routing ops of
+the :mod:`ops` registry to the layers that read them. A candidate that cannot be pruned safely is
 reported as :class:`Skipped` with the reason.
 """
 
@@ -18,12 +18,8 @@ import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
 from .metrics import count_params
-from .ops import ROUTING, NotChannelWise, concat_layout, input_layout, is_depthwise, rule_for
-from .types import (
-    Analysis, ChannelGroup, Consumer, ConvGeometry, Layout, PassThrough, Producer, ShapeFix, Skipped,
-)
-
-LAYERS = ("Conv", "Gemm", "MatMul")
+from .ops import LAYERS, NotChannelWise, concat_layout, is_depthwise, layer_rule, rule_for
+from .types import Analysis, ChannelGroup, Consumer, Layout, PassThrough, Producer, ShapeFix, Skipped
 
 
 def analyze(model: onnx.ModelProto, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Analysis:
@@ -68,14 +64,14 @@ def coverage(model: onnx.ModelProto, analysis: Analysis) -> dict:
 
 
 def _filtered(group: ChannelGroup, include: Sequence[str], exclude: Sequence[str]) -> str | None:
-    """Why ``group`` is left out by the --include / --exclude globs (None: it is kept)."""
+    """Why ``group`` is left out by the include / exclude globs (None: it is kept)."""
     names = [p.node for p in group.producers] + [c.node for c in group.consumers]
     for pattern in exclude:
         hit = next((name for name in names if fnmatch.fnmatchcase(name, pattern)), None)
         if hit:
-            return f"excluded by --exclude {pattern} ({hit})"
+            return f"excluded by the pattern {pattern} ({hit})"
     if include and not any(fnmatch.fnmatchcase(p.node, pattern) for p in group.producers for pattern in include):
-        return f"not matched by --include {' '.join(include)}"
+        return f"not matched by the include patterns {' '.join(include)}"
     return None
 
 
@@ -154,28 +150,7 @@ def _producer(node: gs.Node) -> tuple[Producer, Layout]:
     """The producer description of ``node`` and the layout of its output channels."""
     if is_depthwise(node):
         raise NotChannelWise("depthwise Conv: its channels are pruned with its input's group")
-    weight = _own_constant(node, 1)
-    if node.op == "Conv":
-        if node.attrs.get("group", 1) != 1:
-            raise NotChannelWise(f"grouped Conv (group={node.attrs['group']})")
-        bias = _optional_constant(node, 2)
-        producer = Producer(node.name, node.op, node.inputs[1].name, 0, bias, node.outputs[0].name)
-        layout = Layout(channels=weight.shape[0], axis=1 - weight.ndim, rank=weight.ndim)
-    elif node.op == "Gemm":
-        if node.attrs.get("transA", 0):
-            raise NotChannelWise("Gemm with transA=1")
-        axis = 0 if node.attrs.get("transB", 0) else 1
-        bias = _optional_constant(node, 2)
-        if bias is not None and node.attrs.get("beta", 1.0) != 1.0:
-            raise NotChannelWise("Gemm with beta != 1")
-        producer = Producer(node.name, node.op, node.inputs[1].name, axis, bias, node.outputs[0].name)
-        layout = Layout(channels=weight.shape[axis], axis=-1, rank=2)
-    else:
-        if weight.ndim != 2:
-            raise NotChannelWise(f"MatMul weight has rank {weight.ndim}, not 2")
-        producer = Producer(node.name, node.op, node.inputs[1].name, 1, output=node.outputs[0].name)
-        shape = node.outputs[0].shape
-        layout = Layout(channels=weight.shape[1], axis=-1, rank=len(shape) if shape else None)
+    producer, layout = LAYERS[node.op].producer(node)
     if layout.channels < 2:
         raise NotChannelWise("only one output channel")
     return producer, layout
@@ -206,7 +181,7 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
             raise NotChannelWise(f"tensor {tensor.name} carries the channels in two layouts")
 
     def add_passthrough(node: gs.Node, in_layout: Layout) -> None:
-        out_layout, params = rule_for(node)(node, in_layout, None)
+        out_layout, params = rule_for(node).through(node, in_layout, None)
         passthrough[node.name] = PassThrough(node.name, node.op, params)
         nodes[node.name] = node
         if node.op == "Reshape" and const_value(node.inputs[1])[-1] > 0:
@@ -232,7 +207,8 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
             raise NotChannelWise(f"channels are tied to graph input {tensor.name}")
         source = tensor.inputs[0] if tensor.inputs else None
         if source is not None and source.name not in producers and source.name not in passthrough:
-            if source.op in LAYERS and not is_depthwise(source):
+            rule = rule_for(source)
+            if layer_rule(source) is not None:
                 try:
                     other, other_layout = _producer(source)
                 except NotChannelWise as reason:
@@ -241,9 +217,9 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                         current.total != current.seen or len(current.windows) != 1:
                     raise NotChannelWise(f"{source.op} {source.name} joins the group with other channels")
                 producers[source.name] = other if current.is_full else replace(other, layout=current)
-            elif rule_for(source) is not None:
-                add_passthrough(source, input_layout(source, current))
-            elif source.op in ROUTING:
+            elif rule is not None and rule.through is not None:
+                add_passthrough(source, rule.upstream(source, current))
+            elif rule is not None:
                 raise NotChannelWise(f"channels are tied to the output of {source.op} {source.name}")
             else:
                 raise NotChannelWise(f"channels come from {source.op} {source.name}, which mixes channels")
@@ -252,17 +228,18 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                 raise NotChannelWise(f"channels reach Concat {node.name} after its output was laid out")
             if node.name in passthrough or node.name in consumers:
                 continue
+            rule = rule_for(node)
             if node.op == "Concat":
                 concats[node.name] = node
-            elif node.op in LAYERS and not is_depthwise(node):
+            elif layer_rule(node) is not None:
                 consumers[node.name] = _consumer(node, tensor, current)
-            elif node.op in ROUTING:
+            elif rule is not None and rule.route is not None:
                 axis = None if current.rank is None else current.rank + current.axis
                 passthrough[node.name] = PassThrough(node.name, node.op, channel_axis=axis)
-                for out, out_layout in zip(node.outputs, ROUTING[node.op](node, tensor, current)):
+                for out, out_layout in zip(node.outputs, rule.route(node, tensor, current)):
                     if out_layout is not None:
                         reach(out, out_layout)
-            elif rule_for(node) is not None:
+            elif rule is not None:
                 add_passthrough(node, current)
             else:
                 raise NotChannelWise(f"channels reach {node.op} {node.name}, which mixes channels")
@@ -286,112 +263,11 @@ def _check_inputs(node: gs.Node, layouts: dict[str, Layout]) -> None:
     seen = [layouts[t.name] for t in node.inputs if t.name in layouts]
     if any(other != seen[0] for other in seen[1:]):
         raise NotChannelWise(f"inputs of {node.op} {node.name} lay the channels out differently")
-    rule_for(node)(node, seen[0], set(layouts))
+    rule_for(node).through(node, seen[0], set(layouts))
 
 
 def _consumer(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:
     """Describe ``node`` reading the group's channels from ``tensor``."""
     if node.inputs[0] is not tensor:
         raise NotChannelWise(f"channels reach {node.op} {node.name} as its weight operand")
-    weight = _own_constant(node, 1)
-    width = layout.width * layout.block
-    if node.op == "Conv":
-        if node.attrs.get("group", 1) != 1:
-            raise NotChannelWise(f"channels reach grouped Conv {node.name}")
-        if not layout.is_nchw or layout.block != 1 or weight.shape[1] != layout.width:
-            raise NotChannelWise(f"Conv {node.name} does not read the channels on axis 1")
-        return Consumer(
-            node.name, node.op, tensor.name, node.inputs[1].name, in_axis=1,
-            block=int(np.prod(weight.shape[2:])), bias=_optional_constant(node, 2),
-            conv=_geometry(node, weight, tensor), layout=layout,
-        )
-    if layout.axis != -1:
-        raise NotChannelWise(f"{node.op} {node.name} does not read the channels on the last axis")
-    if node.op == "Gemm":
-        if node.attrs.get("transA", 0):
-            raise NotChannelWise(f"Gemm {node.name} with transA=1")
-        bias = _optional_constant(node, 2)
-        if bias is not None and node.attrs.get("beta", 1.0) != 1.0:
-            raise NotChannelWise(f"Gemm {node.name} with beta != 1")
-        in_axis = 1 if node.attrs.get("transB", 0) else 0
-        scale = float(node.attrs.get("alpha", 1.0))
-        bias_node = None
-    else:
-        if weight.ndim != 2:
-            raise NotChannelWise(f"MatMul {node.name} weight has rank {weight.ndim}, not 2")
-        in_axis, scale = 0, 1.0
-        bias_node, bias = _bias_add(node, weight.shape[1])
-    if weight.shape[in_axis] != width:
-        raise NotChannelWise(f"{node.op} {node.name} weight does not have {width} inputs")
-    return Consumer(
-        node.name, node.op, tensor.name, node.inputs[1].name, in_axis=in_axis,
-        block=layout.block, bias=bias, bias_node=bias_node, scale=scale, layout=layout,
-    )
-
-
-def _bias_add(node: gs.Node, width: int) -> tuple[str | None, str | None]:
-    """The Add of a constant bias (``width`` entries) right after a MatMul."""
-    out = node.outputs[0]
-    if len(out.outputs) != 1 or out.outputs[0].op != "Add":
-        return None, None
-    add = out.outputs[0]
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    value = const_value(other)
-    if value is None or value.size != width or value.shape[-1:] != (width,):
-        return None, None
-    if len(other.outputs) != 1:
-        return None, None
-    return add.name, other.name
-
-
-def _geometry(node: gs.Node, weight: np.ndarray, tensor: gs.Tensor) -> ConvGeometry:
-    kernel = tuple(int(k) for k in node.attrs.get("kernel_shape", weight.shape[2:]))
-    dims = len(kernel)
-    strides = tuple(node.attrs.get("strides", (1,) * dims))
-    dilations = tuple(node.attrs.get("dilations", (1,) * dims))
-    pads = tuple(node.attrs.get("pads", (0,) * (2 * dims)))
-    auto_pad = node.attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = _same_pads(node, tensor, kernel, strides, dilations, auto_pad == "SAME_UPPER")
-    elif auto_pad == "VALID":
-        pads = (0,) * (2 * dims)
-    return ConvGeometry(kernel, strides, dilations, pads)
-
-
-def _same_pads(node, tensor, kernel, strides, dilations, upper: bool) -> tuple[int, ...]:
-    spatial = tensor.shape[2:] if tensor.shape is not None else None
-    if not spatial or not all(isinstance(d, int) for d in spatial):
-        raise NotChannelWise(f"Conv {node.name} uses auto_pad with an unknown input size")
-    begin, end = [], []
-    for size, k, s, d in zip(spatial, kernel, strides, dilations):
-        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-        small, large = total // 2, total - total // 2
-        begin.append(small if upper else large)
-        end.append(large if upper else small)
-    return tuple(begin + end)
-
-
-def _own_constant(node: gs.Node, index: int) -> np.ndarray:
-    """The constant weight at input ``index``; it must be read by ``node`` alone."""
-    if len(node.inputs) <= index:
-        raise NotChannelWise(f"{node.op} {node.name} has no weight input")
-    tensor = node.inputs[index]
-    value = const_value(tensor)
-    if value is None:
-        source = tensor.inputs[0] if tensor.inputs else None
-        what = f"computed by {source.op} {source.name}" if source else "a graph input"
-        raise NotChannelWise(f"weight {tensor.name} is {what}, not a constant")
-    others = [user.name for user in tensor.outputs if user is not node]
-    if others:
-        raise NotChannelWise(f"weight {tensor.name} is shared with {others[0]}")
-    return value
-
-
-def _optional_constant(node: gs.Node, index: int) -> str | None:
-    """Name of the constant bias at input ``index`` (None when absent)."""
-    if len(node.inputs) <= index or node.inputs[index].name == "":
-        return None
-    tensor = node.inputs[index]
-    if const_value(tensor) is None:
-        raise NotChannelWise(f"bias {tensor.name} of {node.op} {node.name} is not a constant")
-    return tensor.name
+    return LAYERS[node.op].consumer(node, tensor, layout)

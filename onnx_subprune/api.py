@@ -18,33 +18,24 @@ from .files import check_writable, write_atomic
 from .graph import load_model, prepare, save_model
 from .metrics import count_macs, count_params
 from .pipeline import Log, PruneResult, prune, sensitivity
+from .report import AnalysisReport, GroupSummary, SensitivityReport
 from .verify import accuracy, fidelity, is_classifier, latency_ms, predict
 
 
-def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict:
-    """JSON-ready description of the channel groups and skipped producers of a model file, and
-    the share of its float params the groups reach."""
+def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> AnalysisReport:
+    """The channel groups and skipped producers of a model file, and the share of its float
+    params the groups reach."""
     model = prepare(load_model(model_path))
     result = analyze(model, include, exclude)
     groups = [
-        {
-            "group": g.name,
-            "producer": g.producers[0].node,
-            "producers": [p.node for p in g.producers],
-            "consumers": [c.node for c in g.consumers],
-            "channels": g.channels,
-            "through": [p.op for p in g.passthrough],
-        }
+        GroupSummary(group=g.name, producer=g.producers[0].node, producers=[p.node for p in g.producers],
+                     consumers=[c.node for c in g.consumers], channels=g.channels,
+                     through=[p.op for p in g.passthrough])
         for g in result.groups
     ]
-    return {
-        "model": str(model_path),
-        "groups": groups,
-        "skipped": [vars(s) for s in result.skipped],
-        "coverage": coverage(model, result),
-        "params": count_params(model),
-        "macs": count_macs(model),
-    }
+    return AnalysisReport(model=str(model_path), groups=groups, skipped=list(result.skipped),
+                          coverage=coverage(model, result), params=count_params(model),
+                          macs=count_macs(model))
 
 
 def prune_file(model_path: str | Path, output: str | Path, calib: str | Path, config: PruneConfig,
@@ -62,13 +53,13 @@ def prune_file(model_path: str | Path, output: str | Path, calib: str | Path, co
     result = prune(model, feeds, config, progress, log)
     save_model(result.model, output)
     if report_path is not None:
-        write_json(result.report, report_path)
+        write_json(result.report.to_json(), report_path)
     return result
 
 
 def sensitivity_file(model_path: str | Path, calib: str | Path, config: PruneConfig,
                      plot_path: str | Path | None = None, progress: Progress | None = None,
-                     log: Log | None = None) -> dict:
+                     log: Log | None = None) -> SensitivityReport:
     """Per-group sensitivity curves of ``model_path`` on ``calib``; with ``plot_path``, also a PNG
     (needs matplotlib). Everything is checked before the work starts."""
     if plot_path is not None:
@@ -76,17 +67,17 @@ def sensitivity_file(model_path: str | Path, calib: str | Path, config: PruneCon
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SubpruneError("--plot needs matplotlib, which is not installed: "
+            raise SubpruneError("plotting needs matplotlib, which is not installed: "
                                 "pip install 'onnx-subprune[plot]'") from None
     model = load_model(model_path)
     feeds = check_inputs(load_arrays(calib), model, f"calibration data {calib}")
     report, curves = sensitivity(model, feeds, config, progress, log)
-    report["model"] = str(model_path)
+    report.model = str(model_path)
     if plot_path is not None:
         from .sensitivity import plot_curves
 
         plot_curves(curves, str(plot_path), f"sensitivity of {Path(model_path).name}")
-        report["plot"] = str(plot_path)
+        report.plot = str(plot_path)
     return report
 
 
@@ -97,7 +88,7 @@ def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path
     original, pruned = load_model(original_path), load_model(pruned_path)
     arrays = load_arrays(data_path)
     if labels is not None and labels not in arrays:
-        raise SubpruneError(f"data file {data_path}: no array named {labels!r} for --labels (has: {', '.join(arrays)})")
+        raise SubpruneError(f"data file {data_path}: no array named {labels!r} for the labels (has: {', '.join(arrays)})")
     source = f"data file {data_path}"
     extra = (labels,) if labels else ()
     feeds = check_inputs(arrays, original, source, extra)
@@ -115,7 +106,7 @@ def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path
     if truth is not None:
         first = next((name for name, value in ref.items() if is_classifier(value)), None)
         if first is None:
-            raise SubpruneError("--labels given but no output is shaped (samples, classes)")
+            raise SubpruneError(f"labels {labels!r} given but no output is shaped (samples, classes)")
         report["accuracy"] = {"original": accuracy(ref[first], truth),
                               "pruned": accuracy(cand[first], truth), "output": first}
     one = {name: value[:batch] for name, value in feeds.items()}

@@ -39,7 +39,9 @@ import numpy as np
 import onnx
 
 from .errors import SubpruneError
+from .graph import proto_attrs
 from .metrics import FLOAT_TYPES, count_params, layer_macs as macs_of_layers
+from .ops import LAYERS, bias_add_name
 from .types import ChannelGroup
 
 _Axis = tuple[int, tuple[tuple[int, float], ...]]  # (axis, ((group index, coefficient), ...))
@@ -165,9 +167,9 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
     if new_biases:
         for group in groups:
             for consumer in group.consumers:
-                proto = nodes[consumer.node]
+                proto, rule = nodes[consumer.node], LAYERS[consumer.op]
                 weight_shape = consts[source(proto.input[1])][0]
-                m = _outputs(consumer.op, proto, weight_shape)
+                m = rule.outputs(proto_attrs(proto), weight_shape)
                 if consumer.bias_node is not None:
                     add = nodes[consumer.bias_node]
                     index = 0 if add.input[0] == consumer.bias else 1
@@ -175,16 +177,17 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
                     if key not in slots:
                         old = consts[source(add.input[index])][0]
                         slot(add.name, index, tuple(np.broadcast_shapes(old, (m,))))
-                elif consumer.op in ("Conv", "Gemm"):
-                    has_bias = len(proto.input) > 2 and proto.input[2] != ""
-                    key = (consumer.node, 2)
+                elif rule.bias_input is not None:
+                    index = rule.bias_input
+                    has_bias = len(proto.input) > index and proto.input[index] != ""
+                    key = (consumer.node, index)
                     if has_bias and key not in slots:
-                        old = consts[source(proto.input[2])][0]
-                        slot(consumer.node, 2, tuple(np.broadcast_shapes(old, (m,))))
+                        old = consts[source(proto.input[index])][0]
+                        slot(consumer.node, index, tuple(np.broadcast_shapes(old, (m,))))
                     elif not has_bias and key not in created:
                         created[key] = [None, (m,), {}]
                 else:
-                    key = (f"{consumer.node}_bias_add", 1)
+                    key = (bias_add_name(consumer.node), 1)
                     if key not in created:
                         created[key] = [None, (m,), {}]
     # 2. slicing: producers, pass-through parameters, consumers' inputs. An axis holding a
@@ -196,18 +199,19 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
             made = n if producer.layout is None else producer.layout.width  # the layer's outputs
             shrink(slot(producer.node, 1), producer.out_axis, g, 1.0)
             proto = nodes[producer.node]
-            if len(proto.input) > 2 and proto.input[2] != "":
-                entry = slot(producer.node, 2)
+            index = LAYERS[producer.op].bias_input
+            if index is not None and len(proto.input) > index and proto.input[index] != "":
+                entry = slot(producer.node, index)
                 if entry[1] and entry[1][-1] == made:
                     shrink(entry, -1, g, 1.0)
-            for key in ((producer.node, 2), (f"{producer.node}_bias_add", 1)):
+            for key in ((producer.node, index), (bias_add_name(producer.node), 1)):
                 if key in created and created[key][1][-1] == made:
                     shrink(created[key], -1, g, 1.0)
         for passthrough in group.passthrough:
             for param in passthrough.params:
                 shrink(slot(passthrough.node, param.index), param.axis, g, float(param.block))
         for consumer in group.consumers:
-            block = 1 if consumer.op == "Conv" else consumer.block
+            block = LAYERS[consumer.op].row_block(consumer)
             shrink(slot(consumer.node, 1), consumer.in_axis, g, float(block))
     # 3. terms: sliced slots; constants kept whole while an unsliced reader remains
     macs_per_entry = _macs_per_weight_entry(model, consts, source, layer_macs)
@@ -244,16 +248,6 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
 
 def _freeze(axes: dict) -> tuple[_Axis, ...]:
     return tuple((axis, tuple(sorted(coefs.items()))) for axis, coefs in sorted(axes.items()))
-
-
-def _outputs(op: str, node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> int:
-    """Output channels m of a consumer layer."""
-    if op == "Conv":
-        return int(weight_shape[0])
-    if op == "Gemm":
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        return int(weight_shape[0] if trans_b else weight_shape[1])
-    return int(weight_shape[-1])
 
 
 def _macs_per_weight_entry(model, consts, source, layer_macs: dict[str, int]) -> dict[str, float]:
@@ -339,8 +333,8 @@ def _unreachable(size: SizeModel, limits: Limits, smallest: np.ndarray) -> Subpr
     if limits.macs is not None:
         parts.append(f"{macs / max(size.macs_before, 1):.1%} of the MACs")
     return SubpruneError(
-        f"target cannot be met: keeping the fewest channels allowed in every group (--min-keep) "
-        f"still leaves {' and '.join(parts)}; lower --min-keep or raise the target")
+        f"target cannot be met: keeping the fewest channels allowed in every group (the minimum kept "
+        f"fraction) still leaves {' and '.join(parts)}; lower the minimum kept fraction or raise the target")
 
 
 def check_reachable(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits) -> None:
@@ -449,7 +443,7 @@ def monotone_envelope(values: Sequence[float]) -> np.ndarray:
 
 def allocate_marginal(size: SizeModel, grids: Sequence[np.ndarray],
                       losses: Sequence[Callable[[int], float]], limits: Limits) -> Allocation:
-    """``--allocation marginal``, an alternative to the equal-loss rule on the same curves: from every
+    """The ``marginal`` allocation, an alternative to the equal-loss rule on the same curves: from every
     group whole, repeatedly take away the grid step that adds the least squared loss per unit of
     cost saved until the target holds, then refill as :func:`allocate_equal_loss` does. It
     minimizes the sum of the groups' squared losses (their errors taken as independent) greedily.

@@ -13,6 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+import onnx
+
+from .graph import read_constants
+from .ops import LAYERS
 from .runtime import batches, run
 from .select.stats import ConsumerStats
 from .types import ChannelGroup, Consumer
@@ -95,6 +99,13 @@ def capture_stats(
         )
         for group in groups
     ]
+
+
+def consumer_weights(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> dict[str, np.ndarray]:
+    """Consumer node -> its weight in ``model`` as the (d, m) matrix W of ``rows @ W``."""
+    consumers = [c for g in groups for c in g.consumers]
+    values = read_constants(model, {c.weight for c in consumers})
+    return {c.node: LAYERS[c.op].matrix(c, values[c.weight]) for c in consumers}
 
 
 def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:

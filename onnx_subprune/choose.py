@@ -58,8 +58,8 @@ def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     """Select ``k`` channels of ``group``; ``stats`` are in the coordinates of the model pruned
     by ``plans``. Each fit has one row block per input channel the consumer keeps."""
     options = dict(method=config.method, refit_weights=config.refit if refit is None else refit,
-                   ridge=config.ridge, bias_compensation=config.bias_compensation, seed=config.seed,
-                   holdout=stats.holdout)
+                   shrink=config.shrink, ridge=config.ridge, bias_compensation=config.bias_compensation,
+                   seed=config.seed, holdout=stats.holdout)
     positions = current_positions(group, plans)
     if positions is None:
         return select_group(stats.calibration, k, **options)

@@ -13,10 +13,15 @@ from fractions import Fraction
 import click
 
 from . import api
-from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, METHODS, PruneConfig
-from .errors import SubpruneError
-from .pipeline import LARGE_ERROR
+from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, PruneConfig
+from .errors import ConfigError, SubpruneError
+from .report import LARGE_ERROR
 from .runtime import DEVICES
+from .select import METHODS, RANKERS
+from .select.shrink import SHRINK
+
+DEFAULTS = PruneConfig()
+METHOD_HELP = "; ".join(f"{name}: {ranker.help}" for name, ranker in RANKERS.items())
 
 
 class _Progress:
@@ -49,6 +54,8 @@ def _user_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except ConfigError as exc:  # name the option as the command line spells it
+            raise click.ClickException(f"--{exc.option.replace('_', '-')} {exc.problem}") from None
         except SubpruneError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -90,7 +97,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
     Example:
       onnx-subprune analyze models/lenet5.onnx
     """
-    result = api.analyze_file(model, include, exclude)
+    result = api.analyze_file(model, include, exclude).to_json()
     reach = result["coverage"]
     lines = [f"{len(result['groups'])} prunable groups ({reach['channels']:,} channels), {len(result['skipped'])} skipped; "
              f"the groups reach {reach['params_in_groups']:,} of {result['params']:,} float params "
@@ -121,25 +128,27 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
               help="Fewest channels any group keeps, as a fraction (rounded up, at least 1).  [default: 1/16 with a target, else 1 channel]")
 @click.option("--round-to", type=click.IntRange(min=1), metavar="N",
               help="Kept counts are multiples of N in groups with at least N channels (or all channels); multiples of 8 keep onnxruntime's CPU kernels fast.  [default: 8 with a target in groups of >= 32 channels, else 1]")
-@click.option("--method", default="asym", show_default=True, type=click.Choice(METHODS),
-              help="asym/seq/layer: greedy selection (statistics from the pruned model vs the original, the pruned model, or the original); the rest are baseline rankings.")
+@click.option("--method", default=DEFAULTS.method, show_default=True, type=click.Choice(METHODS),
+              help=METHOD_HELP + ".")
 @click.option("--no-refit", is_flag=True, help="Keep the consumers' original weights of the kept channels (no least-squares re-fit).")
 @click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept (the paper's exact objective).")
-@click.option("--ridge", default=1e-3, show_default=True, type=float, help="Ridge, relative to the mean diagonal of the Gram matrix, for selection and refit.")
-@click.option("--holdout", default=0.2, show_default=True, type=float, help="Fraction of calibration samples held out to report held-out explained variance (and measure sensitivity on).")
+@click.option("--ridge", default=DEFAULTS.ridge, show_default=True, type=float, help="Ridge, relative to the mean diagonal of the Gram matrix, for selection and refit.")
+@click.option("--shrink", default=DEFAULTS.shrink, show_default=True, type=click.Choice(SHRINK),
+              help="Refit with few calibration samples: none (least squares, --ridge toward zero), refit (shrunk toward the original weights or, for Conv/Flatten consumers, a channel-map regression, strength by cross-validation) or auto (that refit, and a selection that leans on the original weights where samples are fewer than channels).")
+@click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=float, help="Fraction of calibration samples held out to report held-out explained variance (and measure sensitivity on).")
 @click.option("--max-error", type=float, metavar="E",
               help="Fail (exit 1, nothing written) when the pruned model's relative output error on the held-out calibration samples exceeds E, naming the groups that cost the most.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
+@click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
 @_group_filters
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the full JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
-              method, no_refit, no_bias_compensation, ridge, holdout, max_error, device, batch_size, seed,
-              include, exclude, report_path, as_json, quiet) -> None:
+              method, no_refit, no_bias_compensation, ridge, shrink, holdout, max_error, device, batch_size,
+              seed, include, exclude, report_path, as_json, quiet) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
     Either every group keeps the same fraction (--keep), or the model is brought to a size
@@ -158,8 +167,8 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
     if allocation is not None and not targeted:
         raise click.UsageError("--allocation needs --target-params or --target-flops")
     config = PruneConfig(keep=0.5 if keep is None else keep, method=method, refit=not no_refit,
-                         bias_compensation=not no_bias_compensation, ridge=ridge, holdout=holdout,
-                         batch_size=batch_size, seed=seed, device=device, target_params=target_params,
+                         bias_compensation=not no_bias_compensation, ridge=ridge, shrink=shrink,
+                         holdout=holdout, batch_size=batch_size, seed=seed, device=device, target_params=target_params,
                          target_flops=target_flops, allocation=allocation or "sensitivity",
                          min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
                          max_error=max_error)
@@ -168,8 +177,9 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
         result = api.prune_file(model, output, calib, config, report_path, progress=bar, log=_note)
     finally:
         bar.close()
-    _emit(result.report, as_json, _prune_summary(result.report, output))
-    for line in result.report["warnings"]:
+    report = result.report.to_json()
+    _emit(report, as_json, _prune_summary(report, output))
+    for line in report["warnings"]:
         _note(f"warning: {line}")
 
 
@@ -219,19 +229,19 @@ def _group_table(groups: list[dict]) -> str:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", required=True, type=click.Path(dir_okay=False),
               help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
-@click.option("--method", default="asym", show_default=True, type=click.Choice(METHODS),
+@click.option("--method", default=DEFAULTS.method, show_default=True, type=click.Choice(METHODS),
               help="Ranking whose kept sets are measured (asym/seq/layer: the greedy order on the original model).")
 @click.option("--min-keep", default=DEFAULT_MIN_KEEP, show_default=True, type=float, metavar="FRACTION",
               help="Smallest kept fraction measured.")
-@click.option("--samples", default=256, show_default=True, type=click.IntRange(min=1),
+@click.option("--samples", default=DEFAULTS.sensitivity_samples, show_default=True, type=click.IntRange(min=1),
               help="Held-out samples the output error is measured on.")
 @click.option("--no-refit", is_flag=True, help="Measure without the least-squares re-fit.")
 @click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept.")
-@click.option("--ridge", default=1e-3, show_default=True, type=float, help="Ridge for selection and refit.")
-@click.option("--holdout", default=0.2, show_default=True, type=float, help="Fraction of calibration samples held out (the error is measured on them).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
+@click.option("--ridge", default=DEFAULTS.ridge, show_default=True, type=float, help="Ridge for selection and refit.")
+@click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=float, help="Fraction of calibration samples held out (the error is measured on them).")
+@click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES))
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also draw the curves into a PNG (needs matplotlib: pip install 'onnx-subprune[plot]').")
 @_group_filters
@@ -256,7 +266,7 @@ def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_c
                          min_keep=min_keep, sensitivity_samples=samples, include=include, exclude=exclude)
     bar = _Progress(not quiet)
     try:
-        result = api.sensitivity_file(model, calib, config, plot_path, progress=bar, log=_note)
+        result = api.sensitivity_file(model, calib, config, plot_path, progress=bar, log=_note).to_json()
     finally:
         bar.close()
     _emit(result, as_json, _sensitivity_table(result))
@@ -288,7 +298,7 @@ def _sensitivity_table(result: dict) -> str:
 @click.argument("pruned", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help=".npz with one array per model input (and optionally labels), or .npy.")
 @click.option("--labels", help="Name of the integer label array in --data, to report accuracy.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
+@click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per run (also the latency batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_user_errors

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import SubpruneError
+from .errors import ConfigError
+from .select.rankers import METHODS
+from .select.shrink import SHRINK
 
-GREEDY = ("asym", "seq", "layer")
-BASELINES = ("weight-norm", "activation-norm", "random")
-METHODS = GREEDY + BASELINES
 ALLOCATIONS = ("sensitivity", "uniform", "marginal")
 DEFAULT_MIN_KEEP = 1 / 16
 """Floor of a group's kept fraction under a target (see :meth:`PruneConfig.min_count`)."""
@@ -29,6 +28,11 @@ class PruneConfig:
     refit: re-fit consumer weights by least squares (else keep their original kept rows).
     bias_compensation: fit an intercept (consumer bias absorbs removed channels' means).
     ridge: ridge relative to the mean diagonal of the Gram matrix, for selection and refit.
+    shrink: none (least-squares refit with the ridge toward zero) | refit (refit shrunk toward
+        the kept channels' original weights, or for Conv and Flatten consumers their channel-map
+        regression, strength chosen per consumer by generalized cross-validation; METHOD.md
+        sec. 9) | auto (that refit; the greedy's ridge pulls toward the original weights, and a
+        group whose consumers have fewer rows than channels is ranked by weight norm).
     holdout: fraction of calibration samples kept out of the statistics, to report
         held-out explained variance.
     batch_size: samples per onnxruntime run.  seed: sample split and random baseline.
@@ -58,6 +62,7 @@ class PruneConfig:
     refit: bool = True
     bias_compensation: bool = True
     ridge: float = 1e-3
+    shrink: str = "none"
     holdout: float = 0.2
     batch_size: int = 32
     seed: int = 0
@@ -76,35 +81,32 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:
-            raise SubpruneError(f"--keep must be in (0, 1], got {self.keep}")
-        for name, value in (("--target-params", self.target_params), ("--target-flops", self.target_flops)):
+            raise ConfigError("keep", f"must be in (0, 1], got {self.keep}")
+        for name, value in (("target_params", self.target_params), ("target_flops", self.target_flops)):
             if value is not None and not (math.isfinite(value) and 0 < value <= 1):
-                raise SubpruneError(f"{name} must be in (0, 1], got {value}")
+                raise ConfigError(name, f"must be in (0, 1], got {value}")
         if self.allocation not in ALLOCATIONS:
-            raise SubpruneError(f"unknown allocation {self.allocation!r} (choose from {', '.join(ALLOCATIONS)})")
+            raise ConfigError("allocation", f"{self.allocation!r} is unknown (choose from {', '.join(ALLOCATIONS)})")
         if self.min_keep is not None and not (math.isfinite(self.min_keep) and 0 < self.min_keep <= 1):
-            raise SubpruneError(f"--min-keep must be in (0, 1], got {self.min_keep}")
+            raise ConfigError("min_keep", f"must be in (0, 1], got {self.min_keep}")
         if self.round_to is not None and self.round_to < 1:
-            raise SubpruneError(f"--round-to must be >= 1, got {self.round_to}")
+            raise ConfigError("round_to", f"must be >= 1, got {self.round_to}")
         if not self.sensitivity_points or not all(0 < f < 1 for f in self.sensitivity_points):
-            raise SubpruneError("sensitivity points must be fractions in (0, 1)")
+            raise ConfigError("sensitivity_points", "must be fractions in (0, 1)")
         if self.sensitivity_samples < 1:
-            raise SubpruneError(f"sensitivity samples must be >= 1, got {self.sensitivity_samples}")
+            raise ConfigError("sensitivity_samples", f"must be >= 1, got {self.sensitivity_samples}")
         if self.method not in METHODS:
-            raise SubpruneError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+            raise ConfigError("method", f"{self.method!r} is unknown (choose from {', '.join(METHODS)})")
+        if self.shrink not in SHRINK:
+            raise ConfigError("shrink", f"{self.shrink!r} is unknown (choose from {', '.join(SHRINK)})")
         if self.ridge < 0:
-            raise SubpruneError(f"--ridge must be >= 0, got {self.ridge}")
+            raise ConfigError("ridge", f"must be >= 0, got {self.ridge}")
         if not 0 <= self.holdout < 1:
-            raise SubpruneError(f"--holdout must be in [0, 1), got {self.holdout}")
+            raise ConfigError("holdout", f"must be in [0, 1), got {self.holdout}")
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
-            raise SubpruneError(f"the maximum output error must be a positive number, got {self.max_error}")
+            raise ConfigError("max_error", f"must be a positive number, got {self.max_error}")
         if self.batch_size < 1:
-            raise SubpruneError(f"--batch-size must be >= 1, got {self.batch_size}")
-
-    @property
-    def schedule(self) -> str:
-        """How statistics are captured: the method's own variant, asym for the baselines."""
-        return self.method if self.method in GREEDY else "asym"
+            raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
 
     @property
     def has_target(self) -> bool:

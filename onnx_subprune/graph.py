@@ -42,6 +42,11 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return gs.import_onnx(infer_shapes(name_nodes(model)))
 
 
+def proto_attrs(node: onnx.NodeProto) -> dict:
+    """A NodeProto's attributes as a dict of Python values (as ``gs.Node.attrs`` has them)."""
+    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+
+
 def static_dim(dim: onnx.TensorShapeProto.Dimension) -> int | None:
     """The size a declared dim fixes, or None when it is dynamic: symbolic, unset, or a value of
     0 or -1 (as some exporters write a dynamic dim)."""

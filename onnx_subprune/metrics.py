@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx
 
-from .graph import infer_shapes, static_dim
+from .graph import infer_shapes, proto_attrs, static_dim
+from .ops import LAYERS
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -23,7 +22,7 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def count_macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of the Conv, Gemm and MatMul nodes for one sample.
+    """Multiply-accumulates of the layers (Conv, Gemm, MatMul: :data:`ops.LAYERS`) for one sample.
 
     Shapes come from shape inference; symbolic or unknown dims (batch, sequence) count as 1.
     """
@@ -31,8 +30,8 @@ def count_macs(model: onnx.ModelProto) -> int:
 
 
 def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
-    """(node name, MACs for one sample) of every Conv, Gemm and MatMul node whose output and
-    weight shapes are known, in graph order (see :func:`count_macs`)."""
+    """(node name, MACs for one sample) of every layer node whose output and weight shapes are
+    known, in graph order (see :func:`count_macs`)."""
     inferred = infer_shapes(model)
     shapes = {
         info.name: [static_dim(d) or 1 for d in info.type.tensor_type.shape.dim]
@@ -41,17 +40,10 @@ def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
     shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
     result = []
     for node in inferred.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+        if node.op_type not in LAYERS or len(node.input) < 2:
             continue
         out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
         if not out or not weight:
             continue
-        if node.op_type == "Conv":
-            macs = math.prod(out[1:]) * math.prod(weight[1:])
-        elif node.op_type == "Gemm":
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            macs = math.prod(out[1:]) * weight[1 if trans_b and len(weight) > 1 else 0]
-        else:
-            macs = math.prod(out[1:]) * (weight[-2] if len(weight) >= 2 else 1)
-        result.append((node.name, int(macs)))
+        result.append((node.name, LAYERS[node.op_type].macs(proto_attrs(node), out, weight)))
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -11,18 +11,20 @@ import onnx
 
 from . import runtime
 from .analyze import analyze
-from .calibrate import GroupStats, Progress, Split, capture_stats, split_samples
+from .calibrate import GroupStats, Progress, Split, capture_stats, consumer_weights, split_samples
 from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
 from .config import PruneConfig
-from .errors import QualityError, SubpruneError, UnsupportedPattern
-from .graph import pin_input_dims, prepare, read_constants
+from .errors import InternalError, QualityError, SubpruneError, UnsupportedPattern
+from .graph import pin_input_dims, prepare, proto_attrs, read_constants
 from .metrics import count_macs, count_params
-from .ops import consumer_matrix
+from .ops import LAYERS
 from .rewrite import channel_masks, rewrite
 from .choose import choose, current_positions, original_to_current
 from .sensitivity import Curve, measure_curves
+from .report import GroupReport, PruneReport, SensitivityReport, TargetReport
+from .select import schedule_of
 from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
 
@@ -34,10 +36,69 @@ MIN_HELD_OUT = 16
 
 @dataclass(frozen=True)
 class PruneResult:
-    """The pruned model and the JSON-ready report of the run."""
+    """The pruned model and the report of the run."""
 
     model: onnx.ModelProto
-    report: dict
+    report: PruneReport
+
+
+@dataclass
+class _Run:
+    """What the stages of one run share: the prepared model and its groups, the calibration
+    samples and their split, onnxruntime settings, the consumers' original weight matrices
+    (node -> (d, m)) and a session of the original model that also outputs every consumer's
+    input."""
+
+    model: onnx.ModelProto
+    analysis: Analysis
+    feeds: dict[str, np.ndarray]
+    config: PruneConfig
+    split: Split
+    batch_size: int
+    providers: list[str]
+    weights: dict[str, np.ndarray]
+    original: object
+    progress: Progress | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def groups(self) -> tuple[ChannelGroup, ...]:
+        return self.analysis.groups
+
+    def capture(self, groups: Sequence[ChannelGroup], source, reference, weights=None,
+                targets=None) -> list[GroupStats]:
+        """Statistics of ``groups`` with B from session ``source`` and A from ``reference``
+        (None: A = B); ``weights`` / ``targets`` as in :func:`calibrate.capture_stats`."""
+        return capture_stats(groups, source, reference, self.weights if weights is None else weights,
+                             self.feeds, self.split, self.batch_size, self.progress, targets)
+
+
+def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis]:
+    """The model with every node named and constant layout ops folded, and its channel groups
+    (at least one)."""
+    model = prepare(model)
+    analysis = analyze(model, config.include, config.exclude)
+    if not analysis.groups:
+        raise UnsupportedPattern(_nothing_prunable(analysis))
+    return model, analysis
+
+
+def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarray], config: PruneConfig,
+           progress: Progress | None, log: Log | None) -> _Run:
+    """Choose providers and batch size, split the samples and open a session of the original
+    model (``model`` as :func:`_analyzed` returns it)."""
+    samples = len(next(iter(feeds.values())))
+    providers, note = runtime.choose_providers(config.device)
+    if log:
+        log(note)
+    inputs = tuple(sorted({c.input for g in analysis.groups for c in g.consumers}))
+    return _Run(
+        model=model, analysis=analysis, feeds=feeds, config=config,
+        split=split_samples(samples, config.holdout, config.seed),
+        batch_size=runtime.batch_size_for(model, config.batch_size), providers=providers,
+        weights=consumer_weights(model, analysis.groups),
+        original=runtime.session(model, providers, inputs), progress=progress,
+    )
 
 
 def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneConfig,
@@ -47,9 +108,9 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional.
 
     Kept counts per group: ``counts`` (in the order of
-    ``analyze(model, config.include, config.exclude).groups``) when given, else allocated to meet ``config``'s params/FLOPs target, else ``config.kept_count``.
+    ``analyze(model, config.include, config.exclude).groups``) when given, else allocated to
+    meet ``config``'s params/FLOPs target, else ``config.kept_count``.
     """
-    timings: dict[str, float] = {}
     clock = time.perf_counter()
     model, analysis = _analyzed(model, config)
     groups = analysis.groups
@@ -59,77 +120,69 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     limits = Limits.from_ratios(size, config.target_params, config.target_flops)
     if counts is None and config.has_target:
         check_reachable(size, grids, limits)  # before any work
-    timings["analyze"] = time.perf_counter() - clock
-    batch_size, providers, split, weights, original = _runtime(model, groups, feeds, config, log)
+    analyzed = time.perf_counter() - clock
+    run = _start(model, analysis, feeds, config, progress, log)
+    timings = run.timings
+    timings["analyze"] = analyzed
     allocation, curves, initial = None, None, None
     by_keep = counts is None and not config.has_target
     if counts is not None:
         counts = _check_counts(counts, groups)
     elif config.has_target:
         clock = time.perf_counter()
-        allocation, curves, initial = _allocate(model, groups, size, grids, limits, original, weights,
-                                                feeds, split, batch_size, providers, config, progress)
+        allocation, curves, initial = _allocate(run, size, grids, limits)
         counts = allocation.counts
         timings["allocation"] = time.perf_counter() - clock
     else:
         counts = tuple(config.kept_count(g.channels) for g in groups)
-    plans, entries = _prune_groups(model, groups, weights, feeds, split, batch_size, original,
-                                   providers, counts, initial, config, progress, timings)
+    plans, entries = _prune_groups(run, counts, initial)
     clock = time.perf_counter()
-    pruned = rewrite(model, plans)
+    pruned = rewrite(run.model, plans)
     onnx.checker.check_model(pruned)
     timings["rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    verified, verified_on = _verify_indices(split, config.verify_samples)
+    verified, verified_on = _verify_indices(run.split, config.verify_samples)
     verify_feeds = {name: array[verified] for name, array in feeds.items()}
-    outputs = fidelity(predict(model, verify_feeds, providers, batch_size),
-                       predict(pruned, verify_feeds, providers, batch_size))
+    outputs = fidelity(predict(run.model, verify_feeds, run.providers, run.batch_size),
+                       predict(pruned, verify_feeds, run.providers, run.batch_size))
     timings["verify"] = time.perf_counter() - clock
-    params = {"before": count_params(model), "after": count_params(pruned)}
-    macs = {"before": count_macs(pin_input_dims(model, feeds)), "after": count_macs(pin_input_dims(pruned, feeds))}
+    params = {"before": count_params(run.model), "after": count_params(pruned)}
+    macs = {"before": count_macs(pin_input_dims(run.model, feeds)),
+            "after": count_macs(pin_input_dims(pruned, feeds))}
     predicted = size.totals(counts)
-    if log and predicted != (params["after"], macs["after"]):
-        log(f"note: the size model predicted {predicted[0]:,} params and {predicted[1]:,} MACs, "
-            f"the pruned model has {params['after']:,} and {macs['after']:,}")
+    if predicted != (params["after"], macs["after"]):
+        raise InternalError(f"the size model predicted {predicted[0]:,} params and {predicted[1]:,} MACs, "
+                            f"the pruned model has {params['after']:,} and {macs['after']:,}")
     for index, entry in enumerate(entries):
-        entry.update(_budget_entry(size, counts, index, curves[index] if curves else None))
-    report = {
-        "method": config.method,
-        "keep": config.keep if by_keep else None,
-        "refit": config.refit,
-        "bias_compensation": config.bias_compensation,
-        "ridge": config.ridge,
-        "seed": config.seed,
-        "provider": providers[0],
-        "samples": {"calibration": int(len(split.calibration)), "holdout": int(len(split.holdout))},
-        "groups": entries,
-        "skipped": [vars(s) for s in analysis.skipped],
-        "params": params,
-        "macs": macs,
-        "target": _target_report(config, allocation, params, macs, predicted),
-        "outputs": outputs,
-        "output_error": max(o["relative_error"] for o in outputs.values()),
-        "verified_on": {"samples": int(len(verified)), "set": verified_on},
-        "seconds": {k: round(v, 4) for k, v in timings.items()},
-    }
-    report["warnings"] = _warnings(report)
-    if config.max_error is not None and report["output_error"] > config.max_error:
-        raise QualityError(_too_large(report, config.max_error))
+        _add_budget(entry, size, counts, index, curves[index] if curves else None)
+    report = PruneReport(
+        method=config.method,
+        keep=config.keep if by_keep else None,
+        refit=config.refit,
+        bias_compensation=config.bias_compensation,
+        ridge=config.ridge,
+        seed=config.seed,
+        provider=run.providers[0],
+        samples={"calibration": int(len(run.split.calibration)), "holdout": int(len(run.split.holdout))},
+        groups=entries,
+        skipped=list(run.analysis.skipped),
+        params=params,
+        macs=macs,
+        target=_target_report(config, allocation, params, macs, predicted),
+        outputs=outputs,
+        output_error=max(o["relative_error"] for o in outputs.values()),
+        verified_on={"samples": int(len(verified)), "set": verified_on},
+        seconds={k: round(v, 4) for k, v in timings.items()},
+    )
+    report.warnings = report.find_warnings()
+    if config.max_error is not None and report.output_error > config.max_error:
+        raise QualityError(report.too_large(config.max_error))
     return PruneResult(pruned, report)
 
-
-LARGE_ERROR = 0.25
-"""Relative output error from which the pruned model is flagged as far from the original."""
 
 INACTIVE_ENERGY = 1e-3
 """A channel is inactive when its variance on the calibration data is below this fraction of the
 mean variance of its group's channels."""
-
-INACTIVE_SHARE = 0.25
-"""Share of a group's channels inactive from which the calibration data is suspected."""
-
-INACTIVE_MIN_GROUP = 8
-"""Smallest group the inactive-channel warning looks at (one idle channel of two says little)."""
 
 
 def _verify_indices(split: Split, limit: int) -> tuple[np.ndarray, str]:
@@ -137,44 +190,6 @@ def _verify_indices(split: Split, limit: int) -> tuple[np.ndarray, str]:
     if len(split.holdout):
         return split.holdout[:limit], "held-out"
     return split.calibration[:limit], "calibration"
-
-
-def _warnings(report: dict) -> list[str]:
-    """One line per problem a user must hear of: a large output error, calibration data that
-    leaves many of a group's channels inactive."""
-    lines = []
-    error, verified = report["output_error"], report["verified_on"]
-    if error >= LARGE_ERROR:
-        lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} (relative error "
-                     f"on {verified['samples']} {verified['set']} samples): it may be unusable; "
-                     f"keep more, or check that the calibration data looks like deployment inputs")
-    idle = [g for g in report["groups"]
-            if g["channels"] >= INACTIVE_MIN_GROUP and g["inactive"] >= INACTIVE_SHARE * g["channels"]]
-    if idle:
-        worst = ", ".join(f"{g['group']} {g['inactive']}/{g['channels']}" for g in idle[:3])
-        lines.append(f"the calibration data leaves many channels inactive in {len(idle)} of "
-                     f"{len(report['groups'])} groups ({worst}{', ...' if len(idle) > 3 else ''}): if deployment "
-                     f"inputs look different, those channels will be missed")
-    return lines
-
-
-def _too_large(report: dict, limit: float) -> str:
-    """Why a result over the error limit is refused, naming the groups that cost the most."""
-    verified = report["verified_on"]
-    costs = sorted(((_cost(g), g["group"]) for g in report["groups"]), reverse=True)[:3]
-    named = ", ".join(f"{name} ({cost:.3f})" for cost, name in costs)
-    return (f"the pruned model's relative output error {report['output_error']:.4f} on "
-            f"{verified['samples']} {verified['set']} samples exceeds the limit {limit:g}; "
-            f"the groups that cost the most: {named}; nothing was written")
-
-
-def _cost(entry: dict) -> float:
-    """A group's share of the loss: its predicted output error where the sensitivity curves
-    measured it, else its layer's unexplained residual sqrt(1 - F(S)/||Y||^2)."""
-    if entry.get("predicted_loss") is not None:
-        return float(entry["predicted_loss"])
-    explained = entry["explained_holdout"] if entry["explained_holdout"] is not None else entry["explained"]
-    return float(np.sqrt(max(0.0, 1.0 - explained)))
 
 
 def _check_counts(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> tuple[int, ...]:
@@ -186,77 +201,74 @@ def _check_counts(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> tupl
     return tuple(int(c) for c in counts)
 
 
-def _allocate(model, groups, size: SizeModel, grids, limits: Limits, original, weights, feeds, split,
-              batch_size, providers, config: PruneConfig, progress):
+def _allocate(run: _Run, size: SizeModel, grids, limits: Limits):
     """Per-group counts meeting the target; the sensitivity curves and the original model's
     statistics of every group (reused by the prune) when the allocation measured them."""
-    if config.allocation == "uniform":
+    if run.config.allocation == "uniform":
         return allocate_uniform(size, grids, limits), None, None
-    curves, stats, _ = _curves(model, groups, original, weights, feeds, split, batch_size, providers,
-                               config, progress)
-    rule = allocate_marginal if config.allocation == "marginal" else allocate_equal_loss
+    curves, stats, _ = _curves(run)
+    rule = allocate_marginal if run.config.allocation == "marginal" else allocate_equal_loss
     return rule(size, grids, [c.loss for c in curves], limits), curves, stats
 
 
-def _curves(model, groups, original, weights, feeds, split, batch_size, providers, config: PruneConfig,
-            progress):
+def _curves(run: _Run):
     """Sensitivity curves of every group, the original model's statistics they came from, and
     the samples the output error was measured on (held-out ones when there are enough)."""
-    stats = capture_stats(groups, original, None, weights, feeds, split, batch_size, progress)
+    config, split = run.config, run.split
+    stats = run.capture(run.groups, run.original, None)
     indices = split.holdout if len(split.holdout) >= MIN_HELD_OUT else split.calibration
     indices = indices[: config.sensitivity_samples]
-    subset = {name: array[indices] for name, array in feeds.items()}
-    floors = [config.min_count(g.channels) for g in groups]
-    curves = measure_curves(model, groups, stats, subset, providers, batch_size, floors, config, progress)
+    subset = {name: array[indices] for name, array in run.feeds.items()}
+    floors = [config.min_count(g.channels) for g in run.groups]
+    curves = measure_curves(run.model, run.groups, stats, subset, run.providers, run.batch_size, floors,
+                            config, run.progress)
     return curves, stats, indices
 
 
-def _budget_entry(size: SizeModel, counts: Sequence[int], index: int, curve: Curve | None) -> dict:
-    """Per-group report fields: kept count and fraction, size of the tensors and layers whose
+def _add_budget(entry: GroupReport, size: SizeModel, counts: Sequence[int], index: int,
+                curve: Curve | None) -> None:
+    """Fill a group's size fields: kept count and fraction, size of the tensors and layers whose
     shape depends on the group, predicted loss and the measured curve (sensitivity only)."""
-    k = int(counts[index])
-    n = int(size.channels[index])
-    params, macs = size.group_totals(counts, index)
-    entry = {"k": k, "fraction": k / n, "params": params, "macs": macs,
-             "predicted_loss": None if curve is None else curve.loss(k)}
+    entry.k = int(counts[index])
+    entry.fraction = entry.k / int(size.channels[index])
+    entry.params, entry.macs = size.group_totals(counts, index)
     if curve is not None:
-        entry["curve"] = {"k": list(curve.points), "error": list(curve.errors)}
-    return entry
+        entry.predicted_loss = curve.loss(entry.k)
+        entry.curve = {"k": list(curve.points), "error": list(curve.errors)}
 
 
 def _target_report(config: PruneConfig, allocation: Allocation | None, params: dict, macs: dict,
-                   predicted: tuple[int, int]) -> dict | None:
+                   predicted: tuple[int, int]) -> TargetReport | None:
     if not config.has_target:
         return None
-    return {
-        "params": config.target_params,
-        "flops": config.target_flops,
-        "allocation": config.allocation,
-        "min_keep": config.floor_fraction,
-        "round_to": config.round_to,
-        "achieved": {"params": params["after"] / params["before"],
-                     "macs": macs["after"] / max(macs["before"], 1)},
-        "predicted": {"params": predicted[0], "macs": predicted[1]},
-        "tolerated_loss": None if allocation is None else allocation.tolerance,
-        "uniform_fraction": None if allocation is None else allocation.fraction,
-    }
+    return TargetReport(
+        params=config.target_params,
+        flops=config.target_flops,
+        allocation=config.allocation,
+        min_keep=config.floor_fraction,
+        round_to=config.round_to,
+        achieved={"params": params["after"] / params["before"], "macs": macs["after"] / max(macs["before"], 1)},
+        predicted={"params": predicted[0], "macs": predicted[1]},
+        tolerated_loss=None if allocation is None else allocation.tolerance,
+        uniform_fraction=None if allocation is None else allocation.fraction,
+    )
 
 
-def _prune_groups(model, groups: Sequence[ChannelGroup], weights, feeds, split, batch_size, original,
-                  providers, counts: Sequence[int], initial, config: PruneConfig, progress, timings):
-    """Capture statistics and select channels group by group, following ``config.schedule``.
+def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[GroupPlan], list[GroupReport]]:
+    """Capture statistics and select channels group by group, following the method's capture
+    schedule.
 
     layer: one capture of all groups from the original model. seq / asym: groups in
     topological order, B from the model pruned so far (A from the original for asym).
     ``initial``: statistics of every group from the original model, if already captured.
     """
-    capture = lambda gs, source, reference: capture_stats(
-        gs, source, reference, weights, feeds, split, batch_size, progress)
+    config, timings, groups = run.config, run.timings, run.groups
+    schedule = schedule_of(config.method)
     timings["capture"] = timings["select"] = 0.0
     clock = time.perf_counter()
     all_stats = None
-    if config.schedule == "layer":
-        all_stats = initial if initial is not None else capture(groups, original, None)
+    if schedule == "layer":
+        all_stats = initial if initial is not None else run.capture(groups, run.original, None)
     timings["capture"] += time.perf_counter() - clock
     plans, entries = [], []
     for index, group in enumerate(groups):
@@ -264,29 +276,29 @@ def _prune_groups(model, groups: Sequence[ChannelGroup], weights, feeds, split, 
         if all_stats is not None:
             stats = original_to_current(group, all_stats[index], plans)
         elif not plans:
-            stats = initial[0] if initial is not None else capture([group], original, None)[0]
+            stats = initial[0] if initial is not None else run.capture([group], run.original, None)[0]
         else:
             names = tuple(c.input for c in group.consumers)
-            pruned = rewrite(model, plans)
-            current = runtime.session(pruned, providers, names)
-            mine, targets = _current_matrices(pruned, group, weights, plans)
-            asym = config.schedule == "asym"
-            stats = capture_stats([group], current, original if asym else None, mine, feeds, split,
-                                  batch_size, progress, targets if asym else None)[0]
+            pruned = rewrite(run.model, plans)
+            current = runtime.session(pruned, run.providers, names)
+            mine, targets = _current_matrices(pruned, group, run.weights, plans)
+            asym = schedule == "asym"
+            stats = run.capture([group], current, run.original if asym else None, mine,
+                                targets if asym else None)[0]
         captured = time.perf_counter()
         timings["capture"] += captured - clock
         plan, entry = _select(group, stats, counts[index], config, plans)
         timings["select"] += time.perf_counter() - captured
-        entry["seconds"] = round(time.perf_counter() - clock, 4)
+        entry.seconds = round(time.perf_counter() - clock, 4)
         plans.append(plan)
         entries.append(entry)
-        if progress:
-            progress("groups", index + 1, len(groups))
+        if run.progress:
+            run.progress("groups", index + 1, len(groups))
     return plans, entries
 
 
 def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
-            plans: Sequence[GroupPlan] = ()) -> tuple[GroupPlan, dict]:
+            plans: Sequence[GroupPlan] = ()) -> tuple[GroupPlan, GroupReport]:
     """Choose ``k`` channels of one group and the consumers' new weights; ``stats`` are in the
     coordinates of the model pruned by ``plans``."""
     chosen = choose(group, stats, k, config, plans)
@@ -295,20 +307,20 @@ def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
         for c, fit in zip(group.consumers, chosen.fits)
     )
     kept = tuple(int(i) for i in chosen.kept)
-    entry = {
-        "group": group.name,
-        "producer": group.producers[0].node,
-        "producers": [p.node for p in group.producers],
-        "consumers": [c.node for c in group.consumers],
-        "channels": group.channels,
-        "kept": list(kept),
-        "explained": float(chosen.explained),
-        "explained_holdout": None if chosen.explained_holdout is None else float(chosen.explained_holdout),
-        "rows": min(s.n_rows for s in stats.calibration),
-        "columns": max(s.d for s in stats.calibration),
-        "underdetermined": bool(chosen.underdetermined),
-        "inactive": inactive_channels(group, stats, plans),
-    }
+    entry = GroupReport(
+        group=group.name,
+        producer=group.producers[0].node,
+        producers=[p.node for p in group.producers],
+        consumers=[c.node for c in group.consumers],
+        channels=group.channels,
+        kept=list(kept),
+        explained=float(chosen.explained),
+        explained_holdout=None if chosen.explained_holdout is None else float(chosen.explained_holdout),
+        rows=min(s.n_rows for s in stats.calibration),
+        columns=max(s.d for s in stats.calibration),
+        underdetermined=bool(chosen.underdetermined),
+        inactive=inactive_channels(group, stats, plans),
+    )
     return GroupPlan(group, kept, updates), entry
 
 
@@ -339,41 +351,10 @@ def _current_matrices(pruned: onnx.ModelProto, group: ChannelGroup, weights: dic
     values = read_constants(pruned, names)
     mine = dict(weights)
     for consumer in touched:
-        node = nodes[consumer.node]
-        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0) if consumer.op == "Gemm" else 1.0
-        mine[consumer.node] = consumer_matrix(replace(consumer, scale=alpha), values[node.input[1]])
+        node, rule = nodes[consumer.node], LAYERS[consumer.op]
+        now = replace(consumer, scale=rule.scale(proto_attrs(node)))
+        mine[consumer.node] = rule.matrix(now, values[node.input[1]])
     return mine, {c.node: weights[c.node] for c in touched}
-
-
-def _consumer_matrices(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> dict[str, np.ndarray]:
-    """Consumer node -> its original weight as a (d, m) matrix."""
-    consumers = [c for g in groups for c in g.consumers]
-    values = read_constants(model, {c.weight for c in consumers})
-    return {c.node: consumer_matrix(c, values[c.weight]) for c in consumers}
-
-
-def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis]:
-    """The model with every node named, and its channel groups (at least one)."""
-    model = prepare(model)
-    analysis = analyze(model, config.include, config.exclude)
-    if not analysis.groups:
-        raise UnsupportedPattern(_nothing_prunable(analysis))
-    return model, analysis
-
-
-def _runtime(model: onnx.ModelProto, groups: Sequence[ChannelGroup], feeds: dict[str, np.ndarray],
-             config: PruneConfig, log: Log | None):
-    """(batch size, providers, sample split, consumer weight matrices, a session of the original
-    model that also outputs every consumer's input)."""
-    samples = len(next(iter(feeds.values())))
-    batch_size = runtime.batch_size_for(model, config.batch_size)
-    providers, note = runtime.choose_providers(config.device)
-    if log:
-        log(note)
-    split = split_samples(samples, config.holdout, config.seed)
-    weights = _consumer_matrices(model, groups)
-    inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
-    return batch_size, providers, split, weights, runtime.session(model, providers, inputs)
 
 
 def _nothing_prunable(analysis: Analysis) -> str:
@@ -385,15 +366,14 @@ def _nothing_prunable(analysis: Analysis) -> str:
 
 
 def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneConfig,
-                progress: Progress | None = None, log: Log | None = None) -> tuple[dict, list[Curve]]:
-    """Per-group sensitivity curves of ``model`` (what ``--allocation sensitivity`` measures):
-    a JSON-ready report and the :class:`Curve` objects."""
+                progress: Progress | None = None, log: Log | None = None) -> tuple[SensitivityReport, list[Curve]]:
+    """Per-group sensitivity curves of ``model`` (what the ``sensitivity`` allocation measures):
+    the report and the :class:`Curve` objects."""
     clock = time.perf_counter()
     model, analysis = _analyzed(model, config)
-    groups = analysis.groups
-    batch_size, providers, split, weights, original = _runtime(model, groups, feeds, config, log)
-    curves, _, indices = _curves(model, groups, original, weights, feeds, split, batch_size, providers,
-                                 config, progress)
+    run = _start(model, analysis, feeds, config, progress, log)
+    groups, split = run.groups, run.split
+    curves, _, indices = _curves(run)
     held_out = len(split.holdout) >= MIN_HELD_OUT
     floors = [config.min_count(g.channels) for g in groups]
     fractions = sorted({config.floor_fraction, *config.sensitivity_points} - {0.0})
@@ -404,16 +384,16 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
         entry["by_fraction"] = [curve.loss(k) for k in by_k]
         entry["by_fraction_k"] = by_k
         entries.append(entry)
-    report = {
-        "method": config.method,
-        "refit": config.refit,
-        "bias_compensation": config.bias_compensation,
-        "provider": providers[0],
-        "fractions": fractions,
-        "samples": {"calibration": int(len(split.calibration)), "holdout": int(len(split.holdout)),
-                    "measured": int(len(indices)), "measured_on": "held-out" if held_out else "calibration"},
-        "groups": entries,
-        "skipped": [vars(s) for s in analysis.skipped],
-        "seconds": round(time.perf_counter() - clock, 4),
-    }
+    report = SensitivityReport(
+        method=config.method,
+        refit=config.refit,
+        bias_compensation=config.bias_compensation,
+        provider=run.providers[0],
+        fractions=fractions,
+        samples={"calibration": int(len(split.calibration)), "holdout": int(len(split.holdout)),
+                 "measured": int(len(indices)), "measured_on": "held-out" if held_out else "calibration"},
+        groups=entries,
+        skipped=list(run.analysis.skipped),
+        seconds=round(time.perf_counter() - clock, 4),
+    )
     return report, curves

@@ -15,10 +15,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph, infer_shapes, set_const_value
-from .ops import matrix_to_weight, slice_window, split_sizes
+from .ops import LAYERS, bias_add_name, new_bias_name, rule_for
+from .ops.layers import WEIGHT
 from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough, Producer
-
-WEIGHT, BIAS = 1, 2
 
 
 def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
@@ -70,17 +69,15 @@ def channel_masks(plans: Sequence[GroupPlan]) -> dict[str, np.ndarray]:
 
 def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
                      mask: np.ndarray, added_bias: dict[str, gs.Node]) -> None:
-    node = nodes[consumer.node]
+    node, rule = nodes[consumer.node], LAYERS[consumer.op]
     weight = const_value(node.inputs[WEIGHT])
-    block = 1 if consumer.op == "Conv" else consumer.block
     if update.weight is not None:
         if update.weight.shape[0] != int(mask.sum()) * consumer.block:
             raise ValueError(f"{consumer.node}: update has {update.weight.shape[0]} rows, expected {int(mask.sum()) * consumer.block}")
-        new = matrix_to_weight(consumer, update.weight, weight)
-        if consumer.op == "Gemm":
-            node.attrs["alpha"] = 1.0
+        new = rule.weight(consumer, update.weight, weight)
+        rule.reset_scale(node.attrs)
     else:
-        new = np.take(weight, _columns(np.flatnonzero(mask), block), axis=consumer.in_axis)
+        new = np.take(weight, _columns(np.flatnonzero(mask), rule.row_block(consumer)), axis=consumer.in_axis)
     set_const_value(graph, node, WEIGHT, new)
     if update.bias_shift is not None and np.any(update.bias_shift):
         _shift_bias(graph, nodes, consumer, update.bias_shift.astype(weight.dtype), added_bias)
@@ -93,21 +90,22 @@ def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias)
         index = 0 if add.inputs[0].name == consumer.bias else 1
         set_const_value(graph, add, index, const_value(add.inputs[index]) + shift)
         return
-    node = nodes[consumer.node]
-    if consumer.op in ("Conv", "Gemm"):
+    node, index = nodes[consumer.node], LAYERS[consumer.op].bias_input
+    if index is not None:
         if consumer.bias is None:
-            while len(node.inputs) < BIAS:
+            while len(node.inputs) < index:
                 node.inputs.append(gs.Variable.empty())
-            node.inputs.append(gs.Constant(f"{node.name}_bias", shift))
+            node.inputs.append(gs.Constant(new_bias_name(node.name), shift))
         else:
-            old = np.broadcast_to(const_value(node.inputs[BIAS]), shift.shape)
-            set_const_value(graph, node, BIAS, old + shift)
+            old = np.broadcast_to(const_value(node.inputs[index]), shift.shape)
+            set_const_value(graph, node, index, old + shift)
         return
     out = node.outputs[0]
     product = gs.Variable(f"{out.name}_before_bias", dtype=out.dtype)
     node.outputs.clear()
     node.outputs.append(product)
-    add = gs.Node("Add", f"{node.name}_bias_add", inputs=[product, gs.Constant(f"{node.name}_bias", shift)], outputs=[out])
+    bias = gs.Constant(new_bias_name(node.name), shift)
+    add = gs.Node("Add", bias_add_name(node.name), inputs=[product, bias], outputs=[out])
     graph.nodes.append(add)
     added_bias[node.name] = add
 
@@ -117,8 +115,9 @@ def _slice_producer(graph, node: gs.Node, producer: Producer, mask: np.ndarray,
     """Keep the producer's output channels that survive in its output tensor."""
     rows = np.flatnonzero(mask)
     set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), rows, axis=producer.out_axis))
-    if len(node.inputs) > BIAS and node.inputs[BIAS].name:
-        _slice_last(graph, node, BIAS, rows, len(mask))
+    index = LAYERS[producer.op].bias_input
+    if index is not None and len(node.inputs) > index and node.inputs[index].name:
+        _slice_last(graph, node, index, rows, len(mask))
     if producer.node in added_bias:
         _slice_last(graph, added_bias[producer.node], 1, rows, len(mask))
 
@@ -128,46 +127,12 @@ def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: di
     surviving positions of its input."""
     mask = masks[next(t.name for t in node.inputs if t.name in masks)]
     survivors = np.flatnonzero(mask)
+    rule = rule_for(node)  # before slicing: a depthwise Conv is recognised by its weight's shape
     for param in passthrough.params:
         value = const_value(node.inputs[param.index])
         set_const_value(graph, node, param.index, np.take(value, _columns(survivors, param.block), axis=param.axis))
-    if passthrough.op == "Conv":  # depthwise: one group per channel
-        node.attrs["group"] = len(survivors)
-    elif passthrough.op == "Split":
-        _resize_split(graph, node, passthrough, mask)
-    elif passthrough.op == "Slice":
-        _resize_slice(graph, node, passthrough, mask)
-
-
-def _resize_split(graph, node: gs.Node, passthrough: PassThrough, mask: np.ndarray) -> None:
-    """New Split sizes: the surviving positions of each output's range (a channel-axis Split)."""
-    rank = len(node.inputs[0].shape)
-    if node.attrs.get("axis", 0) % rank != passthrough.channel_axis:
-        return
-    bounds = np.cumsum([0, *split_sizes(node, len(mask))])
-    sizes = np.array([mask[s:e].sum() for s, e in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
-    if "split" in node.attrs:
-        node.attrs["split"] = [int(s) for s in sizes]
-        return
-    node.attrs.pop("num_outputs", None)
-    if len(node.inputs) > 1 and node.inputs[1].name:
-        set_const_value(graph, node, 1, sizes)
-    else:
-        node.inputs.append(gs.Constant(f"{node.name}_sizes", sizes))
-
-
-def _resize_slice(graph, node: gs.Node, passthrough: PassThrough, mask: np.ndarray) -> None:
-    """New Slice bounds on the channel axis: the surviving positions before each bound."""
-    rank = len(node.inputs[0].shape)
-    window = slice_window(node, len(mask), passthrough.channel_axis, rank)
-    if window is None:
-        return
-    starts, ends = const_value(node.inputs[1]).copy(), const_value(node.inputs[2]).copy()
-    axes = const_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else np.arange(len(starts))
-    index = next(i for i, axis in enumerate(axes) if int(axis) % rank == passthrough.channel_axis)
-    starts[index], ends[index] = (int(mask[:bound].sum()) for bound in window)
-    set_const_value(graph, node, 1, starts)
-    set_const_value(graph, node, 2, ends)
+    if rule is not None and rule.resize is not None:  # None: a Concat, whose inputs hold the counts
+        rule.resize(graph, node, passthrough, mask)
 
 
 def _slice_last(graph, node: gs.Node, index: int, kept: np.ndarray, channels: int) -> None:

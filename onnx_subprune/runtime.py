@@ -31,7 +31,7 @@ def choose_providers(device: str) -> tuple[list[str], str]:
     if works:
         return [CUDA, CPU], "using onnxruntime CUDAExecutionProvider"
     if device == "cuda":
-        raise SubpruneError(f"--device cuda: CUDAExecutionProvider is not usable here ({why})")
+        raise SubpruneError(f"device cuda: CUDAExecutionProvider is not usable here ({why})")
     return [CPU], f"using onnxruntime CPUExecutionProvider (CUDA not usable: {why})"
 
 

@@ -23,10 +23,10 @@ import onnx
 
 from .calibrate import GroupStats, Progress
 from .choose import choose, current_positions
-from .config import GREEDY, PruneConfig
+from .config import PruneConfig
 from .files import write_atomic
 from .rewrite import rewrite
-from .select import greedy_select, refit
+from .select import RANKERS, greedy_select, refit
 from .types import ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
 
@@ -96,7 +96,7 @@ def ranking(group: ChannelGroup, stats: GroupStats, config: PruneConfig) -> tupl
     model) and, for the greedy methods on a plain group, the explained fraction of the target
     energy for k = 0..n (None otherwise)."""
     n = group.channels
-    if config.method not in GREEDY or current_positions(group, ()) is not None:
+    if not RANKERS[config.method].greedy or current_positions(group, ()) is not None:
         order = choose(group, stats, n, config, refit=False).order
         return np.asarray(order, dtype=np.int64), None
     consumers = stats.calibration

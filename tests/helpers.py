@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from click.testing import CliRunner
+
+from onnx_subprune.cli import main
 from onnx_subprune.types import ChannelGroup
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+ARCH = MODELS / "arch"
+
+
+def invoke(*args):
+    """Run the CLI in-process; stdout and stderr are captured separately (click >= 8.2)."""
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

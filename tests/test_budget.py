@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
 import builders
+from helpers import ARCH, MODELS
 from onnx_subprune.analyze import analyze
 from onnx_subprune.budget import (
     Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, grid,
@@ -17,13 +17,10 @@ from onnx_subprune.budget import (
 from onnx_subprune.errors import SubpruneError
 from onnx_subprune.graph import load_model, name_nodes, read_constants
 from onnx_subprune.metrics import count_macs, count_params
-from onnx_subprune.ops import consumer_matrix
+from onnx_subprune.ops import LAYERS
 from onnx_subprune.rewrite import rewrite
 from onnx_subprune.types import ConsumerUpdate, GroupPlan
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-ARCH = MODELS / "arch"
 BUILDERS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block"]
 REFERENCE = ["lenet5", "mlp", "vgg_bn", "resnet_small"]
 # coupled groups (residual, depthwise, SE, Concat, Constant-node weights); csp_split_concat is
@@ -88,7 +85,7 @@ def _plans(model, groups, counts, rng, bias_shift: bool):
         updates = ()
         if bias_shift:
             updates = tuple(
-                ConsumerUpdate(c.node, None, np.full(consumer_matrix(c, weights[c.weight]).shape[1], 0.5, np.float32))
+                ConsumerUpdate(c.node, None, np.full(LAYERS[c.op].matrix(c, weights[c.weight]).shape[1], 0.5, np.float32))
                 for c in group.consumers)
         plans.append(GroupPlan(group, kept, updates))
     return plans
@@ -243,7 +240,7 @@ def test_unreachable_target_is_a_user_error():
     size, grids = _setup("lenet5")
     with pytest.raises(SubpruneError, match="cannot be met"):
         allocate_uniform(size, grids, Limits.from_ratios(size, 0.001, None))
-    with pytest.raises(SubpruneError, match="min-keep"):
+    with pytest.raises(SubpruneError, match="minimum kept fraction"):
         allocate_equal_loss(size, grids, _fake_losses(grids), Limits.from_ratios(size, 0.001, None))
 
 

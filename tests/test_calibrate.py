@@ -11,14 +11,14 @@ from onnx_subprune import runtime
 from onnx_subprune.analyze import analyze
 from onnx_subprune.calibrate import _Accumulator, capture_stats, split_samples, unfold
 from onnx_subprune.graph import read_constants
-from onnx_subprune.ops import consumer_matrix
+from onnx_subprune.ops import LAYERS
 
 
 def _setup(model, samples):
     groups = analyze(model).groups
     consumers = [c for g in groups for c in g.consumers]
     values = read_constants(model, {c.weight for c in consumers})
-    weights = {c.node: consumer_matrix(c, values[c.weight]) for c in consumers}
+    weights = {c.node: LAYERS[c.op].matrix(c, values[c.weight]) for c in consumers}
     names = tuple(c.input for c in consumers)
     session = runtime.session(model, ["CPUExecutionProvider"], names)
     feeds = random_feeds(model, samples)

@@ -31,7 +31,7 @@ def test_refit_beats_no_refit_on_held_out_inputs(name):
     calib, held_out = _split(name)
     half = prune(model, calib, PruneConfig(keep=0.5, device="cpu", holdout=0, verify_samples=16))
     onnx.checker.check_model(half.model, full_check=True)
-    assert half.report["params"]["after"] < half.report["params"]["before"]
+    assert half.report.params["after"] < half.report.params["before"]
     assert np.isfinite(run(half.model, held_out)[0]).all()
     errors = {}
     for refit in (True, False):

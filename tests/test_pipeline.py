@@ -1,6 +1,5 @@
 """End-to-end pruning through the Python API, checked against direct computation."""
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,8 +9,6 @@ import builders
 from helpers import random_feeds, run
 from onnx_subprune.calibrate import split_samples
 from onnx_subprune.config import PruneConfig
-from onnx_subprune.data import check_inputs, load_arrays
-from onnx_subprune.graph import load_model
 from onnx_subprune.pipeline import prune
 
 CPU = dict(device="cpu")
@@ -27,44 +24,36 @@ def test_reported_explained_variance_is_the_direct_one(bias_compensation):
     feeds = random_feeds(model, 60)
     config = PruneConfig(keep=0.5, holdout=0.25, bias_compensation=bias_compensation, seed=4, **CPU)
     result = prune(model, feeds, config)
-    (group,) = result.report["groups"]
+    (group,) = result.report.groups
     bias = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "b2"))
     split = split_samples(60, 0.25, 4)
     for key, indices in (("explained", split.calibration), ("explained_holdout", split.holdout)):
         subset = {k: v[indices] for k, v in feeds.items()}
         (want,) = run(model, subset)
         (got,) = run(result.model, subset)
-        assert group[key] == pytest.approx(_explained(got, want, bias), abs=1e-5)
-    assert len(group["kept"]) == 8 and group["kept"] == sorted(group["kept"])
+        assert getattr(group, key) == pytest.approx(_explained(got, want, bias), abs=1e-5)
+    assert len(group.kept) == 8 and group.kept == sorted(group.kept)
 
 
 def test_more_channels_explain_more():
     model = builders.matmul_gelu_matmul()
     feeds = random_feeds(model, 50)
-    explained = [prune(model, feeds, PruneConfig(keep=k, holdout=0, ridge=0, **CPU)).report["groups"][0]["explained"]
+    explained = [prune(model, feeds, PruneConfig(keep=k, holdout=0, ridge=0, **CPU)).report.groups[0].explained
                  for k in (0.25, 0.5, 0.75, 1.0)]
     assert explained == sorted(explained) and explained[-1] == pytest.approx(1.0, abs=1e-6)
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    models = Path(__file__).resolve().parent.parent / "models"
-    model = load_model(models / "lenet5.onnx")
-    feeds = check_inputs(load_arrays(models / "digits_calib.npz"), model, "calib")
-    return model, {k: v[:128] for k, v in feeds.items()}
 
 
 @pytest.mark.parametrize("method", ["asym", "seq", "layer", "weight-norm", "activation-norm", "random"])
 def test_refit_beats_no_refit_on_lenet(lenet, method):
     model, feeds = lenet
-    errors = {refit: prune(model, feeds, PruneConfig(keep=0.5, method=method, refit=refit, **CPU)).report["output_error"]
+    errors = {refit: prune(model, feeds, PruneConfig(keep=0.5, method=method, refit=refit, **CPU)).report.output_error
               for refit in (True, False)}
     assert errors[True] < errors[False]
 
 
 def test_asym_beats_weight_norm_on_lenet(lenet):
     model, feeds = lenet
-    error = lambda method: prune(model, feeds, PruneConfig(keep=0.25, method=method, **CPU)).report["output_error"]
+    error = lambda method: prune(model, feeds, PruneConfig(keep=0.25, method=method, **CPU)).report.output_error
     assert error("asym") < error("weight-norm")
 
 
@@ -74,17 +63,17 @@ def test_same_seed_same_model(lenet):
     second = prune(model, feeds, PruneConfig(keep=0.5, method="random", seed=3, **CPU))
     assert first.model.SerializeToString() == second.model.SerializeToString()
     other = prune(model, feeds, PruneConfig(keep=0.5, method="random", seed=4, **CPU))
-    assert [g["kept"] for g in other.report["groups"]] != [g["kept"] for g in first.report["groups"]]
+    assert [g.kept for g in other.report.groups] != [g.kept for g in first.report.groups]
 
 
 def test_report_totals(lenet):
     model, feeds = lenet
     report = prune(model, feeds, PruneConfig(keep=0.5, **CPU)).report
-    assert report["params"]["after"] < report["params"]["before"]
-    assert report["macs"]["after"] < report["macs"]["before"]
-    assert report["provider"] == "CPUExecutionProvider"
-    assert report["samples"] == {"calibration": 102, "holdout": 26}
-    assert set(report["seconds"]) >= {"analyze", "capture", "select", "rewrite", "verify"}
-    assert [g["channels"] for g in report["groups"]] == [6, 16, 120, 84]
-    assert [len(g["kept"]) for g in report["groups"]] == [3, 8, 60, 42]
-    assert report["groups"][1]["underdetermined"]  # 102 samples, 400 columns after Flatten
+    assert report.params["after"] < report.params["before"]
+    assert report.macs["after"] < report.macs["before"]
+    assert report.provider == "CPUExecutionProvider"
+    assert report.samples == {"calibration": 102, "holdout": 26}
+    assert set(report.seconds) >= {"analyze", "capture", "select", "rewrite", "verify"}
+    assert [g.channels for g in report.groups] == [6, 16, 120, 84]
+    assert [len(g.kept) for g in report.groups] == [3, 8, 60, 42]
+    assert report.groups[1].underdetermined  # 102 samples, 400 columns after Flatten

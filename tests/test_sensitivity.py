@@ -9,22 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from onnx_subprune.analyze import analyze
-from onnx_subprune.calibrate import capture_stats, split_samples
-from onnx_subprune.cli import main
+from onnx_subprune.calibrate import capture_stats, consumer_weights, split_samples
 from onnx_subprune.config import PruneConfig
 from onnx_subprune.data import check_inputs, load_arrays
 from onnx_subprune.graph import load_model, name_nodes
-from onnx_subprune.pipeline import _consumer_matrices, prune, sensitivity
+from onnx_subprune.pipeline import prune, sensitivity
 from onnx_subprune.rewrite import rewrite
 from onnx_subprune.sensitivity import Curve, group_plan, measure_curves, measure_points, output_error
 from onnx_subprune.verify import accuracy, predict
 from onnx_subprune import runtime
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
+from helpers import MODELS, invoke
+
 CPU = ["CPUExecutionProvider"]
 
 
@@ -55,7 +53,7 @@ def mlp_curves():
     split = split_samples(256, config.holdout, config.seed)
     inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
     session = runtime.session(model, CPU, inputs)
-    stats = capture_stats(groups, session, None, _consumer_matrices(model, groups), feeds, split, 64)
+    stats = capture_stats(groups, session, None, consumer_weights(model, groups), feeds, split, 64)
     held = {k: v[split.holdout] for k, v in feeds.items()}
     curves = measure_curves(model, groups, stats, held, CPU, 64,
                             [config.min_count(g.channels) for g in groups], config)
@@ -88,20 +86,16 @@ def test_sensitivity_report():
     feeds = check_inputs(load_arrays(MODELS / "digits_calib.npz"), model, "calib")
     feeds = {k: v[:160] for k, v in feeds.items()}
     report, curves = sensitivity(model, feeds, PruneConfig(min_keep=1 / 16, device="cpu"))
-    assert report["fractions"] == [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4]
-    assert report["samples"]["measured"] == 32 and report["samples"]["measured_on"] == "held-out"
-    assert [g["producer"] for g in report["groups"]] == [c.group for c in curves]
-    for group in report["groups"]:
+    assert report.fractions == [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4]
+    assert report.samples["measured"] == 32 and report.samples["measured_on"] == "held-out"
+    assert [g["producer"] for g in report.groups] == [c.group for c in curves]
+    for group in report.groups:
         assert len(group["by_fraction"]) == 5
         assert group["by_fraction"] == sorted(group["by_fraction"], reverse=True)
         assert len(group["curve"]["loss"]) == group["channels"]
 
 
 # ------------------------------------------------------------------------------------------ CLI
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +137,7 @@ def test_cli_plot_without_matplotlib(calib, tmp_path, monkeypatch):
     result = invoke("sensitivity", MODELS / "lenet5.onnx", "--calib", calib, "--device", "cpu", "--plot", plot)
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "Error: --plot needs matplotlib, which is not installed: pip install 'onnx-subprune[plot]'"]
+        "Error: plotting needs matplotlib, which is not installed: pip install 'onnx-subprune[plot]'"]
     assert not plot.exists()
 
 
@@ -176,7 +170,7 @@ def test_sensitivity_beats_uniform_on_digits(name, target):
     results = {}
     for allocation in ("uniform", "sensitivity"):
         pruned = prune(model, feeds, PruneConfig(target_params=target, allocation=allocation, device="cpu"))
-        assert pruned.report["target"]["achieved"]["params"] <= target
+        assert pruned.report.target.achieved["params"] <= target
         logits = predict(pruned.model, {"input": images}, CPU, 64)
         results[allocation] = (accuracy(logits["logits"], labels), output_error(reference, logits))
     assert results["sensitivity"][0] >= results["uniform"][0], results

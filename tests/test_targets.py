@@ -3,38 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 import builders
-from helpers import random_feeds
+from helpers import MODELS, invoke, random_feeds
 from onnx_subprune.analyze import analyze
 from onnx_subprune.budget import Limits, SizeModel, grid
-from onnx_subprune.calibrate import capture_stats, split_samples
-from onnx_subprune.cli import main
+from onnx_subprune.calibrate import capture_stats, consumer_weights, split_samples
 from onnx_subprune.config import PruneConfig
-from onnx_subprune.data import check_inputs, load_arrays
 from onnx_subprune.errors import SubpruneError
 from onnx_subprune.graph import load_model, name_nodes
-from onnx_subprune.pipeline import _consumer_matrices, prune
+from onnx_subprune.pipeline import prune
 from onnx_subprune.select import select_group
 from onnx_subprune import runtime
 from onnx_subprune.sensitivity import ranking
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
 CPU = dict(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    model = load_model(MODELS / "lenet5.onnx")
-    feeds = check_inputs(load_arrays(MODELS / "digits_calib.npz"), model, "calib")
-    return model, {k: v[:128] for k, v in feeds.items()}
 
 
 def _check_met(model, report, config: PruneConfig):
@@ -42,9 +29,9 @@ def _check_met(model, report, config: PruneConfig):
     model = name_nodes(model)
     groups = analyze(model).groups
     size = SizeModel(model, groups, refit=config.refit, bias_compensation=config.bias_compensation)
-    counts = np.array([g["k"] for g in report["groups"]])
-    achieved = report["target"]["achieved"]
-    assert size.totals(counts) == (report["params"]["after"], report["macs"]["after"])
+    counts = np.array([g.k for g in report.groups])
+    achieved = report.target.achieved
+    assert size.totals(counts) == (report.params["after"], report.macs["after"])
     if config.target_params is not None:
         assert achieved["params"] <= config.target_params
     if config.target_flops is not None:
@@ -67,17 +54,17 @@ def test_lenet_params_target_met(lenet, allocation, round_to):
     config = PruneConfig(target_params=0.25, allocation=allocation, round_to=round_to, **CPU)
     report = prune(model, feeds, config).report
     _check_met(model, report, config)
-    assert report["keep"] is None
-    target = report["target"]
-    assert target["params"] == 0.25 and target["allocation"] == allocation and target["round_to"] == round_to
-    for group in report["groups"]:
-        assert group["k"] == len(group["kept"]) and group["fraction"] == group["k"] / group["channels"]
-        assert group["params"] > 0 and group["macs"] > 0
-        assert (group["predicted_loss"] is None) == (allocation == "uniform")
+    assert report.keep is None
+    target = report.target
+    assert target.params == 0.25 and target.allocation == allocation and target.round_to == round_to
+    for group in report.groups:
+        assert group.k == len(group.kept) and group.fraction == group.k / group.channels
+        assert group.params > 0 and group.macs > 0
+        assert (group.predicted_loss is None) == (allocation == "uniform")
     if allocation == "sensitivity":
-        assert target["tolerated_loss"] > 0
-        assert all(len(g["curve"]["k"]) == len(g["curve"]["error"]) > 0 for g in report["groups"])
-    assert report["seconds"]["allocation"] >= 0
+        assert target.tolerated_loss > 0
+        assert all(len(g.curve["k"]) == len(g.curve["error"]) > 0 for g in report.groups)
+    assert report.seconds["allocation"] >= 0
 
 
 @pytest.mark.parametrize("name", ["gemm_gemm", "conv_flatten_gemm", "residual_se_block"])
@@ -119,7 +106,7 @@ def test_mlp_uniform_flops_target_with_min_keep():
     config = PruneConfig(target_flops=0.3, allocation="uniform", min_keep=0.25, **CPU)
     report = prune(model, feeds, config).report
     _check_met(model, report, config)
-    assert all(g["k"] >= g["channels"] / 4 for g in report["groups"])
+    assert all(g.k >= g.channels / 4 for g in report.groups)
 
 
 def test_same_seed_same_model(lenet):
@@ -127,7 +114,7 @@ def test_same_seed_same_model(lenet):
     config = PruneConfig(target_params=0.2, seed=3, **CPU)
     first, second = prune(model, feeds, config), prune(model, feeds, config)
     assert first.model.SerializeToString() == second.model.SerializeToString()
-    assert [g["curve"] for g in first.report["groups"]] == [g["curve"] for g in second.report["groups"]]
+    assert [g.curve for g in first.report.groups] == [g.curve for g in second.report.groups]
 
 
 def test_curves_are_nested_greedy_prefixes(lenet):
@@ -140,7 +127,7 @@ def test_curves_are_nested_greedy_prefixes(lenet):
     split = split_samples(128, config.holdout, config.seed)
     inputs = tuple(sorted({c.input for g in groups for c in g.consumers}))
     session = runtime.session(model, ["CPUExecutionProvider"], inputs)
-    stats = capture_stats(groups, session, None, _consumer_matrices(model, groups), feeds, split, 32)
+    stats = capture_stats(groups, session, None, consumer_weights(model, groups), feeds, split, 32)
     for group, group_stats in zip(groups[:3], stats[:3]):
         order, explained = ranking(group, group_stats, config)
         assert sorted(order.tolist()) == list(range(group.channels))
@@ -155,7 +142,7 @@ def test_pruned_first_group_is_nested_in_k(lenet):
     """The first group's statistics come from the original model: counts k and k + 1 keep
     nested sets through the whole pipeline."""
     model, feeds = lenet
-    first = {k: set(prune(model, feeds, PruneConfig(**CPU), counts=[k, 8, 60, 42]).report["groups"][0]["kept"])
+    first = {k: set(prune(model, feeds, PruneConfig(**CPU), counts=[k, 8, 60, 42]).report.groups[0].kept)
              for k in (2, 3, 4)}
     assert first[2] <= first[3] <= first[4]
 
@@ -169,9 +156,9 @@ def test_explicit_counts_are_checked(lenet):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(target_params=0.0), "--target-params"), (dict(target_flops=1.5), "--target-flops"),
-    (dict(target_params=float("nan")), "--target-params"), (dict(allocation="greedy"), "allocation"),
-    (dict(min_keep=0.0), "--min-keep"), (dict(round_to=0), "--round-to"),
+    (dict(target_params=0.0), "target_params"), (dict(target_flops=1.5), "target_flops"),
+    (dict(target_params=float("nan")), "target_params"), (dict(allocation="greedy"), "allocation"),
+    (dict(min_keep=0.0), "min_keep"), (dict(round_to=0), "round_to"),
 ])
 def test_config_checks(fields, message):
     with pytest.raises(SubpruneError, match=message):
@@ -187,17 +174,6 @@ def test_keep_path_floor_and_rounding():
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def calib64(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("targets") / "calib64.npz"
-    np.savez(path, input=np.load(MODELS / "digits_calib.npz")["input"][:64])
-    return path
 
 
 def _one_line_error(result, contains: str, code: int = 1):
@@ -266,8 +242,8 @@ def test_macs_are_counted_at_the_calibration_input_size():
     assert [d.dim_value for d in pinned.graph.input[0].type.tensor_type.shape.dim][1:] == [3, 10, 12]
     assert count_macs(pinned) == 120 * (8 * 27 + 6 * 72) + 24
     result = prune(model, {"x": x}, PruneConfig(target_flops=0.5, allocation="uniform", device="cpu"))
-    assert result.report["macs"]["before"] == count_macs(pinned)
-    assert result.report["macs"]["after"] <= 0.5 * count_macs(pinned)
+    assert result.report.macs["before"] == count_macs(pinned)
+    assert result.report.macs["after"] <= 0.5 * count_macs(pinned)
 
 
 def test_default_rounding_under_a_target_only_in_large_groups():
@@ -278,3 +254,16 @@ def test_default_rounding_under_a_target_only_in_large_groups():
     assert PruneConfig(target_params=0.5, round_to=1).count_step(512) == 1
     assert PruneConfig(target_params=0.5, round_to=4).count_step(16) == 4
     assert PruneConfig(keep=0.5).count_step(512) == 1 and PruneConfig(keep=0.5).kept_count(100) == 50
+
+
+def test_size_model_disagreeing_with_the_written_model_is_an_internal_error(lenet, monkeypatch):
+    """The size model predicts exactly what the rewrite writes; a disagreement is a bug, raised
+    as InternalError rather than logged."""
+    from onnx_subprune.budget import SizeModel
+    from onnx_subprune.errors import InternalError
+
+    model, feeds = lenet
+    totals = SizeModel.totals
+    monkeypatch.setattr(SizeModel, "totals", lambda self, k: tuple(v + 1 for v in totals(self, k)))
+    with pytest.raises(InternalError, match="size model predicted"):
+        prune(model, feeds, PruneConfig(keep=0.5, **CPU))

@@ -1,7 +1,8 @@
 """Every fetched zoo model (models/zoo.toml) analyzes and prunes to 0.75 of its params through
 the CLI, on 16 in-domain calibration inputs (slow; `python tools/zoo.py fetch` fills the cache,
-and the `bench` extra provides the input recipes). A model the calibration format cannot feed
-(an input without a sample axis) must fail with one line, not a traceback."""
+and the `bench` extra provides the input recipes). A model whose entry names an
+``expected_error`` (the calibration format cannot feed it, nothing is prunable, or the groups
+reach too little of it for the target) must fail with that one-line reason, not a traceback."""
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def test_zoo_model_analyzes_and_prunes(name, tmp_path):
                                   "--target-params", "0.75", "--device", "cpu", "--quiet"])
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    if entry.get("calibration") is not None:  # documented: the samples-first format cannot feed it
+    if entry.get("expected_error") is not None:
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
         assert result.exit_code == 1 and len(errors) == 1 and not out.exists(), result.stderr
+        assert entry["expected_error"] in errors[0], errors[0]
         return
     assert result.exit_code == 0, result.stderr
     assert out.exists()

@@ -59,7 +59,7 @@ def measure(name: str, keep: float) -> dict:
         result = prune(model, calib, PruneConfig(keep=keep, method=method, refit=refit, device="cpu"))
         seconds = time.perf_counter() - start
         outputs = fidelity(reference, predict(result.model, held_out, CPU, 64))
-        params = result.report["params"]
+        params = result.report.params
         row[label] = {
             "params_ratio": params["after"] / params["before"],
             "error": max(o["relative_error"] for o in outputs.values()),

@@ -95,7 +95,7 @@ def main() -> None:
                     wall = time.perf_counter() - start
                     logits = predict(result.model, {"input": images}, CPU, 64)
                     lat = latency_ratios(model, result.model, images, args.repeats)
-                    report = result.report
+                    report = result.report.to_json()
                     record = {
                         "model": name, "target": target, "allocation": allocation, "round_to": round_to,
                         "accuracy": accuracy(logits["logits"], labels), "original_accuracy": base_acc,

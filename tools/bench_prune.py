@@ -292,12 +292,12 @@ def cmd_quality(args) -> int:
                         seconds = time.perf_counter() - clock
                         outputs = predict(result.model, test, providers, args.batch_size)
                         row.update(
-                            params=result.report["params"]["after"],
-                            params_ratio=result.report["params"]["after"] / result.report["params"]["before"],
+                            params=result.report.params["after"],
+                            params_ratio=result.report.params["after"] / result.report.params["before"],
                             test_acc=accuracy(outputs[output], test_arrays["label"]),
                             rel_logits_error=fidelity({output: reference[output]},
                                                       {output: outputs[output]})[output]["relative_error"],
-                            calib_output_error=result.report["output_error"],
+                            calib_output_error=result.report.output_error,
                             prune_s=seconds, error=None,
                         )
                     except Exception as exc:  # record and go on: one broken method must not hide the rest

@@ -201,7 +201,7 @@ def quality(args) -> None:
                 onnx.save(pruned, ours_path)
                 row.update(_measure(entry, str(path), ours_path, model, pruned, evaluation, args),
                            status="ok", seconds=round(seconds, 1),
-                           note="; ".join(report["warnings"])[:300])
+                           note="; ".join(report.warnings)[:300])
                 rows_out(row)
                 print(_line(row), file=sys.stderr)
                 if args.no_peer:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import GroupSelection, keep_weights, refit, residual_energy, select_group
+from . import GroupSelection, fit_consumer, residual_energy, select_group
 from .linalg import psd_solve, psd_tolerance
 from .refit import explained_fraction
 from .stats import ConsumerStats
@@ -91,6 +91,7 @@ def select_coupled(
     *,
     method: str,
     refit_weights: bool = True,
+    shrink: str = "none",
     ridge: float = 0.0,
     bias_compensation: bool = True,
     seed: int = 0,
@@ -103,11 +104,12 @@ def select_coupled(
     consumer channel. ``explained`` and ``explained_holdout`` are measured on the full statistics.
     """
     virtual = [condition(c, p, bias_compensation=bias_compensation) for c, p in zip(consumers, positions)]
-    ranking = select_group(virtual, k, method=method, refit_weights=False, ridge=ridge,
+    ranking = select_group(virtual, k, method=method, refit_weights=False, shrink=shrink, ridge=ridge,
                            bias_compensation=bias_compensation, seed=seed)
     kept_per = [consumer_kept(c, p, ranking.kept) for c, p in zip(consumers, positions)]
     fits = tuple(
-        refit(c, s, ridge=ridge, bias_compensation=bias_compensation) if refit_weights else keep_weights(c, s)
+        fit_consumer(c, s, refit_weights=refit_weights, shrink=shrink, ridge=ridge,
+                     bias_compensation=bias_compensation)
         for c, s in zip(consumers, kept_per)
     )
 

@@ -1,4 +1,4 @@
-"""Refit shrunk toward an anchor, strength and anchor chosen from the data (METHOD.md sec. 9).
+"""Refit shrunk toward an anchor, its strength chosen from the data (METHOD.md sec. 9).
 
 For one consumer and kept columns S (B, Y centered when bias compensation) and an anchor W0
 (len(S) * block, m), with R = Y - B_S W0 the residual of the anchor itself:
@@ -10,20 +10,23 @@ where B_S^T B_S = V diag(s) V^T (eigenvalues at or below the relative tolerance 
 Z = V^T B_S^T R and rho = s / (s + lam) in [0, 1] is how far each eigen-direction moves from W0.
 lam = 0 is the least-squares refit nearest W0 (the plain refit when B_S has full column rank),
 lam = inf keeps W0 (the intercept is still re-fitted with bias compensation). Everything comes
-from the Gram statistics (or, in row form, an SVD of B_S), and one eigen-decomposition serves
-every anchor and lam.
+from the Gram statistics (or, in row form, an SVD of B_S); once decomposed, any lam is O(s m).
 
 Anchors (:data:`ANCHORS`):
 
-- ``original``: W_S, the original weight rows of the kept channels (lam = inf: no refit);
-- ``channel-regression`` (consumers with block > 1, i.e. Conv and Flatten consumers):
-  W_S + (M kron I_block) W_R, where M = Gm_SS^+ Gm_SR regresses each removed channel's map on the
-  kept channels' maps with one coefficient per pair of channels, shared by every pixel
-  (Gm: :meth:`~.stats.ConsumerStats.map_gram`). It is estimated from N * block rows for
-  len(S) * (n - len(S)) unknowns, where the full refit has N rows for len(S) * block * m: with
-  few samples it is the better-determined guess.
+- ``original``: W_S, the original weight rows of the kept channels (lam = inf: no refit); the
+  default of consumers with block 1 (Gemm/MatMul on features);
+- ``channel-regression``: W_S + (M kron I_block) W_R, where M (:func:`map_regression`) regresses
+  each removed channel's map on the kept channels' maps, one coefficient per pair of channels
+  shared by every pixel (Gm: :meth:`~.stats.ConsumerStats.map_gram`), with its own ridge toward 0
+  (toward ``original``) chosen by GCV. It rests on N * block pixel rows for len(S) * (n - len(S))
+  unknowns, where the full refit has N rows for len(S) * block * m: with few samples it is the
+  better-determined guess. The default of consumers with block > 1 (Conv, and Gemm after a
+  Flatten); with block 1 it would be the plain refit itself.
 
-Generalized cross-validation (GCV) on the rows of the statistics picks the anchor and lam:
+The anchor is not chosen by comparing GCV scores: the channel regression is fitted on the same
+rows, so its in-sample residual would flatter it. lam is chosen per consumer by generalized
+cross-validation (GCV) on the rows of the statistics:
 
     GCV(lam) = RSS(lam) / (1 - (dof(lam) + c) / N)^2,
     RSS(lam) = ||R||^2 - sum_i ||Z_i||^2 rho_i (2 - rho_i) / s_i,   dof(lam) = sum_i rho_i,
@@ -38,14 +41,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .linalg import psd_solve, psd_tolerance
+from .linalg import psd_tolerance
 from .refit import Refit, kept_columns
 from .stats import ConsumerStats
 
 SHRINK = ("none", "refit", "auto")
 """Refit modes: ``none``: least squares with the ridge toward zero (:func:`~.refit.refit`);
-``refit``: shrunk toward an anchor chosen with its strength by GCV (:func:`shrink_refit`);
-``auto``: that refit, and a greedy selection whose ridge pulls toward the original weights."""
+``refit``: shrunk toward an anchor, strength chosen by GCV (:func:`shrink_refit`);
+``auto``: that refit, a greedy whose ridge pulls toward the original weights, and groups with
+fewer samples than channels ranked by weight norm (``select_group``)."""
 
 ANCHORS = ("original", "channel-regression")
 """What the refit is shrunk toward (see the module docstring)."""
@@ -104,67 +108,83 @@ class Spectrum:
             return np.array([np.inf])
         return np.concatenate([[np.inf], LAMBDA_GRID[::-1] * float(np.mean(self.values))])
 
+    def best(self) -> tuple[float, float]:
+        """(lam, GCV score) of the candidate of :meth:`lambdas` minimizing GCV; ties go to the
+        larger lam."""
+        lams = self.lambdas()
+        scores = self.gcv(lams)
+        i = int(np.argmin(scores))
+        return float(lams[i]), float(scores[i])
 
-class KeptProblem:
-    """The eigen-decomposition of B_S^T B_S for a consumer's kept columns, reused by every anchor.
 
-    Row form: thin SVD of B_S (N, s); Gram form: eigh of G_SS. Centered when ``centered``.
-    """
+def spectrum(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, *, bias_compensation: bool) -> Spectrum:
+    """The :class:`Spectrum` of shrinking the ``kept`` channels' weights toward ``anchor``
+    (len(kept) * block, m), centered when ``bias_compensation``. Row form: thin SVD of B_S
+    (N, s); Gram form: eigh of G_SS."""
+    cols = kept_columns(stats, kept)
+    centered = bias_compensation
+    tol = psd_tolerance(stats.gram_diag(centered))
+    if stats.is_row_form:
+        design, targets = stats.row_matrices(centered, cols)
+        residual = targets - design @ anchor
+        left, sigma, right_t = np.linalg.svd(design, full_matrices=False)
+        keep = sigma * sigma > tol
+        values, basis = sigma[keep] ** 2, right_t[keep].T
+        proj = sigma[keep, None] * (left[:, keep].T @ residual)
+        residual_sq = float(np.sum(residual * residual))
+    else:
+        gram, cross = stats.gram_matrix(centered, cols), stats.cross_matrix(centered, cols)
+        fitted = gram @ anchor
+        residual_sq = stats.target_energy(centered) - float(np.sum(anchor * (2.0 * cross - fitted)))
+        eigenvalues, vectors = np.linalg.eigh(gram)
+        keep = eigenvalues > tol
+        values, basis = eigenvalues[keep], vectors[:, keep]
+        proj = basis.T @ (cross - fitted)
+    return Spectrum(basis=basis, values=values, proj=proj, residual_sq=max(residual_sq, 0.0),
+                    rows=stats.n_rows, intercept=centered)
 
-    def __init__(self, stats: ConsumerStats, cols: np.ndarray, centered: bool) -> None:
-        self.rows, self.centered = stats.n_rows, centered
-        tol = psd_tolerance(stats.gram_diag(centered))
-        if stats.is_row_form:
-            self.design, self.targets = stats.row_matrices(centered, cols)
-            left, sigma, right_t = np.linalg.svd(self.design, full_matrices=False)
-            keep = sigma * sigma > tol
-            self.left, self.sigma = left[:, keep], sigma[keep]
-            self.values, self.basis = self.sigma**2, right_t[keep].T
-        else:
-            self.design = None
-            self.gram, self.cross = stats.gram_matrix(centered, cols), stats.cross_matrix(centered, cols)
-            self.energy = stats.target_energy(centered)
-            eigenvalues, vectors = np.linalg.eigh(self.gram)
-            keep = eigenvalues > tol
-            self.values, self.basis = eigenvalues[keep], vectors[:, keep]
 
-    def toward(self, anchor: np.ndarray) -> Spectrum:
-        """The :class:`Spectrum` of shrinking toward ``anchor`` (s, m)."""
-        if self.design is not None:
-            residual = self.targets - self.design @ anchor
-            proj = self.sigma[:, None] * (self.left.T @ residual)
-            residual_sq = float(np.sum(residual * residual))
-        else:
-            fitted = self.gram @ anchor
-            residual_sq = self.energy - float(np.sum(anchor * (2.0 * self.cross - fitted)))
-            proj = self.basis.T @ (self.cross - fitted)
-        return Spectrum(basis=self.basis, values=self.values, proj=proj,
-                        residual_sq=max(residual_sq, 0.0), rows=self.rows, intercept=self.centered)
+def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool) -> np.ndarray:
+    """M (len(kept), n - len(kept)): each removed channel's map regressed on the kept channels'
+    maps over the N * block pixel rows of the channel map Gram Gm
+    (:meth:`~.stats.ConsumerStats.map_gram`, centered when ``bias_compensation``), with a ridge
+    chosen by GCV on those rows (a ridge toward 0: toward the ``original`` anchor)."""
+    removed = np.setdiff1d(np.arange(stats.n_channels), kept)
+    gram = stats.map_gram(bias_compensation)
+    eigenvalues, vectors = np.linalg.eigh(gram[np.ix_(kept, kept)])
+    keep = eigenvalues > psd_tolerance(np.diag(gram))
+    spec = Spectrum(basis=vectors[:, keep], values=eigenvalues[keep],
+                    proj=vectors[:, keep].T @ gram[np.ix_(kept, removed)],
+                    residual_sq=float(np.diag(gram)[removed].sum()),
+                    rows=stats.n_rows * stats.block, intercept=bias_compensation)
+    return spec.correction(spec.best()[0])
 
 
 def channel_regression_anchor(
     stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool
 ) -> np.ndarray:
-    """W_S + (M kron I_block) W_R (len(kept) * block, m), M = Gm_SS^+ Gm_SR (len(kept), n - len(kept))
-    from the channel map Gram Gm (:meth:`~.stats.ConsumerStats.map_gram`, centered when
-    ``bias_compensation``); W_S when every channel is kept."""
+    """W_S + (M kron I_block) W_R (len(kept) * block, m) with M from :func:`map_regression`;
+    W_S when every channel is kept."""
     n, r, m = stats.n_channels, stats.block, stats.m
     kept = np.asarray(kept, dtype=np.int64)
     removed = np.setdiff1d(np.arange(n), kept)
     weight = stats.weight.reshape(n, r, m)
-    gram = stats.map_gram(bias_compensation)
-    coef = psd_solve(gram[np.ix_(kept, kept)], gram[np.ix_(kept, removed)], psd_tolerance(np.diag(gram)))
+    coef = map_regression(stats, kept, bias_compensation=bias_compensation)
     return (weight[kept] + np.einsum("kc,com->kom", coef, weight[removed])).reshape(kept.size * r, m)
 
 
-def anchors(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool) -> dict[str, np.ndarray]:
-    """Candidate anchors (len(kept) * block, m) by name: ``original`` always,
-    ``channel-regression`` when block > 1 (with block 1 it is the plain refit itself)."""
-    found = {"original": stats.weight[kept_columns(stats, kept)]}
-    if stats.block > 1:
-        found["channel-regression"] = channel_regression_anchor(
-            stats, kept, bias_compensation=bias_compensation)
-    return found
+def default_anchor(stats: ConsumerStats) -> str:
+    """``channel-regression`` for consumers with block > 1, else ``original``."""
+    return "channel-regression" if stats.block > 1 else "original"
+
+
+def anchor_weight(stats: ConsumerStats, kept: np.ndarray, anchor: str, *, bias_compensation: bool) -> np.ndarray:
+    """The anchor W0 (len(kept) * block, m) named ``anchor`` (one of :data:`ANCHORS`)."""
+    if anchor == "original":
+        return stats.weight[kept_columns(stats, kept)]
+    if anchor == "channel-regression":
+        return channel_regression_anchor(stats, kept, bias_compensation=bias_compensation)
+    raise ValueError(f"unknown anchor {anchor!r}; expected one of {', '.join(ANCHORS)}")
 
 
 def shrink_refit(
@@ -177,28 +197,17 @@ def shrink_refit(
 ) -> Refit:
     """W' = argmin ||B_S W' (+ 1 b^T) - Y||^2 + lam ||W' - W0||^2 over the kept columns S.
 
-    ``anchor``: the name of W0 (one of :data:`ANCHORS`); ``lam``: absolute strength in
-    [0, inf]. Either left None is chosen by GCV, jointly (ties go to ``original`` and the larger
-    lam). With bias compensation ``bias_shift`` = ybar - W'^T mu_S (the intercept is not shrunk),
-    else zeros. ``weight`` (len(kept) * block, m).
+    ``anchor``: the name of W0 (one of :data:`ANCHORS`; None: :func:`default_anchor`);
+    ``lam``: absolute strength in [0, inf] (None: chosen by GCV, ties to the larger lam). With
+    bias compensation ``bias_shift`` = ybar - W'^T mu_S (the intercept is not shrunk), else
+    zeros. ``weight`` (len(kept) * block, m).
     """
     if lam is not None and not lam >= 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     cols = kept_columns(stats, kept)
-    candidates = anchors(stats, kept, bias_compensation=bias_compensation)
-    if anchor is not None:
-        if anchor not in candidates:
-            raise ValueError(f"anchor {anchor!r} is not available here; expected one of {', '.join(candidates)}")
-        candidates = {anchor: candidates[anchor]}
-    problem = KeptProblem(stats, cols, bias_compensation)
-    best_score, weight = np.inf, None
-    for w0 in candidates.values():
-        spec = problem.toward(w0)
-        lams = spec.lambdas() if lam is None else np.array([lam])
-        scores = spec.gcv(lams)
-        i = int(np.argmin(scores))
-        if weight is None or scores[i] < best_score:
-            best_score, weight = scores[i], w0 + spec.correction(float(lams[i]))
+    w0 = anchor_weight(stats, kept, anchor or default_anchor(stats), bias_compensation=bias_compensation)
+    spec = spectrum(stats, kept, w0, bias_compensation=bias_compensation)
+    weight = w0 + spec.correction(spec.best()[0] if lam is None else lam)
     if bias_compensation:
         bias_shift = stats.mean_y - weight.T @ stats.mean_b[cols]
     else:

@@ -7,8 +7,7 @@ import pytest
 from select_helpers import columns, make_stats, random_problem
 
 from onnx_subprune.select import (
-    BASELINES,
-    METHODS_GREEDY,
+    METHODS,
     explained,
     greedy_select,
     keep_weights,
@@ -33,7 +32,7 @@ def group():
     return cal, hold
 
 
-@pytest.mark.parametrize("method", METHODS_GREEDY + BASELINES)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("refit_weights", [True, False])
 def test_every_method(group, method, refit_weights):
     cal, hold = group

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from select_helpers import FORMS, columns, make_stats, random_problem
 
-from onnx_subprune.select import greedy_select, keep_weights, refit, residual_energy
-from onnx_subprune.select.shrink import KeptProblem, anchors, shrink_refit
+from onnx_subprune.select import (
+    data_starved,
+    greedy_select,
+    keep_weights,
+    refit,
+    residual_energy,
+    select_group,
+    weight_norm_order,
+)
+from onnx_subprune.select.shrink import LAMBDA_GRID, anchor_weight, shrink_refit, spectrum
 
 BLOCK = 3
 KEPT = np.array([0, 2, 3, 6])
@@ -32,17 +40,29 @@ def _dense_shrunk(b, y, anchor, lam, kept, block, intercept):
 
 
 def _dense_map_regression(b, w, kept, block, intercept):
-    """W_S + (M kron I) W_R with M from the maps: rows (sample, offset), columns channels, each
-    offset centered on its own when ``intercept``."""
+    """W_S + (M kron I) W_R with M the ridge regression of the removed channels' maps on the kept
+    ones over the pixel rows (sample, offset), each offset centered on its own when
+    ``intercept``, its ridge minimizing GCV over inf and LAMBDA_GRID * the mean eigenvalue."""
     n = b.shape[1] // block
     maps = b.reshape(len(b), n, block)
     if intercept:
         maps = maps - maps.mean(0)
     pixels = maps.transpose(0, 2, 1).reshape(-1, n)
     removed = np.setdiff1d(np.arange(n), kept)
-    coef = np.linalg.lstsq(pixels[:, kept], pixels[:, removed], rcond=None)[0]
+    x, t = pixels[:, kept], pixels[:, removed]
+    gram = x.T @ x
+    best = None
+    for lam in np.concatenate([[np.inf], LAMBDA_GRID[::-1] * np.trace(gram) / len(kept)]):
+        if np.isinf(lam):
+            coef, dof = np.zeros((len(kept), len(removed))), 0.0
+        else:
+            coef = np.linalg.solve(gram + lam * np.eye(len(kept)), x.T @ t)
+            dof = np.trace(np.linalg.solve(gram + lam * np.eye(len(kept)), gram))
+        score = np.sum((x @ coef - t) ** 2) / (1 - (dof + intercept) / len(pixels)) ** 2
+        if best is None or score < best[0]:
+            best = (score, coef)
     blocks = w.reshape(n, block, -1)
-    return (blocks[kept] + np.einsum("kc,com->kom", coef, blocks[removed])).reshape(len(kept) * block, -1)
+    return (blocks[kept] + np.einsum("kc,com->kom", best[1], blocks[removed])).reshape(len(kept) * block, -1)
 
 
 @pytest.fixture
@@ -53,17 +73,20 @@ def problem():
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("bias_compensation", [True, False])
 @pytest.mark.parametrize("lam", [0.5, 40.0])
-def test_shrunk_refit_matches_dense_solve(problem, form, bias_compensation, lam):
+@pytest.mark.parametrize("rows", [150, 4])
+def test_shrunk_refit_matches_dense_solve(problem, form, bias_compensation, lam, rows):
+    """Both anchors and the fit toward them, also with 4 rows (12 pixel rows for the channel
+    regression, fewer rows than kept columns for the fit)."""
     b, y, w = problem
+    b, y = b[:rows], y[:rows]
     stats = make_stats(form, b, y, w, BLOCK)
     expected_anchors = {
         "original": w[columns(KEPT, BLOCK)],
         "channel-regression": _dense_map_regression(b, w, KEPT, BLOCK, bias_compensation),
     }
-    found = anchors(stats, KEPT, bias_compensation=bias_compensation)
-    assert found.keys() == expected_anchors.keys()
     for name, anchor in expected_anchors.items():
-        np.testing.assert_allclose(found[name], anchor, rtol=1e-7, atol=1e-9)
+        found = anchor_weight(stats, KEPT, name, bias_compensation=bias_compensation)
+        np.testing.assert_allclose(found, anchor, rtol=1e-7, atol=1e-9)
         fit = shrink_refit(stats, KEPT, lam=lam, anchor=name, bias_compensation=bias_compensation)
         expected = _dense_shrunk(b, y, anchor, lam, KEPT, BLOCK, bias_compensation)
         np.testing.assert_allclose(fit.weight, expected, rtol=1e-7, atol=1e-9)
@@ -104,8 +127,9 @@ def test_spectrum_rss_and_dof(problem, form, rows):
     b, y = b[:rows], y[:rows]
     stats = make_stats(form, b, y, w, BLOCK)
     design, target = _design(b, y, KEPT, BLOCK, True)
-    for name, anchor in anchors(stats, KEPT, bias_compensation=True).items():
-        spec = KeptProblem(stats, columns(KEPT, BLOCK), True).toward(anchor)
+    for name in ("original", "channel-regression"):
+        anchor = anchor_weight(stats, KEPT, name, bias_compensation=True)
+        spec = spectrum(stats, KEPT, anchor, bias_compensation=True)
         lams = np.array([0.0, 3.0, 300.0, np.inf])
         for lam, rss, dof in zip(lams, spec.rss(lams), spec.dof(lams)):
             weight = anchor + spec.correction(lam)
@@ -212,10 +236,53 @@ def test_map_gram(problem, form, centered):
     np.testing.assert_allclose(make_stats(form, b, y, w, BLOCK).map_gram(centered), expected, rtol=1e-9)
 
 
+def test_select_group_shrink_modes(problem):
+    b, y, w = problem
+    stats = [make_stats("gram", b, y, w, BLOCK)]
+    for shrink in ("refit", "auto"):
+        selection = select_group(stats, 4, method="asym", shrink=shrink, ridge=0.01)
+        expected = shrink_refit(stats[0], selection.kept)
+        np.testing.assert_allclose(selection.fits[0].weight, expected.weight)
+        anchored = greedy_select(stats, 4, ridge=0.01, anchored=shrink == "auto").order
+        np.testing.assert_array_equal(selection.order, anchored)
+    plain = select_group(stats, 4, method="asym", shrink="none", ridge=0.01)
+    np.testing.assert_allclose(plain.fits[0].weight, refit(stats[0], plain.kept, ridge=0.01).weight)
+    unfitted = select_group(stats, 4, method="weight-norm", shrink="auto", refit_weights=False)
+    np.testing.assert_array_equal(unfitted.fits[0].weight, keep_weights(stats[0], unfitted.kept).weight)
+    with pytest.raises(ValueError, match="unknown shrink"):
+        select_group(stats, 4, method="asym", shrink="zero")
+
+
 def test_shrink_refit_validation(problem):
     b, y, w = problem
     stats = make_stats("gram", b, y, w, 1)
     with pytest.raises(ValueError, match="lam must be"):
         shrink_refit(stats, KEPT, lam=-1.0)
-    with pytest.raises(ValueError, match="not available"):
-        shrink_refit(stats, KEPT, anchor="channel-regression")  # block 1: only the original
+    with pytest.raises(ValueError, match="unknown anchor"):
+        shrink_refit(stats, KEPT, anchor="zero")
+
+
+@pytest.mark.parametrize("block", [1, BLOCK])
+def test_default_anchor(problem, block):
+    """Without ``anchor``: the channel regression for block > 1, the original rows for block 1."""
+    b, y, w = problem
+    stats = make_stats("gram", b, y, w, block)
+    name = "channel-regression" if block > 1 else "original"
+    np.testing.assert_array_equal(shrink_refit(stats, KEPT).weight,
+                                  shrink_refit(stats, KEPT, anchor=name).weight)
+
+
+def test_auto_ranks_starved_groups_by_weight_norm():
+    """shrink auto: a group with fewer rows than channels in every consumer is ranked by weight
+    norm; with enough rows in one consumer the anchored greedy ranks it."""
+    rng = np.random.default_rng(8)
+    starved = [make_stats("rows", *random_problem(rng, 10, 2, rows, 3), 2) for rows in (6, 9)]
+    assert data_starved(starved)
+    np.testing.assert_array_equal(select_group(starved, 4, method="asym", shrink="auto").order,
+                                  weight_norm_order(starved)[:4])
+    np.testing.assert_array_equal(select_group(starved, 4, method="asym", shrink="refit").order,
+                                  greedy_select(starved, 4).order)
+    fed = [starved[0], make_stats("gram", *random_problem(rng, 10, 2, 30, 3), 2)]
+    assert not data_starved(fed)
+    np.testing.assert_array_equal(select_group(fed, 4, method="asym", shrink="auto").order,
+                                  greedy_select(fed, 4, anchored=True).order)

@@ -1,0 +1,60 @@
+"""What every op rule shares: the exception a rule raises when a node is not channel-wise,
+and the shape of a rule (:class:`OpRule`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..types import Layout, PassThrough, SlicedParam
+
+
+class NotChannelWise(Exception):
+    """Raised by a rule: the node mixes channels or cannot be sliced (message = reason)."""
+
+
+Through = Callable[[gs.Node, Layout, "set[str] | None"], tuple[Layout, tuple[SlicedParam, ...]]]
+"""(node, layout of the group's input, names of the group's tensors) -> (output layout, params).
+
+While the group is still being discovered the names are None: a non-constant input is then
+accepted, and checked once the whole group is known.
+"""
+
+Route = Callable[[gs.Node, gs.Tensor, Layout], "list[Layout | None]"]
+"""(node, group tensor it reads, layout) -> the group's layout in each output (None: none of
+the group's channels there)."""
+
+Upstream = Callable[[gs.Node, Layout], Layout]
+"""(node, layout of its output) -> layout of its group input, walking the graph upstream."""
+
+Resize = Callable[[gs.Graph, gs.Node, PassThrough, np.ndarray], None]
+"""Rewrite hook: (graph, node, its description, surviving positions of its input's channel
+axis) -> fix the channel counts the node holds in attributes or shape inputs."""
+
+
+def same_layout(node: gs.Node, output: Layout) -> Layout:
+    """The default :data:`Upstream`: the input lays the channels out as the output does."""
+    return output
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """What an op type does to the channels of a group that reaches it: either ``through``
+    (channel-wise: one output, per-channel parameters) or ``route`` (cuts the channel axis into
+    outputs). ``upstream`` walks it from output to input; ``resize`` is the rewrite's extra step
+    after its per-channel parameters are sliced (None: nothing else to change)."""
+
+    through: Through | None = None
+    route: Route | None = None
+    upstream: Upstream = same_layout
+    resize: Resize | None = None
+
+
+def only_first_output(node: gs.Node) -> None:
+    """Raise unless every output but the first is unused."""
+    for extra in node.outputs[1:]:
+        if extra.outputs:
+            raise NotChannelWise(f"second output {extra.name} of {node.op} is used")

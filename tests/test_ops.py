@@ -1,0 +1,217 @@
+"""The op registry: each rule on a node built by hand, with the cases where it must refuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from onnx_subprune import ops
+from onnx_subprune.ops import LAYERS, ROUTING, THROUGH, NotChannelWise, concat_layout, rule_for
+from onnx_subprune.types import Consumer, Layout
+
+NCHW = Layout(channels=4, axis=-3, rank=4)
+LAST = Layout(channels=4, axis=-1, rank=2)
+
+
+def _var(name: str, shape=None) -> gs.Variable:
+    return gs.Variable(name, dtype=np.float32, shape=shape)
+
+
+def _const(name: str, value) -> gs.Constant:
+    return gs.Constant(name, np.asarray(value, dtype=np.float32 if np.asarray(value).dtype.kind == "f" else np.int64))
+
+
+def _node(op: str, inputs, outputs=None, **attrs) -> gs.Node:
+    outputs = outputs if outputs is not None else [_var(f"{op}_out")]
+    return gs.Node(op, f"{op}_0", attrs=attrs, inputs=inputs, outputs=outputs)
+
+
+def _through(node: gs.Node, layout: Layout, group=None):
+    rule = rule_for(node)
+    assert rule is not None and rule.through is not None
+    return rule.through(node, layout, group)
+
+
+# ------------------------------------------------------------------------------ channel-wise
+
+
+def test_every_entry_has_exactly_one_role():
+    for op, rule in {**THROUGH, **ROUTING}.items():
+        assert (rule.through is None) != (rule.route is None), op
+
+
+def test_unary_passes_the_layout_and_refuses_a_used_second_output():
+    node = _node("Relu", [_var("x")])
+    assert _through(node, NCHW) == (NCHW, ())
+    second = _var("mask")
+    dropout = _node("Dropout", [_var("x")], [_var("y"), second])
+    _node("Identity", [second])  # a reader of the mask
+    with pytest.raises(NotChannelWise, match="second output"):
+        _through(dropout, NCHW)
+
+
+def test_elementwise_slices_a_per_channel_constant_and_refuses_mismatches():
+    scale = _const("s", np.ones((4, 1, 1)))
+    layout, params = _through(_node("Mul", [_var("x"), scale]), NCHW)
+    assert layout == NCHW and [(p.index, p.axis) for p in params] == [(1, 0)]
+    assert _through(_node("Add", [_var("x"), _const("b", [1.0])]), NCHW)[1] == ()  # broadcast scalar
+    with pytest.raises(NotChannelWise, match="does not match 4 channels"):
+        _through(_node("Mul", [_var("x"), _const("s", np.ones((3, 1, 1)))]), NCHW)
+    with pytest.raises(NotChannelWise, match="higher rank"):
+        _through(_node("Mul", [_var("x"), _const("s", np.ones((1, 1, 4, 1, 1)))]), NCHW)
+    with pytest.raises(NotChannelWise, match="from outside the group"):
+        _through(_node("Add", [_var("x"), _var("other")]), NCHW, {"x"})
+
+
+def test_clip_needs_constant_scalar_bounds():
+    assert _through(_node("Clip", [_var("x"), _const("lo", 0.0), _const("hi", 6.0)]), NCHW)[1] == ()
+    with pytest.raises(NotChannelWise, match="not a constant scalar"):
+        _through(_node("Clip", [_var("x"), _var("lo"), _const("hi", 6.0)]), NCHW)
+
+
+def test_batchnorm_slices_its_four_parameters_on_the_channel_axis_only():
+    params = [_const(n, np.ones(4)) for n in "sbmv"]
+    _, sliced = _through(_node("BatchNormalization", [_var("x"), *params]), NCHW)
+    assert [(p.index, p.axis) for p in sliced] == [(1, 0), (2, 0), (3, 0), (4, 0)]
+    with pytest.raises(NotChannelWise, match="channel axis"):
+        _through(_node("BatchNormalization", [_var("x"), *params]), LAST)
+    with pytest.raises(NotChannelWise, match="not constant"):
+        _through(_node("BatchNormalization", [_var("x"), _var("s"), *params[1:]]), NCHW)
+
+
+def test_pooling_needs_nchw():
+    assert _through(_node("MaxPool", [_var("x")], kernel_shape=[2, 2]), NCHW)[0] == NCHW
+    with pytest.raises(NotChannelWise, match="N x C"):
+        _through(_node("GlobalAveragePool", [_var("x")]), LAST)
+
+
+def test_resize_of_spatial_axes_only():
+    scales = _const("scales", [1.0, 1.0, 2.0, 2.0])
+    assert _through(_node("Resize", [_var("x"), _const("roi", []), scales], mode="nearest"), NCHW)[0] == NCHW
+    with pytest.raises(NotChannelWise, match="batch and channel"):
+        _through(_node("Resize", [_var("x"), _const("roi", []), _const("s", [1.0, 2.0, 2.0, 2.0])]), NCHW)
+    with pytest.raises(NotChannelWise, match="given sizes"):
+        _through(_node("Resize", [_var("x"), _const("roi", []), _const("s", []), _const("sizes", [1, 4, 8, 8])]), NCHW)
+
+
+def test_flatten_and_reshape_to_features():
+    x = _var("x", shape=["N", 4, 3, 2])
+    layout, _ = _through(_node("Flatten", [x], axis=1), NCHW)
+    assert (layout.axis, layout.rank, layout.block) == (-1, 2, 6)
+    layout, _ = _through(_node("Reshape", [x, _const("shape", np.array([0, -1]))]), NCHW)
+    assert layout.block == 6
+    with pytest.raises(NotChannelWise, match="not a flatten"):
+        _through(_node("Reshape", [x, _const("shape", np.array([0, 4, 6, 1]))]), NCHW)
+    with pytest.raises(NotChannelWise, match="computed shape"):
+        _through(_node("Reshape", [x, _var("shape")]), NCHW)
+    with pytest.raises(NotChannelWise, match="spatial size"):
+        _through(_node("Flatten", [_var("y", shape=["N", 4, "H", "W"])], axis=1), NCHW)
+    with pytest.raises(NotChannelWise, match="from below"):
+        THROUGH["Flatten"].upstream(_node("Flatten", [x]), layout)
+
+
+def test_transpose_moves_the_channel_axis_both_ways():
+    node = _node("Transpose", [_var("x")], perm=[0, 2, 3, 1])
+    moved, _ = _through(node, NCHW)
+    assert moved.axis == -1
+    assert THROUGH["Transpose"].upstream(node, moved) == NCHW
+    with pytest.raises(NotChannelWise, match="unknown rank"):
+        _through(_node("Transpose", [_var("x")]), Layout(channels=4, axis=-1, rank=None))
+
+
+def test_depthwise_conv_is_channel_wise_and_rewrites_its_group_count():
+    weight = _const("w", np.ones((4, 1, 3, 3)))
+    node = _node("Conv", [_var("x"), weight, _const("b", np.zeros(4))], group=4)
+    assert ops.is_depthwise(node) and rule_for(node) is ops.DEPTHWISE
+    _, params = _through(node, NCHW)
+    assert [(p.index, p.axis) for p in params] == [(1, 0), (2, 0)]
+    with pytest.raises(NotChannelWise, match="does not match"):
+        _through(node, Layout(channels=8, axis=-3, rank=4))
+    ops.DEPTHWISE.resize(None, node, None, np.array([True, False, True, True]))
+    assert node.attrs["group"] == 3
+    plain = _node("Conv", [_var("x"), _const("w", np.ones((4, 4, 3, 3)))])
+    assert rule_for(plain) is None and ops.layer_rule(plain) is LAYERS["Conv"]
+
+
+def test_ops_that_mix_channels_have_no_rule():
+    for op in ("Softmax", "ReduceMean", "LayerNormalization", "Concat", "Gather"):
+        assert rule_for(_node(op, [_var("x")])) is None
+
+
+# ------------------------------------------------------------------------------ routing
+
+
+def test_split_gives_each_output_its_window():
+    node = _node("Split", [_var("x", shape=["N", 4, 2, 2]), _const("sizes", np.array([1, 3]))],
+                 [_var("a"), _var("b")], axis=1)
+    first, second = ROUTING["Split"].route(node, node.inputs[0], NCHW)
+    assert (first.windows, first.total) == (((0, 1, 0),), 1)
+    assert (second.windows, second.total) == (((1, 4, 0),), 3)
+    with pytest.raises(NotChannelWise, match="computed sizes"):
+        ROUTING["Split"].route(_node("Split", [_var("x"), _var("sizes")], [_var("a"), _var("b")], axis=1),
+                               None, NCHW)
+    other_axis = _node("Split", [_var("x"), _const("sizes", np.array([1, 1]))], [_var("a"), _var("b")], axis=2)
+    assert ROUTING["Split"].route(other_axis, None, NCHW) == [NCHW, NCHW]
+
+
+def test_slice_window_and_step():
+    node = _node("Slice", [_var("x"), _const("s", np.array([1])), _const("e", np.array([3])), _const("a", np.array([1]))])
+    (window,) = ROUTING["Slice"].route(node, None, NCHW)
+    assert (window.windows, window.total) == (((1, 3, 0),), 2)
+    stepped = _node("Slice", [_var("x"), _const("s", np.array([0])), _const("e", np.array([4])),
+                              _const("a", np.array([1])), _const("p", np.array([2]))])
+    with pytest.raises(NotChannelWise, match="step 2"):
+        ROUTING["Slice"].route(stepped, None, NCHW)
+
+
+def test_concat_joins_windows_and_refuses_other_axes():
+    a, b = _var("a", shape=["N", 4, 2, 2]), _var("b", shape=["N", 4, 2, 2])
+    node = _node("Concat", [a, b], axis=1)
+    joined = concat_layout(node, {"a": NCHW})
+    assert (joined.windows, joined.total) == (((0, 4, 0),), 8)
+    with pytest.raises(NotChannelWise, match="not on the channel axis"):
+        concat_layout(_node("Concat", [a, b], axis=2), {"a": NCHW})
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+def test_layer_rules_describe_producers_and_refuse_what_they_cannot_prune():
+    conv = _node("Conv", [_var("x"), _const("w", np.ones((6, 4, 3, 3))), _const("b", np.zeros(6))],
+                 [_var("y", shape=["N", 6, 5, 5])])
+    producer, layout = LAYERS["Conv"].producer(conv)
+    assert (producer.weight, producer.out_axis, producer.bias, layout.channels) == ("w", 0, "b", 6)
+    gemm = _node("Gemm", [_var("x"), _const("w", np.ones((6, 4)))], transB=1)
+    assert LAYERS["Gemm"].producer(gemm)[0].out_axis == 0
+    with pytest.raises(NotChannelWise, match="transA"):
+        LAYERS["Gemm"].producer(_node("Gemm", [_var("x"), _const("w", np.ones((4, 6)))], transA=1))
+    with pytest.raises(NotChannelWise, match="grouped Conv"):
+        LAYERS["Conv"].producer(_node("Conv", [_var("x"), _const("w", np.ones((6, 2, 3, 3)))], group=2))
+    with pytest.raises(NotChannelWise, match="not a constant"):
+        LAYERS["MatMul"].producer(_node("MatMul", [_var("x"), _var("w")]))
+    with pytest.raises(NotChannelWise, match="rank 3"):
+        LAYERS["MatMul"].producer(_node("MatMul", [_var("x"), _const("w", np.ones((2, 4, 6)))]))
+
+
+def test_consumer_weight_matrix_round_trip():
+    rng = np.random.default_rng(0)
+    for op, weight, in_axis in (("Conv", rng.normal(size=(5, 4, 3, 3)), 1), ("Gemm", rng.normal(size=(5, 4)), 1),
+                                ("MatMul", rng.normal(size=(4, 5)), 0)):
+        block = 9 if op == "Conv" else 1
+        consumer = Consumer("n", op, "x", "w", in_axis=in_axis, block=block, scale=1.0)
+        matrix = LAYERS[op].matrix(consumer, weight)
+        assert matrix.shape == (4 * block, 5)
+        np.testing.assert_array_equal(LAYERS[op].weight(consumer, matrix, weight), weight)
+
+
+def test_layer_costs_and_outputs():
+    assert LAYERS["Conv"].macs({}, [1, 6, 5, 5], [6, 4, 3, 3]) == 150 * 36
+    assert LAYERS["Gemm"].macs({"transB": 1}, [1, 6], [6, 4]) == 24
+    assert LAYERS["MatMul"].macs({}, [1, 7, 6], [4, 6]) == 7 * 6 * 4
+    assert LAYERS["Gemm"].outputs({"transB": 1}, (6, 4)) == 6 and LAYERS["Gemm"].outputs({}, (4, 6)) == 6
+    assert LAYERS["Gemm"].scale({"alpha": 0.5}) == 0.5 and LAYERS["Conv"].scale({"alpha": 0.5}) == 1.0
+    attrs = {"alpha": 0.5}
+    LAYERS["Gemm"].reset_scale(attrs)
+    assert attrs == {"alpha": 1.0}
+    assert LAYERS["MatMul"].bias_input is None and LAYERS["Conv"].bias_input == 2
