@@ -149,7 +149,8 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     params = {"before": count_params(run.model), "after": count_params(pruned)}
     macs = {"before": count_macs(pin_input_dims(run.model, feeds)),
             "after": count_macs(pin_input_dims(pruned, feeds))}
-    predicted = size.totals(counts)
+    # a model whose groups all keep every channel is left as it is (see _select), with no new biases
+    predicted = (params["before"], macs["before"]) if _untouched(counts, groups) else size.totals(counts)
     if predicted != (params["after"], macs["after"]):
         raise InternalError(f"the size model predicted {predicted[0]:,} params and {predicted[1]:,} MACs, "
                             f"the pruned model has {params['after']:,} and {macs['after']:,}")
@@ -264,6 +265,7 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
     """
     config, timings, groups = run.config, run.timings, run.groups
     schedule = schedule_of(config.method)
+    untouched = _untouched(counts, groups)
     timings["capture"] = timings["select"] = 0.0
     clock = time.perf_counter()
     all_stats = None
@@ -282,12 +284,14 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
             pruned = rewrite(run.model, plans)
             current = runtime.session(pruned, run.providers, names)
             mine, targets = _current_matrices(pruned, group, run.weights, plans)
-            asym = schedule == "asym"
-            stats = run.capture([group], current, run.original if asym else None, mine,
-                                targets if asym else None)[0]
+            if schedule == "asym":  # the original, computing only what this group reads
+                reference = runtime.session(run.model, run.providers, names)
+                stats = run.capture([group], current, reference, mine, targets)[0]
+            else:
+                stats = run.capture([group], current, None, mine)[0]
         captured = time.perf_counter()
         timings["capture"] += captured - clock
-        plan, entry = _select(group, stats, counts[index], config, plans)
+        plan, entry = _select(group, stats, counts[index], config, plans, untouched)
         timings["select"] += time.perf_counter() - captured
         entry.seconds = round(time.perf_counter() - clock, 4)
         plans.append(plan)
@@ -297,13 +301,20 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
     return plans, entries
 
 
+def _untouched(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> bool:
+    """Every group keeps all its channels: nothing is pruned and nothing is re-fitted."""
+    return all(k == g.channels for k, g in zip(counts, groups))
+
+
 def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
-            plans: Sequence[GroupPlan] = ()) -> tuple[GroupPlan, GroupReport]:
+            plans: Sequence[GroupPlan] = (), untouched: bool = False) -> tuple[GroupPlan, GroupReport]:
     """Choose ``k`` channels of one group and the consumers' new weights; ``stats`` are in the
-    coordinates of the model pruned by ``plans``."""
-    chosen = choose(group, stats, k, config, plans)
+    coordinates of the model pruned by ``plans``. ``untouched``: every group keeps all its
+    channels, so the model is left exactly as it is (no refit)."""
+    refit = config.refit and not untouched
+    chosen = choose(group, stats, k, config, plans, refit=refit)
     updates = tuple(
-        ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if config.refit else ConsumerUpdate(c.node)
+        ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if refit else ConsumerUpdate(c.node)
         for c, fit in zip(group.consumers, chosen.fits)
     )
     kept = tuple(int(i) for i in chosen.kept)

@@ -69,7 +69,8 @@ def _options():
 
 
 def session(model: onnx.ModelProto, providers: list[str], capture: tuple[str, ...] = ()):
-    """An inference session of ``model`` whose outputs are the model's plus ``capture`` tensors."""
+    """An inference session of ``model``: its outputs are the model's, or with ``capture`` only
+    those tensors (onnxruntime then computes only the part of the graph they need)."""
     import onnxruntime as ort
 
     if capture:
@@ -103,17 +104,35 @@ def _declared_dynamic(dim: onnx.TensorShapeProto.Dimension) -> bool:
 
 
 def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
+    """A copy of ``model`` whose outputs are exactly the tensors ``names`` (in that order), and
+    without the nodes none of them needs."""
     copy = infer_shapes(model)
-    present = {out.name for out in copy.graph.output}
-    types = {info.name: info.type.tensor_type.elem_type for info in copy.graph.value_info}
-    types.update({info.name: info.type.tensor_type.elem_type for info in copy.graph.input})
-    for name in names:
-        if name not in present:
-            elem = types.get(name, onnx.TensorProto.FLOAT)
-            copy.graph.output.append(helper.make_tensor_value_info(name, elem, None))
-            present.add(name)
+    types = {info.name: info.type for info in [*copy.graph.value_info, *copy.graph.input, *copy.graph.output]}
+    del copy.graph.output[:]
+    for name in dict.fromkeys(names):
+        elem = types[name].tensor_type.elem_type if name in types else onnx.TensorProto.FLOAT
+        copy.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    needed, kept = set(names), []
+    for node in reversed(copy.graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_reads(node))
+    del copy.graph.node[:]
+    copy.graph.node.extend(reversed(kept))
     return copy
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Tensor names read inside the subgraphs of ``node`` (If, Loop, Scan), which may come from
+    the outer graph."""
+    names = set()
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in graph.node:
+                names.update(inner.input)
+                names.update(_subgraph_reads(inner))
+    return names
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:

@@ -77,3 +77,14 @@ def test_report_totals(lenet):
     assert [g.channels for g in report.groups] == [6, 16, 120, 84]
     assert [len(g.kept) for g in report.groups] == [3, 8, 60, 42]
     assert report.groups[1].underdetermined  # 102 samples, 400 columns after Flatten
+
+
+@pytest.mark.parametrize("method", ["asym", "layer"])
+def test_groups_keeping_every_channel_are_left_as_they_are(lenet, method):
+    """keep 1.0: no group loses a channel, so no weight changes and the outputs are the same
+    bit for bit (a refit would move them by its ridge)."""
+    model, feeds = lenet
+    result = prune(model, feeds, PruneConfig(keep=1.0, method=method, **CPU))
+    subset = {k: v[:16] for k, v in feeds.items()}
+    for before, after in zip(run(model, subset), run(result.model, subset)):
+        np.testing.assert_array_equal(before, after)

@@ -89,7 +89,7 @@ def test_minus_one_zero_and_symbolic_batch_dims_are_dynamic(batch_dim):
 def test_fixed_batch_pads_the_last_batch_and_drops_the_padded_rows():
     model = _gemm_chain(4)
     assert runtime.fixed_batch(model) == 4 and runtime.batch_size_for(model, 32) == 4
-    sess = runtime.session(model, [runtime.CPU], ("b",))
+    sess = runtime.session(model, [runtime.CPU], ("b", "y"))
     x = np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32)
     padded = runtime.run(sess, {"x": np.concatenate([x, x[-1:]])})
     short = runtime.run(sess, {"x": x})
