@@ -4,6 +4,10 @@ Every layer of :data:`ops.LAYERS` (Conv with group=1, Gemm, MatMul) with a const
 candidate producer. Its output channels are followed through the channel-wise and routing ops of
 the :mod:`ops` registry to the layers that read them. A candidate that cannot be pruned safely is
 reported as :class:`Skipped` with the reason.
+
+A Conv with group > 1 is channel-wise on units of whole conv groups: when a group reaches one
+with smaller units, the group is discovered again with units that many times larger (its
+producers' outputs pruned that many at a time; ``ChannelGroup.channels`` counts units).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
 from .metrics import count_params
-from .ops import LAYERS, NotChannelWise, concat_layout, is_depthwise, layer_rule, rule_for
+from .ops import LAYERS, CoarserUnits, NotChannelWise, concat_layout, is_depthwise, is_grouped, layer_rule, rule_for
 from .types import Analysis, ChannelGroup, Consumer, Layout, PassThrough, Producer, ShapeFix, Skipped
 
 
@@ -84,7 +88,7 @@ def _discover(graph: gs.Graph) -> Analysis:
             continue
         try:
             producer, layout = _producer(node)
-            group = _component(producer, layout, node.outputs[0], boundary)
+            group = _component_in_units(producer, layout, node.outputs[0], boundary)
         except NotChannelWise as reason:
             skipped.append(Skipped(node=node.name, op=node.op, reason=str(reason)))
             continue
@@ -150,10 +154,33 @@ def _producer(node: gs.Node) -> tuple[Producer, Layout]:
     """The producer description of ``node`` and the layout of its output channels."""
     if is_depthwise(node):
         raise NotChannelWise("depthwise Conv: its channels are pruned with its input's group")
+    if is_grouped(node):
+        raise NotChannelWise(f"grouped Conv (group={node.attrs['group']}): its channels are pruned "
+                             "with its input's group, whole conv groups at a time")
     producer, layout = LAYERS[node.op].producer(node)
     if layout.channels < 2:
         raise NotChannelWise("only one output channel")
     return producer, layout
+
+
+_MAX_REGROUPING = 8
+"""How many times a group may be discovered again with coarser units (grouped Convs)."""
+
+
+def _component_in_units(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _Boundary) -> ChannelGroup:
+    """:func:`_component`, started again with units ``factor`` times larger each time a grouped
+    Conv asks for them (:class:`ops.CoarserUnits`): the producer's outputs are then pruned in
+    blocks of consecutive channels, and so is every tensor of the group."""
+    for _ in range(_MAX_REGROUPING):
+        try:
+            return _component(producer, layout, start, boundary)
+        except CoarserUnits as need:
+            if not layout.is_full or layout.channels % need.factor:
+                raise NotChannelWise(str(need)) from None
+            layout = Layout(channels=layout.channels // need.factor, axis=layout.axis, rank=layout.rank,
+                            block=layout.block * need.factor)
+            producer = replace(producer, layout=layout)
+    raise NotChannelWise("grouped Convs ask for ever larger units of channels")
 
 
 def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _Boundary) -> ChannelGroup:
@@ -213,10 +240,12 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                     other, other_layout = _producer(source)
                 except NotChannelWise as reason:
                     raise NotChannelWise(f"channels are tied to {source.op} {source.name}, not prunable: {reason}") from None
-                if (other_layout.channels, other_layout.axis) != (current.seen, current.axis) or \
-                        current.total != current.seen or len(current.windows) != 1:
+                if (other_layout.channels, other_layout.axis) != (current.seen * current.block, current.axis) or \
+                        current.total != current.seen or len(current.windows) != 1 or \
+                        (current.block != 1 and not current.is_nchw):  # a block of features, not of channels
                     raise NotChannelWise(f"{source.op} {source.name} joins the group with other channels")
-                producers[source.name] = other if current.is_full else replace(other, layout=current)
+                whole = current.is_full and current.block == 1
+                producers[source.name] = other if whole else replace(other, layout=current)
             elif rule is not None and rule.through is not None:
                 add_passthrough(source, rule.upstream(source, current))
             elif rule is not None:

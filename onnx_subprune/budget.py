@@ -4,8 +4,10 @@ Size model
 ----------
 Pruning group g to k_g channels changes the shape of every constant that carries g's channels:
 the producers' weights (output axis) and biases, the per-channel parameters of the ops in
-between (BatchNormalization, per-channel Mul/Add, a depthwise Conv's weight), and the
-consumers' weights (input axis, ``block`` entries per channel). Such an axis has
+between (BatchNormalization, per-channel Mul/Add, a grouped or depthwise Conv's weight), and the
+consumers' weights (input axis, ``block`` entries per channel). A group whose units span several
+channels (:attr:`types.Layout.block`, after a grouped Conv) shrinks each such axis by the unit's
+entries per removed unit. Such an axis has
 ``dim + sum_g coef_g * (k_g - n_g)`` entries, so a tensor's size is a product of affine forms
 in k: bilinear in (k_g, k_h) for a layer that consumes g and produces h. With refit and bias
 compensation the rewrite also gives a consumer without a bias a new one of m entries (a Conv or
@@ -196,17 +198,18 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
     for g, group in enumerate(groups):
         n = group.channels
         for producer in group.producers:
-            made = n if producer.layout is None else producer.layout.width  # the layer's outputs
-            shrink(slot(producer.node, 1), producer.out_axis, g, 1.0)
+            unit = 1 if producer.layout is None else producer.layout.block  # channels per unit
+            made = (n if producer.layout is None else producer.layout.width) * unit  # the layer's outputs
+            shrink(slot(producer.node, 1), producer.out_axis, g, float(unit))
             proto = nodes[producer.node]
             index = LAYERS[producer.op].bias_input
             if index is not None and len(proto.input) > index and proto.input[index] != "":
                 entry = slot(producer.node, index)
                 if entry[1] and entry[1][-1] == made:
-                    shrink(entry, -1, g, 1.0)
+                    shrink(entry, -1, g, float(unit))
             for key in ((producer.node, index), (bias_add_name(producer.node), 1)):
                 if key in created and created[key][1][-1] == made:
-                    shrink(created[key], -1, g, 1.0)
+                    shrink(created[key], -1, g, float(unit))
         for passthrough in group.passthrough:
             for param in passthrough.params:
                 shrink(slot(passthrough.node, param.index), param.axis, g, float(param.block))

@@ -112,14 +112,16 @@ def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias)
 
 def _slice_producer(graph, node: gs.Node, producer: Producer, mask: np.ndarray,
                     added_bias: dict[str, gs.Node]) -> None:
-    """Keep the producer's output channels that survive in its output tensor."""
-    rows = np.flatnonzero(mask)
+    """Keep the producer's output channels that survive in its output tensor (each position of
+    ``mask`` is ``block`` consecutive channels where the group's units span several)."""
+    block = producer.layout.block if producer.layout is not None else 1
+    rows = _columns(np.flatnonzero(mask), block)
     set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), rows, axis=producer.out_axis))
     index = LAYERS[producer.op].bias_input
     if index is not None and len(node.inputs) > index and node.inputs[index].name:
-        _slice_last(graph, node, index, rows, len(mask))
+        _slice_last(graph, node, index, rows, len(mask) * block)
     if producer.node in added_bias:
-        _slice_last(graph, added_bias[producer.node], 1, rows, len(mask))
+        _slice_last(graph, added_bias[producer.node], 1, rows, len(mask) * block)
 
 
 def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: dict[str, np.ndarray]) -> None:
@@ -127,7 +129,7 @@ def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: di
     surviving positions of its input."""
     mask = masks[next(t.name for t in node.inputs if t.name in masks)]
     survivors = np.flatnonzero(mask)
-    rule = rule_for(node)  # before slicing: a depthwise Conv is recognised by its weight's shape
+    rule = rule_for(node)
     for param in passthrough.params:
         value = const_value(node.inputs[param.index])
         set_const_value(graph, node, param.index, np.take(value, _columns(survivors, param.block), axis=param.axis))

@@ -27,8 +27,13 @@ class Layout:
     ``axis`` (negative, from the end) of a tensor of ``rank`` (None: unknown) has ``total``
     positions; each window (lo, hi, offset) puts the group's channels [lo, hi) (of ``channels``)
     at positions [offset, offset + hi - lo). One full window unless a Split, Slice or Concat cut
-    or combined channels; positions outside every window hold other channels. After a Flatten
-    each position owns ``block`` consecutive features.
+    or combined channels; positions outside every window hold other channels.
+
+    Each position owns ``block`` consecutive entries of the axis (which has ``total * block``):
+    1 for plain channels; after a Flatten, the H*W features of a channel; on an N x C x ...
+    tensor, the channels that are pruned together as one *unit* because of a grouped Conv (a
+    whole conv group, several of them, or a depthwise Conv's ``multiplier`` outputs per input
+    channel; see :mod:`ops.channelwise`). A group's ``channels`` then count units.
     """
 
     channels: int
@@ -77,8 +82,9 @@ class Producer:
     """A layer whose output channels are pruned: its weight is sliced along ``out_axis``.
 
     ``output``: its output tensor; ``layout``: the group's channels in it (None: exactly all of
-    them; a window when the layer makes only some of the group's channels, or when the group is
-    one window of the layer's channels).
+    them, one output channel each; a window when the layer makes only some of the group's
+    channels, or when the group is one window of the layer's channels; a ``block`` > 1 when
+    each of the group's units is that many consecutive output channels).
     """
 
     node: str
@@ -95,7 +101,7 @@ class SlicedParam:
     """A per-channel parameter of a pass-through node (input ``index``), sliced along ``axis``.
 
     ``block`` is the number of consecutive entries a channel owns along that axis (1 except
-    after a Flatten).
+    after a Flatten or where the group's units span several channels: :attr:`Layout.block`).
     """
 
     index: int
@@ -129,7 +135,8 @@ class Consumer:
     """A layer reading the group's channels: its input (``in_axis`` of ``weight``) is re-fitted.
 
     ``input`` is the data tensor to capture; ``block`` columns of the unfolded input belong
-    to each channel (kernel window size for a Conv, H*W after a Flatten, else 1). ``bias`` is
+    to each channel (kernel window size for a Conv, H*W after a Flatten, else 1; times the
+    unit's channels where a unit spans several, :attr:`Layout.block`). ``bias`` is
     the tensor holding the bias (Conv B, Gemm C, or the constant of a following Add named by
     ``bias_node``), None if the layer has none. ``layout`` says which of its input channels
     belong to the group (all of them unless the input comes from a Concat or Split).
@@ -152,7 +159,9 @@ class Consumer:
 class ChannelGroup:
     """Tensors whose channel axis is pruned identically: producers -> pass-throughs -> consumers.
 
-    ``tensors``: every tensor carrying the group's channels, with their layout.
+    ``tensors``: every tensor carrying the group's channels, with their layout. ``channels``
+    counts the units that are kept or removed: one per channel, except in a group that passes a
+    grouped Conv, where a unit is the ``block`` consecutive channels of its layouts.
     """
 
     name: str

@@ -255,3 +255,137 @@ def paddle_style() -> onnx.ModelProto:
         y = Gemm <transB = 1> (i, w3, b3)
     }"""
     return build(text, {"w1": (6, 3, 3, 3), "w2": (5, 6, 3, 3), "b2": (5,), "w3": (4, 5), "b3": (4,)})
+
+
+def _bn(rng, n: int, tag: str) -> dict:
+    return {f"s{tag}": rng.uniform(0.5, 1.5, n).astype(np.float32), f"o{tag}": (n,), f"m{tag}": (n,),
+            f"v{tag}": rng.uniform(0.5, 2, n).astype(np.float32)}
+
+
+def grouped_bottleneck() -> onnx.ModelProto:
+    """ResNeXt-style bottleneck: 1x1 Conv 4->8, BN, Relu, 3x3 Conv with group=4 (2 channels per
+    conv group, with bias), BN, Relu, 1x1 Conv 8->6; residual Add with a 1x1 shortcut of the
+    input, Relu, GlobalAveragePool, Flatten, Gemm.
+
+    Groups: the bottleneck's 8 channels in 4 units of 2 (one per conv group; producer Conv_0,
+    consumer Conv_6) and the 6-channel stream (producers Conv_6 and the shortcut, consumer Gemm).
+    """
+    text = header("float[N,4,6,6] x", "float[N,3] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w1, b1)
+        ab = BatchNormalization (a, s1, o1, m1, v1)
+        ar = Relu (ab)
+        g = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (ar, wg, bg)
+        gb = BatchNormalization (g, s2, o2, m2, v2)
+        gr = Relu (gb)
+        c = Conv <kernel_shape = [1, 1]> (gr, w3, b3)
+        sc = Conv <kernel_shape = [1, 1]> (x, w4, b4)
+        s = Add (c, sc)
+        r = Relu (s)
+        p = GlobalAveragePool (r)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w5, b5)
+    }"""
+    rng = np.random.default_rng(4)
+    return build(text, {
+        "w1": (8, 4, 1, 1), "b1": (8,), **_bn(rng, 8, 1), "wg": (8, 2, 3, 3), "bg": (8,), **_bn(rng, 8, 2),
+        "w3": (6, 8, 1, 1), "b3": (6,), "w4": (6, 4, 1, 1), "b4": (6,), "w5": (3, 6), "b5": (3,),
+    })
+
+
+def depthwise_multiplier() -> onnx.ModelProto:
+    """Conv 3->4, Relu, depthwise 3x3 Conv with channel multiplier 2 (group=4, 8 outputs), BN,
+    Relu, per-channel Mul; read by a 1x1 Conv and, through MaxPool + Flatten, by a Gemm.
+
+    Group Conv_0: 4 units, each an input channel of the depthwise Conv and its 2 outputs (2
+    channels of the 1x1 Conv's input, 2 * 9 features of the Gemm's).
+    """
+    text = header("float[N,3,6,6] x", "float[N,4] y, float[N,3] z") + """ {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1, b1)
+        ar = Relu (a)
+        d = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (ar, wd, bd)
+        db = BatchNormalization (d, s1, o1, m1, v1)
+        dr = Relu (db)
+        m = Mul (dr, scale)
+        c = Conv <kernel_shape = [1, 1]> (m, w2, b2)
+        cr = Relu (c)
+        cp = GlobalAveragePool (cr)
+        cf = Flatten (cp)
+        z = Gemm <transB = 1> (cf, w4, b4)
+        mp = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (m)
+        f = Flatten (mp)
+        y = Gemm <transB = 1> (f, w3, b3)
+    }"""
+    rng = np.random.default_rng(5)
+    return build(text, {
+        "w1": (4, 3, 3, 3), "b1": (4,), "wd": (8, 1, 3, 3), "bd": (8,), **_bn(rng, 8, 1),
+        "scale": rng.uniform(0.5, 2, (1, 8, 1, 1)).astype(np.float32),
+        "w2": (5, 8, 1, 1), "b2": (5,), "w3": (4, 72), "b3": (4,), "w4": (3, 5), "b4": (3,),
+    })
+
+
+def chained_grouped() -> onnx.ModelProto:
+    """1x1 Conv 3->8, Relu, 3x3 Conv group=4 (2 in, 2 out per conv group, no bias), Relu, 3x3 Conv
+    group=2 (4 in, 2 out per conv group), Relu, 1x1 Conv 4->5, GlobalAveragePool, Flatten, Gemm.
+
+    Group Conv_0: 2 units of 4 channels (the second grouped Conv's conv groups, two of the
+    first's), 2 channels each at the 1x1 Conv's input.
+    """
+    text = header("float[N,3,6,6] x", "float[N,3] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w1, b1)
+        ar = Relu (a)
+        g1 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (ar, wg1)
+        g1r = Relu (g1)
+        g2 = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 2> (g1r, wg2, bg2)
+        g2r = Relu (g2)
+        c = Conv <kernel_shape = [1, 1]> (g2r, w3, b3)
+        p = GlobalAveragePool (c)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w4, b4)
+    }"""
+    return build(text, {
+        "w1": (8, 3, 1, 1), "b1": (8,), "wg1": (8, 2, 3, 3), "wg2": (4, 4, 3, 3), "bg2": (4,),
+        "w3": (5, 4, 1, 1), "b3": (5,), "w4": (3, 5), "b4": (3,),
+    })
+
+
+def grouped_residual() -> onnx.ModelProto:
+    """A residual Add of a 1x1 Conv (first in the graph) and a grouped Conv's output: the group
+    found from the 1x1 Conv walks up through the grouped Conv (group=4, 2 channels per conv
+    group) to its producer, and both producers are pruned 2 channels at a time."""
+    text = header("float[N,3,6,6] x", "float[N,3] y") + """ {
+        b = Conv <kernel_shape = [1, 1]> (x, wb, bb)
+        a = Conv <kernel_shape = [1, 1]> (x, wa, ba)
+        ar = Relu (a)
+        g = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (ar, wg, bg)
+        s = Add (b, g)
+        r = Relu (s)
+        c = Conv <kernel_shape = [3, 3]> (r, wc, bc)
+        p = GlobalAveragePool (c)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w4, b4)
+    }"""
+    return build(text, {
+        "wb": (8, 3, 1, 1), "bb": (8,), "wa": (8, 3, 1, 1), "ba": (8,), "wg": (8, 2, 3, 3), "bg": (8,),
+        "wc": (5, 8, 3, 3), "bc": (5,), "w4": (3, 5), "b4": (3,),
+    })
+
+
+def concat_depthwise_multiplier() -> onnx.ModelProto:
+    """Two 1x1 Convs (2 and 3 channels) concatenated, a depthwise Conv with multiplier 3 (group=5),
+    Relu, 1x1 Conv, GlobalAveragePool, Flatten, Gemm: each producer's group owns a window of the
+    depthwise Conv's input and the matching window of 3-channel units in its output."""
+    text = header("float[N,3,6,6] x", "float[N,3] y") + """ {
+        a1 = Conv <kernel_shape = [1, 1]> (x, w1, b1)
+        a2 = Conv <kernel_shape = [1, 1]> (x, w2, b2)
+        cat = Concat <axis = 1> (a1, a2)
+        d = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 5> (cat, wd, bd)
+        dr = Relu (d)
+        c = Conv <kernel_shape = [1, 1]> (dr, w3, b3)
+        p = GlobalAveragePool (c)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w4, b4)
+    }"""
+    return build(text, {
+        "w1": (2, 3, 1, 1), "b1": (2,), "w2": (3, 3, 1, 1), "b2": (3,), "wd": (15, 1, 3, 3), "bd": (15,),
+        "w3": (4, 15, 1, 1), "b3": (4,), "w4": (3, 4), "b4": (3,),
+    })

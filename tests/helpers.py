@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from click.testing import CliRunner
 
 from onnx_subprune.cli import main
+from onnx_subprune.ops import LAYERS
 from onnx_subprune.types import ChannelGroup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,10 +43,8 @@ def masked(model: onnx.ModelProto, group: ChannelGroup, kept) -> onnx.ModelProto
         removed = where[(where >= 0) & ~np.isin(np.arange(group.channels), kept)]
         weight = numpy_helper.to_array(inits[consumer.weight]).copy()
         index = [slice(None)] * weight.ndim
-        if consumer.op == "Conv":
-            index[consumer.in_axis] = removed
-        else:
-            index[consumer.in_axis] = (removed[:, None] * consumer.block + np.arange(consumer.block)).ravel()
+        rows = LAYERS[consumer.op].row_block(consumer)  # weight entries per channel (unit)
+        index[consumer.in_axis] = (removed[:, None] * rows + np.arange(rows)).ravel()
         weight[tuple(index)] = 0
         inits[consumer.weight].CopyFrom(numpy_helper.from_array(weight, inits[consumer.weight].name))
     return copy

@@ -197,3 +197,84 @@ def test_resize_to_sizes_or_of_channels_is_not_channel_wise():
     }"""
     model = builders.build(text, {"w1": (4, 3, 1, 1), "b1": (4,), "w2": (5, 8, 1, 1), "b2": (5,)})
     assert "batch and channel" in {s.node: s.reason for s in analyze(model).skipped}["Conv_0"]
+
+
+# ------------------------------------------------------------------------------ grouped convolutions
+
+
+def test_grouped_conv_prunes_whole_conv_groups():
+    """ResNeXt-style: the group passes the grouped Conv in units of one conv group (2 channels)."""
+    groups, skipped = _summary(builders.grouped_bottleneck())
+    assert groups == [
+        ("Conv_0", 4, ["Conv_6"], ["BatchNormalization", "Relu", "Conv", "BatchNormalization", "Relu"]),
+        ("Conv_6", 6, ["Gemm_12"], ["Add", "Relu", "GlobalAveragePool", "Flatten"]),
+    ]
+    inner = analyze(builders.grouped_bottleneck()).groups[0]
+    assert inner.producers[0].layout.block == 2 and inner.consumers[0].block == 2
+    grouped = next(p for p in inner.passthrough if p.op == "Conv")
+    assert [(q.index, q.axis, q.block) for q in grouped.params] == [(1, 0, 2), (2, 0, 2)]
+    assert "whole conv groups" in skipped["Conv_3"]
+
+
+def test_depthwise_multiplier_outputs_follow_their_input_channel():
+    groups, _ = _summary(builders.depthwise_multiplier())
+    assert groups[0][:3] == ("Conv_0", 4, ["Conv_6", "Gemm_13"])
+    group = analyze(builders.depthwise_multiplier()).groups[0]
+    assert group.producers[0].layout is None  # one stem channel per unit
+    assert [c.block for c in group.consumers] == [2, 2 * 9]  # 2 outputs per unit; x 3x3 after MaxPool+Flatten
+    assert [(p.op, [q.block for q in p.params]) for p in group.passthrough if p.params] == [
+        ("Conv", [2, 2]), ("BatchNormalization", [2, 2, 2, 2]), ("Mul", [2])]
+
+
+def test_chained_grouped_convs_settle_on_units_of_both():
+    """Conv groups of 2 then of 4 channels: the units grow twice, to 4 channels."""
+    group = analyze(builders.chained_grouped()).groups[0]
+    assert (group.channels, group.producers[0].layout.block) == (2, 4)
+    first, second = [p for p in group.passthrough if p.op == "Conv"]
+    assert [q.block for q in first.params] == [4] and [q.block for q in second.params] == [2, 2]
+    assert group.consumers[0].block == 2
+
+
+def test_residual_walks_up_through_a_grouped_conv():
+    group = analyze(builders.grouped_residual()).groups[0]
+    assert [(p.node, p.layout.block) for p in group.producers] == [("Conv_0", 2), ("Conv_1", 2)]
+    assert group.channels == 4 and group.consumers[0].block == 2 * 9
+
+
+def test_grouped_conv_negative_cases():
+    """A grouped Conv on the graph input, after a Concat of two groups, with conv groups that
+    leave one unit, or with a computed weight: the producers are skipped with the reason."""
+    text = builders.header("float[N,4,5,5] x", "float[N,2,5,5] y, float[N,3,5,5] z, float[N,3,5,5] u") + """ {
+        g = Conv <kernel_shape = [1, 1], group = 2> (x, wg)
+        a1 = Conv <kernel_shape = [1, 1]> (g, w1)
+        a2 = Conv <kernel_shape = [1, 1]> (x, w2)
+        cat = Concat <axis = 1> (a1, a2)
+        h = Conv <kernel_shape = [1, 1], group = 4> (cat, wh)
+        y = Conv <kernel_shape = [1, 1]> (h, w3)
+        b = Conv <kernel_shape = [1, 1]> (x, w4)
+        b1 = Conv <kernel_shape = [1, 1], group = 3> (b, wb1)
+        b2 = Conv <kernel_shape = [1, 1], group = 2> (b1, wb2)
+        z = Conv <kernel_shape = [1, 1]> (b2, w5)
+        c = Conv <kernel_shape = [1, 1]> (x, w6)
+        wc = Relu (wv)
+        d = Conv <kernel_shape = [1, 1], group = 2> (c, wc)
+        u = Conv <kernel_shape = [1, 1]> (d, w7)
+    }"""
+    model = builders.build(text, {
+        "wg": (4, 2, 1, 1), "w1": (4, 4, 1, 1), "w2": (4, 4, 1, 1), "wh": (8, 2, 1, 1), "w3": (2, 8, 1, 1),
+        "w4": (6, 4, 1, 1), "wb1": (6, 2, 1, 1), "wb2": (6, 3, 1, 1), "w5": (3, 6, 1, 1),
+        "w6": (4, 4, 1, 1), "wv": (4, 2, 1, 1), "w7": (3, 4, 1, 1)})
+    result = analyze(model)
+    reasons = {s.node: s.reason for s in result.skipped}
+    assert "grouped Conv (group=2)" in reasons["Conv_0"]  # reads the graph input: nothing to prune it with
+    assert "several groups" in reasons["Conv_1"] and "several groups" in reasons["Conv_2"]
+    assert "at least 2 units" in reasons["Conv_6"]  # conv groups of 2 then of 3: one unit of 6
+    assert "not a constant" in reasons["Conv_10"]
+    assert result.groups == ()
+
+
+def test_concat_windows_pass_a_depthwise_multiplier_in_units():
+    first, second, _ = analyze(builders.concat_depthwise_multiplier()).groups
+    assert [(c.node, c.block) for c in first.consumers] == [("Conv_5", 3)]
+    assert first.consumers[0].layout.windows == ((0, 2, 0),) and second.consumers[0].layout.windows == ((0, 3, 2),)
+    assert first.consumers[0].layout.total == second.consumers[0].layout.total == 5

@@ -1,6 +1,7 @@
 """Coupled channel groups on exported architectures (models/arch, built by
 tools/build_test_architectures.py): residual stages, depthwise convolutions, SE gates,
-Split/Concat, dense blocks, a transformer FFN, weights as Constant nodes, an NHWC input."""
+Split/Concat, dense blocks, a transformer FFN, weights as Constant nodes, an NHWC input,
+ResNeXt blocks (grouped convolutions) after a depthwise convolution with a channel multiplier."""
 
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from onnx_subprune.types import GroupPlan
 ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
 GROUPS = {
     "resnet_mixed": 9, "mobilenetv2": 5, "mobilenetv3_se": 7, "csp_split_concat": 6,
-    "densenet_block": 5, "bert_layer": 1,
+    "densenet_block": 5, "bert_layer": 1, "resnext_grouped": 4,
 }
 MODELS = [*GROUPS, *(f"{name}_const" for name in GROUPS), "nhwc_cnn"]
 
@@ -52,3 +53,20 @@ def test_skip_reasons_on_the_encoder_layer():
     assert "not a constant" in skipped["/MatMul"]  # attention scores: weight computed
     assert "graph input" in skipped["/attn_out/MatMul"]  # residual stream tied to the input
     assert "LayerNormalization" in skipped["/fc2/MatMul"]
+
+
+@pytest.mark.parametrize("name", ["resnext_grouped", "resnext_grouped_const"])
+def test_resnext_groups_keep_whole_conv_groups(name):
+    """Each bottleneck is pruned in conv groups of 4 channels, the stem in units of a channel and
+    its 2 depthwise-multiplier outputs; every grouped Conv's group count follows the units."""
+    model = onnx.load(ARCH / f"{name}.onnx")
+    groups = analyze(model).groups
+    assert [(g.channels, g.producers[0].layout.block if g.producers[0].layout else 1) for g in groups] == [
+        (8, 1), (8, 4), (32, 1), (8, 4)]
+    assert [c.block for c in groups[0].consumers] == [2, 2]
+    plans = [GroupPlan(g, tuple(range(0, g.channels, 2))) for g in groups]
+    pruned = rewrite(model, plans)
+    onnx.checker.check_model(pruned, full_check=True)
+    counts = sorted(a.i for n in pruned.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group")
+    assert counts == [1, 1, 1, 1, 1, 1, 4, 4, 4]  # 8 -> 4 groups in the depthwise and both grouped Convs
+    assert run(pruned, _feeds(name))[0].shape == (6, 10)

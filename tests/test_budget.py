@@ -21,12 +21,15 @@ from onnx_subprune.ops import LAYERS
 from onnx_subprune.rewrite import rewrite
 from onnx_subprune.types import ConsumerUpdate, GroupPlan
 
-BUILDERS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block"]
+BUILDERS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block",
+            "grouped_bottleneck", "depthwise_multiplier", "chained_grouped", "grouped_residual",
+            "concat_depthwise_multiplier"]
 REFERENCE = ["lenet5", "mlp", "vgg_bn", "resnet_small"]
 # coupled groups (residual, depthwise, SE, Concat, Constant-node weights); csp_split_concat is
 # left out: a Split cuts a group in parts whose kept counts depend on the selection.
 ARCHITECTURES = ["resnet_mixed", "mobilenetv2", "mobilenetv3_se", "densenet_block", "bert_layer",
-                 "mobilenetv2_const", "densenet_block_const", "nhwc_cnn"]
+                 "mobilenetv2_const", "densenet_block_const", "nhwc_cnn", "resnext_grouped",
+                 "resnext_grouped_const"]
 
 
 def _text_model(body: str, inputs: str, outputs: str, weights: dict) -> onnx.ModelProto:

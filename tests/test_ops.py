@@ -134,6 +134,96 @@ def test_depthwise_conv_is_channel_wise_and_rewrites_its_group_count():
     assert rule_for(plain) is None and ops.layer_rule(plain) is LAYERS["Conv"]
 
 
+def test_grouped_conv_is_channel_wise_on_whole_conv_groups():
+    """group=4, 2 input and 3 output channels per conv group: units of 2 input channels (one
+    conv group) become units of 3 output channels; units of 1 channel ask for coarser ones."""
+    node = _node("Conv", [_var("x"), _const("w", np.ones((12, 2, 3, 3))), _const("b", np.zeros(12))], group=4)
+    assert ops.is_grouped(node) and not ops.is_depthwise(node)
+    assert rule_for(node) is ops.GROUPED_CONV and ops.layer_rule(node) is None
+    units = Layout(channels=4, axis=-3, rank=4, block=2)
+    out, params = _through(node, units)
+    assert out == Layout(channels=4, axis=-3, rank=4, block=3)
+    assert [(p.index, p.axis, p.block) for p in params] == [(1, 0, 3), (2, 0, 3)]
+    # a unit of two conv groups
+    out, params = _through(node, Layout(channels=2, axis=-3, rank=4, block=4))
+    assert out.block == 6 and [p.block for p in params] == [6, 6]
+    with pytest.raises(ops.CoarserUnits) as need:
+        _through(node, Layout(channels=8, axis=-3, rank=4))
+    assert need.value.factor == 2
+    # walking up from the output: units of 3 outputs are units of 2 inputs
+    assert ops.GROUPED_CONV.upstream(node, out) == Layout(channels=2, axis=-3, rank=4, block=4)
+    with pytest.raises(ops.CoarserUnits) as need:
+        ops.GROUPED_CONV.upstream(node, Layout(channels=12, axis=-3, rank=4))
+    assert need.value.factor == 3
+
+
+def test_grouped_conv_refuses_what_it_cannot_keep_valid():
+    node = _node("Conv", [_var("x"), _const("w", np.ones((8, 2, 3, 3)))], group=4)
+    with pytest.raises(NotChannelWise, match="does not match the 6 channels"):
+        _through(node, Layout(channels=6, axis=-3, rank=4))
+    with pytest.raises(NotChannelWise, match="does not match"):
+        _through(node, Layout(channels=8, axis=-1, rank=2))
+    windowed = Layout(channels=4, axis=-3, rank=4, windows=((0, 4, 0),), total=8)  # after a Concat
+    with pytest.raises(NotChannelWise, match="several groups") as error:
+        _through(node, windowed)
+    assert not isinstance(error.value, ops.CoarserUnits)
+    three = _node("Conv", [_var("x"), _const("w", np.ones((6, 3, 3, 3)))], group=2)  # 2 conv groups of 3
+    with pytest.raises(NotChannelWise, match="at least 2 units") as error:
+        _through(three, Layout(channels=3, axis=-3, rank=4, block=2))  # units of 2: lcm 6 = everything
+    assert not isinstance(error.value, ops.CoarserUnits)
+    computed = _node("Conv", [_var("x"), _var("w", shape=[8, 2, 3, 3])], group=4)
+    with pytest.raises(NotChannelWise, match="not a constant"):
+        _through(computed, Layout(channels=4, axis=-3, rank=4, block=2))
+    biased = _node("Conv", [_var("x"), _const("w", np.ones((8, 2, 3, 3))), _var("b")], group=4)
+    with pytest.raises(NotChannelWise, match="bias of grouped Conv"):
+        _through(biased, Layout(channels=4, axis=-3, rank=4, block=2))
+
+
+def test_depthwise_multiplier_gives_each_input_channel_its_outputs():
+    node = _node("Conv", [_var("x"), _const("w", np.ones((8, 1, 3, 3)))], group=4)
+    assert not ops.is_depthwise(node) and rule_for(node) is ops.GROUPED_CONV
+    out, params = _through(node, NCHW)
+    assert out == Layout(channels=4, axis=-3, rank=4, block=2)
+    assert [(p.index, p.axis, p.block) for p in params] == [(1, 0, 2)]
+    assert ops.GROUPED_CONV.upstream(node, out) == NCHW
+    node.attrs["group"] = 4
+    ops.GROUPED_CONV.resize(None, node, None, np.array([True, False, False, True]))
+    assert node.attrs["group"] == 2
+
+
+def test_grouped_conv_group_count_follows_the_units():
+    node = _node("Conv", [_var("x"), _const("w", np.ones((8, 2, 3, 3)))], group=4)
+    ops.GROUPED_CONV.resize(None, node, None, np.array([True, False]))  # units of 2 conv groups
+    assert node.attrs["group"] == 2
+
+
+def test_ops_after_a_grouped_conv_slice_whole_units():
+    units = Layout(channels=4, axis=-3, rank=4, block=2)
+    bn = _node("BatchNormalization", [_var("x"), *(_const(n, np.ones(8)) for n in "smbv")])
+    _, params = _through(bn, units)
+    assert [(p.index, p.block) for p in params] == [(1, 2), (2, 2), (3, 2), (4, 2)]
+    _, params = _through(_node("Mul", [_var("x"), _const("s", np.ones((1, 8, 1, 1)))]), units)
+    assert [(p.index, p.axis, p.block) for p in params] == [(1, 1, 2)]
+    flat, _ = _through(_node("Flatten", [_var("x", shape=["N", 8, 3, 2])], axis=1), units)
+    assert (flat.axis, flat.block) == (-1, 12)
+    assert _through(_node("MaxPool", [_var("x")], kernel_shape=[2, 2]), units)[0] == units
+    split = _node("Split", [_var("x", shape=["N", 8, 2, 2]), _const("sizes", np.array([4, 4]))],
+                  [_var("a"), _var("b")], axis=1)
+    with pytest.raises(NotChannelWise, match="blocks of 2 \\(after a grouped Conv"):
+        ROUTING["Split"].route(split, split.inputs[0], units)
+    with pytest.raises(NotChannelWise, match="blocks of 2"):
+        concat_layout(_node("Concat", [_var("a", shape=["N", 8, 2, 2]), _var("b")], axis=1), {"a": units})
+
+
+def test_conv_consumer_reads_units_of_channels():
+    conv = _node("Conv", [_var("x", shape=["N", 8, 5, 5]), _const("w", np.ones((6, 8, 3, 3)))], [_var("y")])
+    units = Layout(channels=4, axis=-3, rank=4, block=2)
+    consumer = LAYERS["Conv"].consumer(conv, conv.inputs[0], units)
+    assert consumer.block == 18 and LAYERS["Conv"].row_block(consumer) == 2
+    with pytest.raises(NotChannelWise, match="axis 1"):
+        LAYERS["Conv"].consumer(conv, conv.inputs[0], Layout(channels=4, axis=-3, rank=4, block=3))
+
+
 def test_ops_that_mix_channels_have_no_rule():
     for op in ("Softmax", "ReduceMean", "LayerNormalization", "Concat", "Gather"):
         assert rule_for(_node(op, [_var("x")])) is None

@@ -88,3 +88,51 @@ def test_groups_keeping_every_channel_are_left_as_they_are(lenet, method):
     subset = {k: v[:16] for k, v in feeds.items()}
     for before, after in zip(run(model, subset), run(result.model, subset)):
         np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("options", [dict(keep=0.5), dict(keep=0.5, method="weight-norm"),
+                                     dict(target_params=0.6), dict(target_params=0.6, allocation="uniform")],
+                         ids=["asym", "weight-norm", "target-sensitivity", "target-uniform"])
+def test_grouped_convs_prune_end_to_end(options):
+    """ResNeXt blocks and a depthwise multiplier through capture, selection, refit, rewrite and
+    the size model's check (an InternalError if its prediction missed the written model)."""
+    from helpers import ARCH
+
+    model = onnx.load(ARCH / "resnext_grouped.onnx")
+    with np.load(ARCH / "digits_calib_small.npz") as archive:
+        feeds = {"input": archive["input"]}
+    result = prune(model, feeds, PruneConfig(seed=0, **options, **CPU))
+    onnx.checker.check_model(result.model, full_check=True)
+    report = result.report
+    assert report.params["after"] < report.params["before"]
+    if "target_params" in options:
+        assert report.params["after"] <= 0.6 * report.params["before"]
+    assert [g.channels for g in report.groups] == [8, 8, 32, 8]
+    assert report.output_error < 1.0
+
+
+@pytest.mark.parametrize("bias_compensation", [True, False])
+def test_explained_variance_of_a_grouped_conv_group_is_the_direct_one(bias_compensation):
+    """Units of 2 channels (one conv group of a group=4 Conv, 3 outputs each) at a 3x3 consumer
+    whose output is the graph output: the reported explained variance is the measured one."""
+    text = builders.header("float[N,3,5,5] x", "float[N,5,5,5] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w1, b1)
+        ar = Relu (a)
+        g = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (ar, wg, bg)
+        gr = Relu (g)
+        y = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (gr, w3, b3)
+    }"""
+    model = builders.build(text, {"w1": (8, 3, 1, 1), "b1": (8,), "wg": (12, 2, 3, 3), "bg": (12,),
+                                  "w3": (5, 12, 3, 3), "b3": (5,)})
+    feeds = random_feeds(model, 60)
+    config = PruneConfig(keep=0.5, holdout=0.25, bias_compensation=bias_compensation, seed=4, **CPU)
+    result = prune(model, feeds, config)
+    (group,) = result.report.groups
+    assert group.channels == 4 and len(group.kept) == 2
+    bias = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "b3")).reshape(1, -1, 1, 1)
+    split = split_samples(60, 0.25, 4)
+    for key, indices in (("explained", split.calibration), ("explained_holdout", split.holdout)):
+        subset = {k: v[indices] for k, v in feeds.items()}
+        (want,) = run(model, subset)
+        (got,) = run(result.model, subset)
+        assert getattr(group, key) == pytest.approx(_explained(got, want, bias), abs=1e-5)

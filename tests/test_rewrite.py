@@ -13,7 +13,9 @@ import builders
 from helpers import masked, random_feeds, run
 
 MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block",
-          "csp_split_concat", "dense_block", "channel_slice", "csp_residual", "paddle_style"]
+          "csp_split_concat", "dense_block", "channel_slice", "csp_residual", "paddle_style",
+          "grouped_bottleneck", "depthwise_multiplier", "chained_grouped", "grouped_residual",
+          "concat_depthwise_multiplier"]
 
 
 def _kept(channels: int, seed: int) -> tuple[int, ...]:
@@ -47,6 +49,27 @@ def test_all_groups_at_once_shrink_the_model(name):
     expected = masked(model, groups[0], plans[0].kept)
     outputs = run(pruned, random_feeds(model, 3))
     assert [o.shape for o in outputs] == [o.shape for o in run(expected, random_feeds(model, 3))]
+
+
+@pytest.mark.parametrize("name, kept, shapes", [
+    # 4 conv groups of 2 channels, keep 2: group 2, 4 channels in and out, BN sliced alike
+    ("grouped_bottleneck", (1, 3), {"w1": (4, 4, 1, 1), "wg": (4, 2, 3, 3), "bg": (4,), "s2": (4,), "w3": (6, 4, 1, 1)}),
+    # multiplier 2, keep 3 input channels: 6 outputs in 3 groups
+    ("depthwise_multiplier", (0, 2, 3), {"w1": (3, 3, 3, 3), "wd": (6, 1, 3, 3), "scale": (1, 6, 1, 1),
+                                          "w2": (5, 6, 1, 1), "w3": (4, 54)}),
+    # units of 4 channels (two conv groups of the first grouped Conv, one of the second), keep 1
+    ("chained_grouped", (1,), {"w1": (4, 3, 1, 1), "wg1": (4, 2, 3, 3), "wg2": (2, 4, 3, 3), "w3": (5, 2, 1, 1)}),
+])
+def test_grouped_convs_keep_whole_conv_groups(name, kept, shapes):
+    model = getattr(builders, name)()
+    group = analyze(model).groups[0]
+    pruned = rewrite(model, [GroupPlan(group, kept)])
+    onnx.checker.check_model(pruned, full_check=True)
+    inits = {i.name: tuple(i.dims) for i in pruned.graph.initializer}
+    assert {name: inits[name] for name in shapes} == shapes
+    groups = [a.i for n in pruned.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    expected = {"grouped_bottleneck": [2], "depthwise_multiplier": [3], "chained_grouped": [2, 1]}[name]
+    assert groups == expected
 
 
 def test_refit_weights_and_bias_shift_are_written():

@@ -16,6 +16,9 @@ and an NHWC input followed by a Transpose.
                            convolutions (where a conv precedes it) and every
                            initializer turned into a Constant node
     nhwc_cnn.onnx          NHWC input [N,28,28,1] -> Transpose -> small CNN
+    resnext_grouped.onnx   ResNeXt blocks (grouped 3x3 convs, cardinality 8)
+                           after a depthwise conv with channel multiplier 2
+                           (and its _const copy)
     digits_calib_small.npz "input" float32 [64,1,28,28]
     nhwc_calib.npz         "input" float32 [64,28,28,1]
     bert_calib.npz         "input" float32 [64,8,32] (seeded normal)
@@ -366,6 +369,53 @@ class NHWCCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+# ---- 9. ResNeXt-style grouped convolutions --------------------------------
+
+class ResNeXtBlock(nn.Module):
+    """1x1 reduce -> BN ReLU -> 3x3 grouped conv (``groups`` conv groups) ->
+    BN ReLU -> 1x1 expand -> BN, residual Add (1x1 conv+BN shortcut when the
+    shape changes), ReLU."""
+
+    def __init__(self, cin: int, width: int, cout: int, groups: int,
+                 stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups,
+                               bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = (conv_bn(cin, cout, 1, stride)
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        idt = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + idt)
+
+
+class ResNeXtGrouped(nn.Module):
+    """stem conv8 BN ReLU -> depthwise 3x3 with channel multiplier 2 (8 ->
+    16, groups 8) BN ReLU -> ResNeXt block 16->32(8x4d)->32 stride 2 with
+    1x1 conv+BN shortcut -> ResNeXt block 32->32(8x4d)->32 -> GAP -> fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(1, 8, 3), nn.ReLU(),
+                                  *conv_bn(8, 16, 3, groups=8), nn.ReLU())
+        self.blocks = nn.Sequential(ResNeXtBlock(16, 32, 32, 8, stride=2),
+                                    ResNeXtBlock(32, 32, 32, 8))
+        self.fc = nn.Linear(32, NUM_CLASSES)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
 class _FromNCHW(nn.Module):
     """Training wrapper: feeds NCHW digits to an NHWC model."""
 
@@ -532,10 +582,34 @@ SPECS = collections.OrderedDict([
             "fc output.",
             "total: 2 prunable groups.",
         ])),
+    ("resnext_grouped", (ResNeXtGrouped, "image", True,
+        "stem conv3x3 1->8 BN ReLU, depthwise conv3x3 with channel "
+        "multiplier 2 (8->16, group 8) BN ReLU; ResNeXt block 1: 1x1 16->32 "
+        "BN ReLU, grouped conv3x3 32->32 stride 2 (group 8, 4 channels per "
+        "conv group) BN ReLU, 1x1 32->32 BN, 1x1 conv+BN shortcut, residual "
+        "Add, ReLU; ResNeXt block 2: the same 32->32->32 with an identity "
+        "shortcut; global average pool, fc 10.",
+        [
+            "stem (8 units of 2 channels): producer stem conv; pass-through "
+            "BN, ReLU, the depthwise conv with multiplier 2 (each stem "
+            "channel owns its 2 outputs), BN, ReLU; consumers blocks.0 "
+            "conv1 and blocks.0 downsample conv (2 input channels per "
+            "unit).",
+            "blocks.0 inner (8 units of 4 channels, one per conv group): "
+            "producer blocks.0 conv1; pass-through BN, ReLU, the grouped "
+            "conv (its group count shrinks with the units), BN, ReLU; "
+            "consumer blocks.0 conv3.",
+            "stream 32 ch: producers blocks.0 conv3, blocks.0 downsample "
+            "conv, blocks.1 conv3 (residual Adds); consumers blocks.1 conv1 "
+            "and fc (through GlobalAveragePool + Flatten).",
+            "blocks.1 inner (8 units of 4 channels): as blocks.0.",
+            "total: 4 prunable groups.",
+        ])),
 ])
 
 TRAIN_EPOCHS = {"resnet_mixed": 10, "mobilenetv2": 10, "mobilenetv3_se": 10,
-                "csp_split_concat": 10, "densenet_block": 20, "nhwc_cnn": 3}
+                "csp_split_concat": 10, "densenet_block": 20, "nhwc_cnn": 3,
+                "resnext_grouped": 10}
 TRAIN_LR = 3e-3
 
 

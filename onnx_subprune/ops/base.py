@@ -16,6 +16,17 @@ class NotChannelWise(Exception):
     """Raised by a rule: the node mixes channels or cannot be sliced (message = reason)."""
 
 
+class CoarserUnits(NotChannelWise):
+    """Raised by a grouped Conv's rule: the group's units (the channels pruned together, see
+    :attr:`types.Layout.block`) cut one of its conv groups, and units ``factor`` times larger
+    would hold whole conv groups. Analysis then starts the group again with those units; if it
+    cannot, the message is the skip reason."""
+
+    def __init__(self, factor: int, reason: str):
+        super().__init__(reason)
+        self.factor = factor
+
+
 Through = Callable[[gs.Node, Layout, "set[str] | None"], tuple[Layout, tuple[SlicedParam, ...]]]
 """(node, layout of the group's input, names of the group's tensors) -> (output layout, params).
 

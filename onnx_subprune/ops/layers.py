@@ -90,14 +90,17 @@ class _Conv(LayerRule):
         return producer, Layout(channels=weight.shape[0], axis=1 - weight.ndim, rank=weight.ndim)
 
     def consumer(self, node: gs.Node, tensor: gs.Tensor, layout: Layout) -> Consumer:
+        """A Conv with group=1 reading the group on axis 1; a unit of ``layout.block`` input
+        channels owns their kernel windows' columns (grouped Convs are channel-wise instead:
+        :data:`.channelwise.GROUPED_CONV`)."""
         weight = own_constant(node, WEIGHT)
         if node.attrs.get("group", 1) != 1:
             raise NotChannelWise(f"channels reach grouped Conv {node.name}")
-        if not layout.is_nchw or layout.block != 1 or weight.shape[1] != layout.width:
+        if not layout.is_nchw or weight.shape[1] != layout.width * layout.block:
             raise NotChannelWise(f"Conv {node.name} does not read the channels on axis 1")
         return Consumer(
             node.name, node.op, tensor.name, node.inputs[WEIGHT].name, in_axis=1,
-            block=int(np.prod(weight.shape[2:])), bias=optional_constant(node, BIAS),
+            block=layout.block * int(np.prod(weight.shape[2:])), bias=optional_constant(node, BIAS),
             conv=_geometry(node, weight, tensor), layout=layout,
         )
 
@@ -108,7 +111,8 @@ class _Conv(LayerRule):
         return int(math.prod(out_shape[1:]) * math.prod(weight_shape[1:]))
 
     def row_block(self, consumer: Consumer) -> int:
-        return 1  # the weight's axis 1 is the channel; the kernel window has axes of its own
+        # the weight's axis 1 is the channel (block of them per unit); the kernel window has axes of its own
+        return consumer.layout.block if consumer.layout is not None else 1
 
     def matrix(self, consumer: Consumer, weight: np.ndarray) -> np.ndarray:
         return weight.reshape(weight.shape[0], -1).T * consumer.scale
@@ -195,6 +199,11 @@ LAYERS: dict[str, LayerRule] = {rule.op: rule for rule in (_Conv(), _Gemm(), _Ma
 """Layer op type -> its rule."""
 
 
+def is_grouped(node: gs.Node) -> bool:
+    """A Conv with group > 1 (depthwise or not): channel-wise, never a producer or consumer."""
+    return node.op == "Conv" and node.attrs.get("group", 1) != 1
+
+
 def is_depthwise(node: gs.Node) -> bool:
     """A Conv with one filter per input channel (group == channels, channel multiplier 1)."""
     shape = node.inputs[1].shape if node.op == "Conv" and len(node.inputs) > 1 else None
@@ -203,8 +212,8 @@ def is_depthwise(node: gs.Node) -> bool:
 
 
 def layer_rule(node: gs.Node) -> LayerRule | None:
-    """The layer rule of ``node`` (None: not a layer, or a depthwise Conv, which is channel-wise)."""
-    if node.op not in LAYERS or is_depthwise(node):
+    """The layer rule of ``node`` (None: not a layer, or a grouped Conv, which is channel-wise)."""
+    if node.op not in LAYERS or is_grouped(node):
         return None
     return LAYERS[node.op]
 

@@ -21,6 +21,12 @@ def _channel_axis(node: gs.Node, layout: Layout, axis: int) -> bool:
     return axis % layout.rank == layout.rank + layout.axis
 
 
+def _blocks(layout: Layout) -> str:
+    """What a layout with ``block`` > 1 holds, for a reason that routing refuses it."""
+    after = "a Flatten" if not layout.is_nchw else "a grouped Conv"
+    return f"channels owned in blocks of {layout.block} (after {after})"
+
+
 def _window(layout: Layout, start: int, end: int) -> Layout | None:
     """The layout of positions [start, end) of the channel axis (None: no group channel there)."""
     windows = []
@@ -35,7 +41,9 @@ def concat_layout(node: gs.Node, layouts: dict[str, Layout]) -> Layout:
     """The group's layout in the output of a channel-axis Concat, from its inputs' layouts
     (``layouts``: tensor name -> layout, for the inputs that carry the group)."""
     first = next(layouts[t.name] for t in node.inputs if t.name in layouts)
-    if first.block != 1 or not _channel_axis(node, first, node.attrs["axis"]):
+    if first.block != 1:
+        raise NotChannelWise(f"Concat {node.name} joins {_blocks(first)}")
+    if not _channel_axis(node, first, node.attrs["axis"]):
         raise NotChannelWise(f"Concat {node.name} is not on the channel axis")
     windows, position = [], 0
     for tensor in node.inputs:
@@ -52,7 +60,7 @@ def _split(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | No
     if not _channel_axis(node, layout, node.attrs.get("axis", 0)):
         return [layout] * len(node.outputs)
     if layout.block != 1:
-        raise NotChannelWise(f"Split {node.name} after a Flatten")
+        raise NotChannelWise(f"Split {node.name} cuts {_blocks(layout)}")
     sizes = split_sizes(node, layout.width)
     bounds = np.cumsum([0, *sizes])
     return [_window(layout, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:])]
@@ -81,7 +89,7 @@ def _slice(node: gs.Node, tensor: gs.Tensor, layout: Layout) -> list[Layout | No
     if window is None:
         return [layout]
     if layout.block != 1:
-        raise NotChannelWise(f"Slice {node.name} after a Flatten")
+        raise NotChannelWise(f"Slice {node.name} cuts {_blocks(layout)}")
     return [_window(layout, *window)]
 
 
