@@ -34,6 +34,7 @@ the result is within one step (one channel, or ``round_to``) of the target.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -63,7 +64,9 @@ class _Term:
         dims = list(self.shape)
         for axis, coefs in self.axes:
             dims[axis] = dims[axis] + sum(c * (k[g] - n[g]) for g, c in coefs)
-        return float(np.prod(dims, dtype=np.float64)) if dims else 1.0
+        if all(float(d).is_integer() for d in dims):  # exact (Python ints), else an estimate (Split pieces)
+            return math.prod(int(d) for d in dims)
+        return float(np.prod(dims, dtype=np.float64))
 
     @property
     def groups(self) -> set[int]:
@@ -97,21 +100,21 @@ class SizeModel:
     def totals(self, k) -> tuple[int, int]:
         """(params, MACs) of the pruned model."""
         k = self._k(k)
-        params, macs = float(self.fixed_params), float(self.fixed_macs)
+        params, macs = self.fixed_params, self.fixed_macs
         for term in self.terms:
             size = term.size(k, self.channels)
-            params += size if term.params else 0.0
+            params += size if term.params else 0
             macs += size * term.macs
         return int(round(params)), int(round(macs))
 
     def group_totals(self, k, group: int) -> tuple[int, int]:
         """(params, MACs) of the tensors and layers whose size depends on ``group``."""
         k = self._k(k)
-        params = macs = 0.0
+        params = macs = 0
         for index in self.by_group[group]:
             term = self.terms[index]
             size = term.size(k, self.channels)
-            params += size if term.params else 0.0
+            params += size if term.params else 0
             macs += size * term.macs
         return int(round(params)), int(round(macs))
 
@@ -227,15 +230,15 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
             if origin is not None:
                 readers.setdefault(origin, []).append((node.name, index))
     terms: list[_Term] = []
-    fixed_params = 0.0
+    fixed_params = 0
     sliced_sources = set()
     for (node, index), (name, shape, axes) in slots.items():
         sliced_sources.add(name)
         is_float = consts[name][1] if name else True
         terms.append(_Term(f"{node}:{index}", shape, _freeze(axes), is_float,
-                           macs_per_entry.get(node, 0.0) if index == 1 else 0.0))
+                           macs_per_entry.get(node, 0) if index == 1 else 0))
     for (node, index), (_, shape, axes) in created.items():
-        terms.append(_Term(f"{node}:{index} (new bias)", shape, _freeze(axes), True, 0.0))
+        terms.append(_Term(f"{node}:{index} (new bias)", shape, _freeze(axes), True, 0))
     for name, (shape, is_float) in consts.items():
         users = readers.get(name, [])
         if not users:
@@ -243,10 +246,10 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
         if name in sliced_sources and all(user in slots for user in users):
             continue
         if is_float:
-            fixed_params += float(np.prod(shape, dtype=np.float64))
+            fixed_params += math.prod(int(d) for d in shape)
     fixed_macs = sum(v for node, v in layer_macs.items()
                      if (node, 1) not in slots or macs_per_entry.get(node) is None)
-    return terms, fixed_params, float(fixed_macs)
+    return terms, fixed_params, int(fixed_macs)
 
 
 def _freeze(axes: dict) -> tuple[_Axis, ...]:
@@ -261,9 +264,9 @@ def _macs_per_weight_entry(model, consts, source, layer_macs: dict[str, int]) ->
         origin = source(nodes[name].input[1])
         if origin is None:
             continue
-        entries = int(np.prod(consts[origin][0]))
+        entries = math.prod(int(d) for d in consts[origin][0])
         if entries:
-            per_entry[name] = macs / entries
+            per_entry[name] = macs // entries if macs % entries == 0 else macs / entries
     return per_entry
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 import onnx
 
+from .data import check_finite
 from .graph import read_constants
 from .ops import LAYERS
 from .runtime import batches, run
@@ -85,6 +86,7 @@ def capture_stats(
         for done, feed in enumerate(batches(feeds, indices, batch_size), start=1):
             inputs_b = run(source, feed, names)
             inputs_a = run(reference, feed, names) if reference is not None else inputs_b
+            check_finite(inputs_b, inputs_a)
             for consumer in consumers:
                 accumulators[consumer.node].add(
                     consumer, inputs_b[consumer.input], inputs_a[consumer.input]

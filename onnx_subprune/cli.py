@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from fractions import Fraction
 
 import click
 
 from . import api
 from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, PruneConfig
-from .errors import ConfigError, SubpruneError
+from .errors import ConfigError, SubpruneError, one_line
 from .report import LARGE_ERROR
 from .runtime import DEVICES
 from .select import METHODS, RANKERS
@@ -45,7 +46,7 @@ class _Progress:
 
 
 def _note(line: str) -> None:
-    click.echo(line, err=True)
+    click.echo(one_line(line), err=True)  # names from the model stay on the line
 
 
 def _user_errors(func):
@@ -53,11 +54,17 @@ def _user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                # NumPy's overflow/invalid-value warnings would add lines to stderr; what they
+                # signal (non-finite statistics or outputs) is checked and reported as one line
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return func(*args, **kwargs)
         except ConfigError as exc:  # name the option as the command line spells it
             raise click.ClickException(f"--{exc.option.replace('_', '-')} {exc.problem}") from None
         except SubpruneError as exc:
             raise click.ClickException(str(exc)) from None
+        except MemoryError as exc:  # sizes from a hostile file (a huge declared batch or tensor)
+            raise click.ClickException(one_line(f"out of memory: {exc}" if str(exc) else "out of memory")) from None
 
     return wrapper
 
@@ -86,7 +93,7 @@ def main() -> None:
 
 
 @main.command("analyze")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @_group_filters
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_user_errors
@@ -113,9 +120,9 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 
 
 @main.command("prune")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
-@click.option("--calib", required=True, type=click.Path(dir_okay=False),
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the pruned model.")
+@click.option("--calib", required=True, type=click.Path(),
               help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
 @click.option("--keep", type=float, help="Fraction of each group's channels to keep, in (0, 1]  [default: 0.5 unless a target is given]")
 @click.option("--target-params", type=float, metavar="RATIO",
@@ -142,7 +149,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
 @_group_filters
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the full JSON report here.")
+@click.option("--report", "report_path", type=click.Path(), help="Write the full JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
@@ -226,8 +233,8 @@ def _group_table(groups: list[dict]) -> str:
 
 
 @main.command("sensitivity")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--calib", required=True, type=click.Path(dir_okay=False),
+@click.argument("model", type=click.Path())
+@click.option("--calib", required=True, type=click.Path(),
               help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
 @click.option("--method", default=DEFAULTS.method, show_default=True, type=click.Choice(METHODS),
               help="Ranking whose kept sets are measured (asym/seq/layer: the greedy order on the original model).")
@@ -242,7 +249,7 @@ def _group_table(groups: list[dict]) -> str:
 @click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES))
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+@click.option("--plot", "plot_path", type=click.Path(), metavar="FILE.png",
               help="Also draw the curves into a PNG (needs matplotlib: pip install 'onnx-subprune[plot]').")
 @_group_filters
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
@@ -294,9 +301,9 @@ def _sensitivity_table(result: dict) -> str:
 
 
 @main.command("evaluate")
-@click.argument("original", type=click.Path(dir_okay=False))
-@click.argument("pruned", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help=".npz with one array per model input (and optionally labels), or .npy.")
+@click.argument("original", type=click.Path())
+@click.argument("pruned", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help=".npz with one array per model input (and optionally labels), or .npy.")
 @click.option("--labels", help="Name of the integer label array in --data, to report accuracy.")
 @click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per run (also the latency batch).")

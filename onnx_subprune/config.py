@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -99,10 +100,13 @@ class PruneConfig:
             raise ConfigError("method", f"{self.method!r} is unknown (choose from {', '.join(METHODS)})")
         if self.shrink not in SHRINK:
             raise ConfigError("shrink", f"{self.shrink!r} is unknown (choose from {', '.join(SHRINK)})")
-        if self.ridge < 0:
-            raise ConfigError("ridge", f"must be >= 0, got {self.ridge}")
-        if not 0 <= self.holdout < 1:
-            raise ConfigError("holdout", f"must be in [0, 1), got {self.holdout}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise ConfigError("ridge", f"must be a finite number >= 0, got {self.ridge}")
+        if not 0 <= self.holdout <= 0.5:
+            raise ConfigError("holdout", f"must be in [0, 0.5], got {self.holdout}: the statistics come from the "
+                                         f"samples not held out, which must be at least as many as those held out")
+        if not (isinstance(self.seed, numbers.Integral) and self.seed >= 0):
+            raise ConfigError("seed", f"must be an integer >= 0, got {self.seed}")
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError("max_error", f"must be a positive number, got {self.max_error}")
         if self.batch_size < 1:

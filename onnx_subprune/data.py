@@ -2,28 +2,82 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import SubpruneError
+from .errors import SubpruneError, quote
 from .graph import static_dim
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip file with members, an empty one
+
+
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """Arrays of a .npz (by name) or .npy (under the name "", for a single-input model)."""
+    """Arrays of a .npz (by name) or .npy (under the name "", for a single-input model).
+
+    The format is read from the file's first bytes, not its name. Pickled (object) arrays are
+    never loaded; every failure is a one-line :class:`SubpruneError`.
+    """
     path = Path(path)
+    shown = os.fspath(path)
+    if not path.exists():
+        raise SubpruneError(f"data file not found: {shown}")
+    prefix = f"cannot read data file {shown}"
+    if path.is_dir():
+        raise SubpruneError(f"{prefix}: it is a folder")
     if not path.is_file():
-        raise SubpruneError(f"data file not found: {path}")
+        raise SubpruneError(f"{prefix}: it is not a regular file")
     try:
-        if path.suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        with open(path, "rb") as handle:
+            head = handle.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise SubpruneError(f"{prefix}: {exc.strerror or exc}") from None
+    if not head:
+        raise SubpruneError(f"{prefix}: the file is empty")
+    if head.startswith(NPY_MAGIC):
+        return {"": _read(lambda: np.load(path, allow_pickle=False), prefix)}
+    if head[:4] not in ZIP_MAGICS:
+        raise SubpruneError(f"{prefix}: it is neither a .npz nor a .npy file (it starts with {head!r}); "
+                            f"write calibration data with numpy.savez or numpy.save")
+    try:
+        archive = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise SubpruneError(f"cannot read data file {path}: {' '.join(str(exc).split())[:200]}") from None
+        raise SubpruneError(f"{prefix}: not a valid .npz archive: {_one_line(exc)}") from None
+    with archive:
+        arrays = {}
+        for name in archive.files:
+            value = _read(lambda: archive[name], f"{prefix}: member {quote(name)}")
+            if not isinstance(value, np.ndarray):
+                raise SubpruneError(f"{prefix}: member {quote(name)} is not a .npy array")
+            arrays[name] = value
+    if not arrays:
+        raise SubpruneError(f"{prefix}: the archive holds no arrays")
+    return arrays
+
+
+def _read(load, prefix: str) -> np.ndarray:
+    """``load()``, with numpy's failures on a corrupt or pickled array as one line."""
+    try:
+        return load()
+    except MemoryError:
+        raise SubpruneError(f"{prefix}: the array is too large to load") from None
+    except Exception as exc:
+        text = _one_line(exc)
+        if "allow_pickle" in text or "pickle" in text:
+            text = "it holds Python objects (a pickled object array), which are never loaded; save numeric arrays"
+        else:
+            text = f"not a valid .npy array ({text})"
+        raise SubpruneError(f"{prefix}: {text}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -37,6 +91,12 @@ def check_inputs(arrays: dict[str, np.ndarray], model: onnx.ModelProto, source: 
     """Select and validate the model's inputs from ``arrays`` (names, ranks, dtypes, static dims,
     sample counts, finiteness). ``extra`` names arrays that may be present besides the inputs."""
     inputs = model_inputs(model)
+    if not inputs:
+        raise SubpruneError(f"{source}: the model has no inputs to feed (every graph input is a constant)")
+    for info in inputs:
+        if info.type.WhichOneof("value") != "tensor_type":
+            raise SubpruneError(f"{source}: model input {quote(info.name)} is not a tensor "
+                                f"({info.type.WhichOneof('value') or 'no type'}); only tensor inputs can be fed")
     if "" in arrays:
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
@@ -55,14 +115,42 @@ def check_inputs(arrays: dict[str, np.ndarray], model: onnx.ModelProto, source: 
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1:
         raise SubpruneError(f"{source}: inputs have different numbers of samples: {sorted(counts)}")
-    if counts.pop() == 0:
+    samples = counts.pop()
+    if samples == 0:
         raise SubpruneError(f"{source}: no samples")
+    _check_fixed_batch(inputs, feeds, samples, source)
     return feeds
+
+
+MAX_PADDED_BATCH_BYTES = 1 << 30
+"""Largest batch that samples are padded to when a model fixes its batch above their number."""
+
+
+def _check_fixed_batch(inputs: list[onnx.ValueInfoProto], feeds: dict[str, np.ndarray], samples: int,
+                       source: str) -> None:
+    """A model that fixes its batch at B gets every run padded to B samples: refuse a B whose
+    padded batch would not fit in memory."""
+    fixed = [(static_dim(info.type.tensor_type.shape.dim[0]), info.name) for info in inputs]
+    fixed = [(size, name) for size, name in fixed if size is not None]
+    if not fixed:
+        return
+    batch, name = min(fixed)
+    need = batch * sum(array[:1].nbytes for array in feeds.values())
+    if batch > samples and need > MAX_PADDED_BATCH_BYTES:
+        raise SubpruneError(f"{source}: the model fixes its batch at {batch:,} samples (first dim of input "
+                            f"{quote(name)}); padding {samples} samples to it would need {need / 2**30:,.1f} GiB")
 
 
 def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.ndarray:
     tensor_type = info.type.tensor_type
-    expected = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    try:
+        expected = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    except Exception:
+        raise SubpruneError(f"{source}: model input {quote(info.name)} has element type "
+                            f"{tensor_type.elem_type}, which has no NumPy equivalent") from None
+    if array.dtype.kind not in "biuf":
+        raise SubpruneError(f"{source}: array {quote(info.name)} has dtype {array.dtype}, not a number type "
+                            f"(the model expects {expected})")
     dims = [static_dim(d) for d in tensor_type.shape.dim]
     if not dims:
         raise SubpruneError(f"{source}: model input {info.name!r} is a scalar; calibration data stacks "
@@ -89,6 +177,49 @@ def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.
         if not np.isfinite(array).all():
             raise SubpruneError(f"{source}: input {info.name!r} has values out of the range of {expected}")
     return array
+
+
+def check_split(samples: int, holdout: float, source: str) -> None:
+    """The samples left for the statistics after ``holdout`` are at least as many as those held
+    out, and at least :data:`MIN_STATISTICS_SAMPLES`: the statistics (Gram matrices, means) are
+    estimated from them, and an error measured on more samples than the fit used says little."""
+    kept, held = _split_sizes(samples, holdout)
+    if held and (kept < held or kept < MIN_STATISTICS_SAMPLES):
+        enough = next((n for n in range(samples + 1, 4 * samples + 2 * MIN_STATISTICS_SAMPLES + 4)
+                       if _split_sizes(n, holdout)[0] >= max(_split_sizes(n, holdout)[1], MIN_STATISTICS_SAMPLES)), None)
+        more = f"give at least {enough} samples or" if enough else "give"
+        raise SubpruneError(
+            f"{source}: holdout {holdout} holds out {held} of {samples} samples and leaves {kept} for the "
+            f"statistics; they need at least as many samples as are held out, and at least "
+            f"{MIN_STATISTICS_SAMPLES} (a mean and a variance): {more} a smaller holdout")
+
+
+def _split_sizes(samples: int, holdout: float) -> tuple[int, int]:
+    """(samples left for the statistics, samples held out), as :func:`calibrate.split_samples`
+    draws them."""
+    from .calibrate import split_samples
+
+    split = split_samples(samples, holdout, 0)
+    return len(split.calibration), len(split.holdout)
+
+
+MIN_STATISTICS_SAMPLES = 2
+"""Fewest samples the statistics are estimated from when some are held out (a mean and a
+variance need two)."""
+
+
+def check_finite(*tensors: dict[str, np.ndarray]) -> None:
+    """A one-line error when a tensor computed inside the model on the calibration data (a
+    consumer's input) holds NaN or Inf: the statistics would be meaningless."""
+    seen = set()
+    for name, value in ((n, v) for group in tensors for n, v in group.items()):
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise SubpruneError(
+                f"tensor {quote(name)} inside the model is NaN or Inf on the calibration data: the data or "
+                f"the weights are too large for the model's float type (overflow)")
 
 
 def check_labels(labels: np.ndarray, samples: int, source: str) -> np.ndarray:

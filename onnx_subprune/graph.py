@@ -10,31 +10,149 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .errors import SubpruneError
+from .errors import SubpruneError, quote
 from .files import write_atomic
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read and check an ONNX model; every failure is a one-line :class:`SubpruneError`."""
+    return read_model(path)[0]
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, list[str]]:
+    """Read and check an ONNX model (see :func:`check_model`): the model, with its external
+    data loaded, and the external data files it read (which no output may replace)."""
     path = Path(path)
+    shown = os.fspath(path)
+    if not path.exists():
+        raise SubpruneError(f"model file not found: {shown}")
+    if path.is_dir():
+        raise SubpruneError(f"cannot read ONNX model {shown}: it is a folder")
     if not path.is_file():
-        raise SubpruneError(f"model file not found: {path}")
+        raise SubpruneError(f"cannot read ONNX model {shown}: it is not a regular file")
+    if path.stat().st_size == 0:
+        raise SubpruneError(f"cannot read ONNX model {shown}: the file is empty")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(shown, load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types
-        raise SubpruneError(f"cannot read ONNX model {path}: {_one_line(exc)}") from None
+        raise SubpruneError(f"cannot read ONNX model {shown}: {_one_line(exc)}") from None
+    external = _external_files(model, path.parent)
+    if external:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise SubpruneError(f"cannot read the external data of ONNX model {shown}: {_one_line(exc)}") from None
+    check_model(model, shown)
+    return model, external
+
+
+def _external_files(model: onnx.ModelProto, folder: Path) -> list[str]:
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    files = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            try:
+                location = ExternalDataInfo(tensor).location
+            except Exception:
+                continue
+            if location:
+                files.add(os.path.join(folder, location))
+    return sorted(files)
+
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
+             "LayerNormalization")
+"""Ops whose constant inputs (weights, biases, scales, statistics) must be finite: pruning
+computes with them. Elsewhere an infinite constant may be meant (a -inf mask, a Clip bound)."""
+
+
+def check_model(model: onnx.ModelProto, source: str) -> None:
+    """A one-line :class:`SubpruneError` unless ``model`` has nodes, passes ``onnx.checker`` and
+    strict shape inference, its layers' constant inputs are finite (no constant holds NaN) and
+    every Conv's weight matches its input channels."""
     if not model.graph.node:
-        raise SubpruneError(f"cannot read ONNX model {path}: the graph has no nodes")
+        raise SubpruneError(f"cannot read ONNX model {source}: the graph has no nodes")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise SubpruneError(f"invalid ONNX model {path}: {_one_line(exc)}") from None
-    return model
+        raise SubpruneError(f"invalid ONNX model {source}: {_one_line(exc)}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise SubpruneError(f"invalid ONNX model {source}: {_one_line(exc)}") from None
+    _check_values(model, source)
+    _check_convs(inferred, source)
+
+
+def _check_values(model: onnx.ModelProto, source: str) -> None:
+    """No NaN in any float constant; no infinity in a constant input of :data:`LAYER_OPS`."""
+    read_by_layer = {}
+    for node in model.graph.node:
+        if node.op_type in LAYER_OPS and node.domain in ("", "ai.onnx"):
+            for name in node.input[1:]:
+                read_by_layer.setdefault(name, node.name or node.op_type)
+    tensors = [(init.name, init) for init in model.graph.initializer]
+    tensors += [(node.output[0], attr.t) for node in model.graph.node if node.op_type == "Constant" and node.output
+                for attr in node.attribute if attr.name == "value" and attr.HasField("t")]
+    for name, tensor in tensors:
+        if tensor.data_type not in FLOAT_TYPES:
+            continue
+        try:
+            values = numpy_helper.to_array(tensor)
+            if values.dtype.kind != "f":  # bfloat16 and other extension types
+                values = values.astype(np.float32)
+        except Exception as exc:
+            raise SubpruneError(f"invalid ONNX model {source}: tensor {quote(name)} cannot be read: "
+                                f"{_one_line(exc)}") from None
+        if np.isnan(values).any():
+            raise SubpruneError(f"model {source}: weight {quote(name)} contains NaN")
+        if name in read_by_layer and np.isinf(values).any():
+            raise SubpruneError(f"model {source}: weight {quote(name)} of node {quote(read_by_layer[name])} "
+                                f"contains Inf")
+
+
+def _check_convs(model: onnx.ModelProto, source: str) -> None:
+    """Every Conv with a constant weight and a known input channel count: C_in = weight dim 1 x
+    group, and group divides the output channels (onnx's shape inference does not check it)."""
+    shapes = {info.name: info.type.tensor_type.shape for info in [*model.graph.value_info, *model.graph.input]}
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    weights.update({node.output[0]: list(attr.t.dims) for node in model.graph.node
+                    if node.op_type == "Constant" and node.output for attr in node.attribute
+                    if attr.name == "value" and attr.HasField("t")})
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        weight, shape = weights.get(node.input[1]), shapes.get(node.input[0])
+        if weight is None or len(weight) < 3 or shape is None or len(shape.dim) < 2:
+            continue
+        group = int(proto_attrs(node).get("group", 1))
+        channels = static_dim(shape.dim[1])
+        if group < 1 or weight[0] % group or (channels is not None and channels != weight[1] * group):
+            raise SubpruneError(
+                f"invalid ONNX model {source}: Conv {quote(node.name or node.output[0])} has weight "
+                f"{quote(node.input[1])} of shape {weight} and group {group} for an input of "
+                f"{channels if channels is not None else '?'} channels")
+        bias = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and bias != weight[:1]:
+            raise SubpruneError(f"invalid ONNX model {source}: Conv {quote(node.name or node.output[0])} has bias "
+                                f"{quote(node.input[2])} of shape {bias} for {weight[0]} output channels")
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Write ``model`` atomically."""
-    write_atomic(path, model.SerializeToString())
+    write_atomic(path, model_bytes(model))
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    """``model`` serialized; a one-line error beyond protobuf's 2 GiB limit."""
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:
+        raise SubpruneError(f"cannot serialize the model ({model.ByteSize():,} bytes): {_one_line(exc)}; "
+                            f"models over 2 GiB need external data, which is not written") from None
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -81,22 +199,47 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model analysis and rewrite work on: every node named, constant layout ops folded."""
-    return fold_constants(name_nodes(model))
+    """The model analysis and rewrite work on: every node named (uniquely), nodes no graph output
+    needs removed, constant layout ops folded. The computation is unchanged."""
+    return fold_constants(drop_dead_nodes(name_nodes(model)))
+
+
+def drop_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the nodes whose outputs no graph output needs (the rewrite's cleanup
+    would drop them and their weights, so the size model must not count them); ``model`` itself
+    when every node is needed."""
+    needed = {out.name for out in model.graph.output}
+    kept = []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_inputs([node]))
+    if len(kept) == len(model.graph.node):
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(reversed(kept))
+    return result
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose nameless nodes carry the names :func:`import_graph` gives."""
+    """A copy of ``model`` whose nameless nodes carry the names :func:`import_graph` gives, and
+    whose nodes have unique names: a name given to several nodes stays with the first, the
+    others get ``<name>_<index>`` (analysis, size model and rewrite refer to nodes by name)."""
     named = onnx.ModelProto()
     named.CopyFrom(model)
     taken = {node.name for node in named.graph.node}
+    seen = set()
     for index, node in enumerate(named.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
+        if not node.name or node.name in seen:
+            name = f"{node.name or node.op_type}_{index}"
             while name in taken:
                 name += "_"
             node.name = name
             taken.add(name)
+        seen.add(node.name)
     return named
 
 
@@ -208,12 +351,14 @@ def const_value(tensor: gs.Tensor) -> np.ndarray | None:
 def set_const_value(graph: gs.Graph, node: gs.Node, index: int, value: np.ndarray) -> None:
     """Give input ``index`` of ``node`` the constant ``value``.
 
-    The tensor is changed in place when ``node`` is its only reader (names are kept); a shared
-    constant, or one behind an Identity, is left alone and the node gets a fresh initializer.
+    The tensor is changed in place when ``node`` is its only reader, at this input only (names
+    are kept); a shared constant (also one the node reads at two inputs), or one behind an
+    Identity, is left alone and the node gets a fresh initializer.
     """
     tensor = node.inputs[index]
     readers = [user for user in tensor.outputs if user is not node]
-    if not readers and not _is_graph_output(graph, tensor):
+    once = sum(t.name == tensor.name for t in node.inputs) == 1
+    if not readers and once and not _is_graph_output(graph, tensor):
         if isinstance(tensor, gs.Constant):
             tensor.values = value
             return

@@ -1,14 +1,14 @@
-"""Model size: float parameters and multiply-accumulates (per run with symbolic dims as 1)."""
+"""Model size: float parameters and multiply-accumulates (per run with symbolic dims as 1), in
+exact integer arithmetic (Python ints: no overflow on huge declared dims)."""
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import onnx
 
-from .graph import infer_shapes, proto_attrs, static_dim
+from .graph import FLOAT_TYPES, infer_shapes, proto_attrs, static_dim
 from .ops import LAYERS
-
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -18,7 +18,7 @@ def count_params(model: onnx.ModelProto) -> int:
         attr.t for node in model.graph.node if node.op_type == "Constant"
         for attr in node.attribute if attr.name == "value"
     ]
-    return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in FLOAT_TYPES)
+    return sum(math.prod(int(d) for d in t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
 
 
 def count_macs(model: onnx.ModelProto) -> int:
@@ -45,5 +45,5 @@ def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
         out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
         if not out or not weight:
             continue
-        result.append((node.name, LAYERS[node.op_type].macs(proto_attrs(node), out, weight)))
+        result.append((node.name, int(LAYERS[node.op_type].macs(proto_attrs(node), [int(d) for d in out], [int(d) for d in weight]))))
     return result

@@ -155,6 +155,11 @@ def measure_curves(model: onnx.ModelProto, groups: Sequence[ChannelGroup], stats
 
 def plot_curves(curves: Sequence[Curve], path: str, title: str = "") -> None:
     """Write a PNG of every group's output error vs kept fraction (needs matplotlib)."""
+    write_atomic(path, curves_png(curves, title), "plot")
+
+
+def curves_png(curves: Sequence[Curve], title: str = "") -> bytes:
+    """A PNG of every group's output error vs kept fraction (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,4 +184,4 @@ def plot_curves(curves: Sequence[Curve], path: str, title: str = "") -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
-    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -592,7 +592,7 @@ EVALUATE_ERRORS = {
     "missing-data": (lambda s, d: (LENET, LENET, s / "nope.npz", []), "data file not found"),
     "data-nan": (lambda s, d: (LENET, LENET, _npz(s / "c.npz", input=_nan(d)), []), "NaN or Inf"),
     "data-wrong-input-for-pruned": (
-        lambda s, d: (LENET, d / "gemm_gemm.onnx", d / "calib64.npz", []), "no array for model input 'x'"),
+        lambda s, d: (LENET, d / "gemm_gemm.onnx", d / "calib64.npz", []), "input 'x' only in the pruned model"),
 }
 
 
