@@ -56,7 +56,7 @@ def _cuda_works() -> tuple[bool, str]:
     except Exception:
         ok = False
     finally:
-        ort.set_default_logger_severity(3)
+        ort.set_default_logger_severity(4)
     return ok, "" if ok else "its libraries did not load"
 
 
@@ -64,7 +64,7 @@ def _options():
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     return options
 
 
@@ -76,7 +76,7 @@ def session(model: onnx.ModelProto, providers: list[str], capture: tuple[str, ..
     if capture:
         model = with_outputs(model, capture)
     model = _dynamic_batch_dims(model)
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)
     try:
         return ort.InferenceSession(model.SerializeToString(), _options(), providers=providers)
     except Exception as exc:
