@@ -19,9 +19,9 @@ Anchors (:data:`ANCHORS`):
 - ``channel-regression``: W_S + (M kron I_block) W_R, where M (:func:`map_regression`) regresses
   each removed channel's map on the kept channels' maps, one coefficient per pair of channels
   shared by every pixel (Gm: :meth:`~.stats.ConsumerStats.map_gram`), with its own ridge toward 0
-  (toward ``original``) chosen by GCV. It rests on N * block pixel rows for len(S) * (n - len(S))
-  unknowns, where the full refit has N rows for len(S) * block * m: with few samples it is the
-  better-determined guess. The default of consumers with block > 1 (Conv, and Gemm after a
+  (toward ``original``) chosen by cross-validation. It rests on N * block pixel rows for
+  len(S) * (n - len(S)) unknowns, where the full refit has N rows for len(S) * block * m: with few
+  samples it is the better-determined guess. The default of consumers with block > 1 (Conv, and Gemm after a
   Flatten); with block 1 it would be the plain refit itself.
 
 The anchor is not chosen by comparing GCV scores: the channel regression is fitted on the same
@@ -56,6 +56,9 @@ ANCHORS = ("original", "channel-regression")
 
 LAMBDA_GRID = np.logspace(-6.0, 4.0, 41)
 """Candidate lam / mean eigenvalue of B_S^T B_S tried by GCV (besides inf)."""
+
+MAP_FOLDS = 5
+"""Folds of the channel regression's cross-validation on row-form statistics."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,13 +111,10 @@ class Spectrum:
             return np.array([np.inf])
         return np.concatenate([[np.inf], LAMBDA_GRID[::-1] * float(np.mean(self.values))])
 
-    def best(self) -> tuple[float, float]:
-        """(lam, GCV score) of the candidate of :meth:`lambdas` minimizing GCV; ties go to the
-        larger lam."""
+    def best_lambda(self) -> float:
+        """The candidate of :meth:`lambdas` minimizing GCV; ties go to the larger lam."""
         lams = self.lambdas()
-        scores = self.gcv(lams)
-        i = int(np.argmin(scores))
-        return float(lams[i]), float(scores[i])
+        return float(lams[int(np.argmin(self.gcv(lams)))])
 
 
 def spectrum(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, *, bias_compensation: bool) -> Spectrum:
@@ -148,16 +148,48 @@ def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation:
     """M (len(kept), n - len(kept)): each removed channel's map regressed on the kept channels'
     maps over the N * block pixel rows of the channel map Gram Gm
     (:meth:`~.stats.ConsumerStats.map_gram`, centered when ``bias_compensation``), with a ridge
-    chosen by GCV on those rows (a ridge toward 0: toward the ``original`` anchor)."""
+    toward 0 (toward the ``original`` anchor) chosen from the lam of :meth:`Spectrum.lambdas`.
+
+    Gram form (N >= d: many rows per coefficient) chooses it by GCV on the pixel rows. Row form
+    (N < d) by :data:`MAP_FOLDS`-fold cross-validation over contiguous blocks of rows: the rows
+    are in sample order, so the folds split by sample, and the pixels of one sample, strongly
+    correlated, never both fit and score a fold (with GCV, 8 images of 3 x 3 pixels for 64 kept
+    channels were read as 72 independent rows and the anchor came out 25x the original weights).
+    """
     removed = np.setdiff1d(np.arange(stats.n_channels), kept)
     gram = stats.map_gram(bias_compensation)
+    tol = psd_tolerance(np.diag(gram))
     eigenvalues, vectors = np.linalg.eigh(gram[np.ix_(kept, kept)])
-    keep = eigenvalues > psd_tolerance(np.diag(gram))
+    keep = eigenvalues > tol
     spec = Spectrum(basis=vectors[:, keep], values=eigenvalues[keep],
                     proj=vectors[:, keep].T @ gram[np.ix_(kept, removed)],
                     residual_sq=float(np.diag(gram)[removed].sum()),
                     rows=stats.n_rows * stats.block, intercept=bias_compensation)
-    return spec.correction(spec.best()[0])
+    if not stats.is_row_form or stats.n_rows < 2:
+        return spec.correction(spec.best_lambda())
+    n, r = stats.n_channels, stats.block
+    maps = stats.row_matrices(bias_compensation)[0].reshape(-1, n, r)
+    blocks = np.array_split(maps, min(MAP_FOLDS, len(maps)))
+    parts = [np.einsum("kir,kjr->ij", block, block) for block in blocks]
+    lams = spec.lambdas()
+    errors = sum(_held_out_error(gram - part, part, kept, removed, lams, tol) for part in parts)
+    return spec.correction(float(lams[int(np.argmin(errors))]))
+
+
+def _held_out_error(
+    train: np.ndarray, test: np.ndarray, kept: np.ndarray, removed: np.ndarray, lams: np.ndarray, tol: float
+) -> np.ndarray:
+    """||X_R - X_S M(lam)||^2 (len(lam),) on the pixels of channel map Gram ``test`` (n, n), M(lam)
+    the ridge regression fitted on ``train`` (n, n): tr(T_RR) - 2 tr(M^T T_SR) + tr(M^T T_SS M)."""
+    eigenvalues, vectors = np.linalg.eigh(train[np.ix_(kept, kept)])
+    keep = eigenvalues > tol
+    values, basis = eigenvalues[keep], vectors[:, keep]
+    fitted = basis.T @ train[np.ix_(kept, removed)]
+    weights = 1.0 / (values + lams[:, None])
+    crossed = weights @ np.sum(fitted * (basis.T @ test[np.ix_(kept, removed)]), axis=1)
+    quadratic = (basis.T @ test[np.ix_(kept, kept)] @ basis) * (fitted @ fitted.T)
+    spread = np.einsum("li,ij,lj->l", weights, quadratic, weights)
+    return float(np.diag(test)[removed].sum()) - 2.0 * crossed + spread
 
 
 def channel_regression_anchor(
@@ -207,7 +239,7 @@ def shrink_refit(
     cols = kept_columns(stats, kept)
     w0 = anchor_weight(stats, kept, anchor or default_anchor(stats), bias_compensation=bias_compensation)
     spec = spectrum(stats, kept, w0, bias_compensation=bias_compensation)
-    weight = w0 + spec.correction(spec.best()[0] if lam is None else lam)
+    weight = w0 + spec.correction(spec.best_lambda() if lam is None else lam)
     if bias_compensation:
         bias_shift = stats.mean_y - weight.T @ stats.mean_b[cols]
     else:

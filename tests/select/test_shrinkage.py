@@ -39,30 +39,41 @@ def _dense_shrunk(b, y, anchor, lam, kept, block, intercept):
     return np.linalg.lstsq(aug, rhs, rcond=None)[0]
 
 
-def _dense_map_regression(b, w, kept, block, intercept):
+def _dense_map_regression(b, w, kept, block, intercept, folds):
     """W_S + (M kron I) W_R with M the ridge regression of the removed channels' maps on the kept
     ones over the pixel rows (sample, offset), each offset centered on its own when
-    ``intercept``, its ridge minimizing GCV over inf and LAMBDA_GRID * the mean eigenvalue."""
+    ``intercept``, its ridge chosen over inf and LAMBDA_GRID * the mean eigenvalue by GCV on the
+    pixels (``folds`` 0) or by the held-out error of ``folds`` contiguous blocks of samples."""
     n = b.shape[1] // block
     maps = b.reshape(len(b), n, block)
     if intercept:
         maps = maps - maps.mean(0)
-    pixels = maps.transpose(0, 2, 1).reshape(-1, n)
     removed = np.setdiff1d(np.arange(n), kept)
-    x, t = pixels[:, kept], pixels[:, removed]
-    gram = x.T @ x
-    best = None
-    for lam in np.concatenate([[np.inf], LAMBDA_GRID[::-1] * np.trace(gram) / len(kept)]):
+
+    def pixels(samples):
+        flat = samples.transpose(0, 2, 1).reshape(-1, n)
+        return flat[:, kept], flat[:, removed]
+
+    def ridge(x, t, lam):
         if np.isinf(lam):
-            coef, dof = np.zeros((len(kept), len(removed))), 0.0
+            return np.zeros((len(kept), len(removed)))
+        return np.linalg.solve(x.T @ x + lam * np.eye(len(kept)), x.T @ t)
+
+    x, t = pixels(maps)
+    scores = {}
+    for lam in np.concatenate([[np.inf], LAMBDA_GRID[::-1] * np.trace(x.T @ x) / len(kept)]):
+        if folds:
+            scores[lam] = 0.0
+            for held in np.array_split(np.arange(len(maps)), folds):
+                fit_x, fit_t = pixels(np.delete(maps, held, axis=0))
+                test_x, test_t = pixels(maps[held])
+                scores[lam] += np.sum((test_x @ ridge(fit_x, fit_t, lam) - test_t) ** 2)
         else:
-            coef = np.linalg.solve(gram + lam * np.eye(len(kept)), x.T @ t)
-            dof = np.trace(np.linalg.solve(gram + lam * np.eye(len(kept)), gram))
-        score = np.sum((x @ coef - t) ** 2) / (1 - (dof + intercept) / len(pixels)) ** 2
-        if best is None or score < best[0]:
-            best = (score, coef)
+            dof = 0.0 if np.isinf(lam) else np.trace(np.linalg.solve(x.T @ x + lam * np.eye(len(kept)), x.T @ x))
+            scores[lam] = np.sum((x @ ridge(x, t, lam) - t) ** 2) / (1 - (dof + intercept) / len(x)) ** 2
+    coef = ridge(x, t, min(scores, key=scores.get))  # first minimum: ties go to the larger lam
     blocks = w.reshape(n, block, -1)
-    return (blocks[kept] + np.einsum("kc,com->kom", best[1], blocks[removed])).reshape(len(kept) * block, -1)
+    return (blocks[kept] + np.einsum("kc,com->kom", coef, blocks[removed])).reshape(len(kept) * block, -1)
 
 
 @pytest.fixture
@@ -76,13 +87,15 @@ def problem():
 @pytest.mark.parametrize("rows", [150, 4])
 def test_shrunk_refit_matches_dense_solve(problem, form, bias_compensation, lam, rows):
     """Both anchors and the fit toward them, also with 4 rows (12 pixel rows for the channel
-    regression, fewer rows than kept columns for the fit)."""
+    regression, fewer rows than kept columns for the fit). Row form cross-validates the channel
+    regression over blocks of samples, Gram form uses GCV on the pixels."""
     b, y, w = problem
     b, y = b[:rows], y[:rows]
     stats = make_stats(form, b, y, w, BLOCK)
     expected_anchors = {
         "original": w[columns(KEPT, BLOCK)],
-        "channel-regression": _dense_map_regression(b, w, KEPT, BLOCK, bias_compensation),
+        "channel-regression": _dense_map_regression(b, w, KEPT, BLOCK, bias_compensation,
+                                                    folds=min(5, rows) if form == "rows" else 0),
     }
     for name, anchor in expected_anchors.items():
         found = anchor_weight(stats, KEPT, name, bias_compensation=bias_compensation)
