@@ -59,3 +59,21 @@ def random_feeds(model: onnx.ModelProto, samples: int, seed: int = 0) -> dict[st
         dims[0] = samples
         feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
+
+
+def save_onnx(path: Path, model: onnx.ModelProto) -> Path:
+    """Write ``model`` to ``path``; returns ``path``."""
+    onnx.save(model, path)
+    return path
+
+
+def save_npz(path: Path, **arrays) -> Path:
+    """Write ``arrays`` as an .npz at ``path``; returns ``path``."""
+    np.savez(path, **arrays)
+    return path
+
+
+def save_bytes(path: Path, content: bytes) -> Path:
+    """Write raw ``content`` to ``path``; returns ``path``."""
+    path.write_bytes(content)
+    return path

@@ -22,7 +22,7 @@ import pytest
 from onnx_subprune.select import METHODS
 
 import builders
-from helpers import MODELS as MODELS_DIR, invoke, random_feeds
+from helpers import save_bytes as _bytes, save_npz as _npz, save_onnx as _save, MODELS as MODELS_DIR, invoke, random_feeds
 
 LENET = MODELS_DIR / "lenet5.onnx"
 CALIB_NPZ = MODELS_DIR / "digits_calib.npz"
@@ -452,21 +452,6 @@ def test_evaluate_model_against_itself(data):
 
 # ---------------------------------------------------------------------------------------------
 # user errors: exit 1, one line on stderr, nothing written
-
-
-def _save(path: Path, model: onnx.ModelProto) -> Path:
-    onnx.save(model, path)
-    return path
-
-
-def _npz(path: Path, **arrays) -> Path:
-    np.savez(path, **arrays)
-    return path
-
-
-def _bytes(path: Path, content: bytes) -> Path:
-    path.write_bytes(content)
-    return path
 
 
 def _calib(data: Path) -> np.ndarray:

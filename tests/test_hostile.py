@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx import helper, numpy_helper
 
 import builders
-from helpers import ARCH, MODELS, invoke
+from helpers import save_bytes as _bytes, save_npz as _npz, save_onnx as _save, ARCH, MODELS, invoke
 
 LENET = MODELS / "lenet5.onnx"
 MLP = MODELS / "mlp.onnx"
@@ -94,21 +94,6 @@ def shipped_files_unchanged():
 def _calib(samples: int = 24) -> np.ndarray:
     with np.load(MODELS / "digits_calib.npz") as data:
         return data["input"][:samples]
-
-
-def _save(path: Path, model: onnx.ModelProto) -> Path:
-    onnx.save(model, path)
-    return path
-
-
-def _npz(path: Path, **arrays) -> Path:
-    np.savez(path, **arrays)
-    return path
-
-
-def _bytes(path: Path, content: bytes) -> Path:
-    path.write_bytes(content)
-    return path
 
 
 def _lenet() -> onnx.ModelProto:
