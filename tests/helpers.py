@@ -50,6 +50,20 @@ def masked(model: onnx.ModelProto, group: ChannelGroup, kept) -> onnx.ModelProto
     return copy
 
 
+def block_import(monkeypatch, module: str) -> None:
+    """Make ``import module`` (and its submodules) fail with ImportError, as when not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def blocked(name, *args, **kwargs):
+        if name == module or name.startswith(module + "."):
+            raise ImportError(f"No module named {module!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+
+
 def random_feeds(model: onnx.ModelProto, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal float32 inputs; symbolic dims other than the first become 1."""
     rng = np.random.default_rng(seed)

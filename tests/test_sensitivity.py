@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from onnx_subprune.sensitivity import Curve, group_plan, measure_curves, measure
 from onnx_subprune.verify import accuracy, predict
 from onnx_subprune import runtime
 
-from helpers import MODELS, invoke
+from helpers import MODELS, block_import, invoke
 
 CPU = ["CPUExecutionProvider"]
 
@@ -125,14 +124,7 @@ def test_cli_sensitivity_help():
 
 
 def test_cli_plot_without_matplotlib(calib, tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def blocked(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", blocked)
+    block_import(monkeypatch, "matplotlib")
     plot = tmp_path / "s.png"
     result = invoke("sensitivity", MODELS / "lenet5.onnx", "--calib", calib, "--device", "cpu", "--plot", plot)
     assert result.exit_code == 1 and result.stdout == ""
