@@ -22,8 +22,8 @@ import onnx_graphsurgeon as gs
 
 from .graph import const_value, import_graph
 from .metrics import count_params
-from .ops import LAYERS, CoarserUnits, NotChannelWise, concat_layout, is_depthwise, is_grouped, layer_rule, rule_for
-from .types import Analysis, ChannelGroup, Consumer, Layout, PassThrough, Producer, ShapeFix, Skipped
+from .ops import LAYERS, CoarserUnits, mixes, NotChannelWise, broadcasts, concat_layout, is_depthwise, is_grouped, layer_rule, rule_for
+from .types import Analysis, ChannelGroup, Consumer, Layout, PassThrough, Producer, Skipped
 
 
 def analyze(model: onnx.ModelProto, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Analysis:
@@ -32,7 +32,7 @@ def analyze(model: onnx.ModelProto, include: Sequence[str] = (), exclude: Sequen
     ``exclude``: node-name globs; a group any of whose producers or consumers matches is not
     pruned. ``include``: when given, only groups with a producer that matches are pruned.
     """
-    found = _discover(import_graph(model))
+    found = _discover(import_graph(model, values=True))
     groups, skipped = [], list(found.skipped)
     for group in found.groups:
         reason = _filtered(group, include, exclude)
@@ -127,7 +127,6 @@ def _atoms(group: ChannelGroup, graph: gs.Graph) -> list[ChannelGroup]:
             producers=tuple(replace(p, layout=layouts[p.output]) for p in group.producers if p.output in layouts),
             consumers=consumers,
             passthrough=tuple(p for p in group.passthrough if reads(p.node)),
-            shape_fixes=tuple(f for f in group.shape_fixes if reads(f.node)),
             tensors=tuple(layouts.items()),
         ))
     return pieces
@@ -195,7 +194,6 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
     producers: dict[str, Producer] = {producer.node: producer}
     passthrough: dict[str, PassThrough] = {}
     consumers: dict[str, Consumer] = {}
-    fixes: list[ShapeFix] = []
     nodes: dict[str, gs.Node] = {}
     queue = [start]
 
@@ -208,13 +206,13 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
             raise NotChannelWise(f"tensor {tensor.name} carries the channels in two layouts")
 
     def add_passthrough(node: gs.Node, in_layout: Layout) -> None:
-        out_layout, params = rule_for(node).through(node, in_layout, None)
-        passthrough[node.name] = PassThrough(node.name, node.op, params)
+        rule = rule_for(node)
+        out_layout, params = rule.through(node, in_layout, None)
+        axis = None if out_layout.rank is None else out_layout.rank + out_layout.axis
+        passthrough[node.name] = PassThrough(node.name, node.op, params, channel_axis=axis)
         nodes[node.name] = node
-        if node.op == "Reshape" and const_value(node.inputs[1])[-1] > 0:
-            fixes.append(ShapeFix(node.name, out_layout.block))
-        for tensor in node.inputs:
-            if const_value(tensor) is None and tensor.name:
+        for tensor in node.inputs[:rule.data]:
+            if const_value(tensor) is None and tensor.name and not broadcasts(tensor, in_layout):
                 reach(tensor, in_layout)
         reach(node.outputs[0], out_layout)
 
@@ -242,7 +240,7 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                     raise NotChannelWise(f"channels are tied to {source.op} {source.name}, not prunable: {reason}") from None
                 if (other_layout.channels, other_layout.axis) != (current.seen * current.block, current.axis) or \
                         current.total != current.seen or len(current.windows) != 1 or \
-                        (current.block != 1 and not current.is_nchw):  # a block of features, not of channels
+                        current.flat:  # a block of features, not of channels
                     raise NotChannelWise(f"{source.op} {source.name} joins the group with other channels")
                 whole = current.is_full and current.block == 1
                 producers[source.name] = other if whole else replace(other, layout=current)
@@ -251,7 +249,7 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
             elif rule is not None:
                 raise NotChannelWise(f"channels are tied to the output of {source.op} {source.name}")
             else:
-                raise NotChannelWise(f"channels come from {source.op} {source.name}, which mixes channels")
+                raise NotChannelWise(f"channels come from {mixes(source)}")
         for node in tensor.outputs:
             if node.op == "Concat" and node.name in passthrough:
                 raise NotChannelWise(f"channels reach Concat {node.name} after its output was laid out")
@@ -262,6 +260,8 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
                 concats[node.name] = node
             elif layer_rule(node) is not None:
                 consumers[node.name] = _consumer(node, tensor, current)
+            elif rule is not None and rule.inspect is not None:
+                rule.inspect(node, current)
             elif rule is not None and rule.route is not None:
                 axis = None if current.rank is None else current.rank + current.axis
                 passthrough[node.name] = PassThrough(node.name, node.op, channel_axis=axis)
@@ -271,7 +271,7 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
             elif rule is not None:
                 add_passthrough(node, current)
             else:
-                raise NotChannelWise(f"channels reach {node.op} {node.name}, which mixes channels")
+                raise NotChannelWise(f"channels reach {mixes(node)}")
     for node in nodes.values():
         _check_inputs(node, layouts)
     if not consumers:
@@ -282,7 +282,6 @@ def _component(producer: Producer, layout: Layout, start: gs.Tensor, boundary: _
         producers=tuple(producers.values()),
         consumers=tuple(consumers.values()),
         passthrough=tuple(passthrough.values()),
-        shape_fixes=tuple(fixes),
         tensors=tuple(layouts.items()),
     )
 

@@ -155,9 +155,10 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
                             f"models over 2 GiB need external data, which is not written") from None
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Shape-infer ``model`` (nodes named by :func:`name_nodes`) and import it."""
-    return gs.import_onnx(infer_shapes(name_nodes(model)))
+def import_graph(model: onnx.ModelProto, values: bool = False) -> gs.Graph:
+    """Shape-infer ``model`` (nodes named by :func:`name_nodes`; ``values``: see
+    :func:`infer_shapes`) and import it."""
+    return gs.import_onnx(infer_shapes(name_nodes(model), values))
 
 
 def proto_attrs(node: onnx.NodeProto) -> dict:
@@ -189,9 +190,17 @@ def pin_input_dims(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx
     return pinned
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto, values: bool = False) -> onnx.ModelProto:
     """``model`` with inferred shapes, or as it is where onnx's shape inference fails on it
-    (custom domains, ops newer than the installed onnx)."""
+    (custom domains, ops newer than the installed onnx). ``values``: also propagate the values
+    of small shape computations (Shape -> Gather -> Concat -> Reshape, as exporters write a
+    reshape into attention heads), so that more dims are known; plain inference where that
+    fails."""
+    if values:
+        try:
+            return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:
+            pass
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception:

@@ -22,7 +22,8 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def count_macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of the layers (Conv, Gemm, MatMul: :data:`ops.LAYERS`) for one sample.
+    """Multiply-accumulates of the layers (Conv, Gemm, MatMul: :data:`ops.LAYERS`) for one sample;
+    a MatMul of two activations (attention's scores and context) is not a layer and not counted.
 
     Shapes come from shape inference; symbolic or unknown dims (batch, sequence) count as 1.
     """
@@ -38,10 +39,14 @@ def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
         for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     }
     shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
+    constants = {init.name for init in inferred.graph.initializer}
+    constants |= {out for node in inferred.graph.node if node.op_type == "Constant" for out in node.output}
     result = []
     for node in inferred.graph.node:
         if node.op_type not in LAYERS or len(node.input) < 2:
             continue
+        if node.op_type == "MatMul" and node.input[1] not in constants:
+            continue  # a product of two activations (attention), no layer of weights
         out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
         if not out or not weight:
             continue

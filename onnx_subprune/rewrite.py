@@ -1,8 +1,9 @@
 """Apply pruning plans to a model with onnx-graphsurgeon.
 
 For every group: consumers get their re-fitted weights and bias shifts (or their kept input
-rows), then producers, per-channel parameters of pass-through ops and Reshape constants are
-sliced to the kept channels. Consumer updates come first, so a node that is the consumer of one
+rows), then producers and per-channel parameters of pass-through ops are sliced to the kept
+channels, and the channel counts ops hold in attributes or shape inputs (Reshape, grouped Conv,
+Split, Slice) are renumbered. Consumer updates come first, so a node that is the consumer of one
 group and the producer of the next receives both.
 """
 
@@ -47,11 +48,6 @@ def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelPro
             if passthrough.node not in sliced:
                 sliced.add(passthrough.node)
                 _slice_passthrough(graph, nodes[passthrough.node], passthrough, masks)
-        for fix in plan.group.shape_fixes:
-            node = nodes[fix.node]
-            shape = const_value(node.inputs[1]).copy()
-            shape[-1] = int(masks[node.inputs[0].name].sum()) * fix.block
-            set_const_value(graph, node, 1, shape)
     return _export(graph, model)
 
 

@@ -33,7 +33,10 @@ class Layout:
     1 for plain channels; after a Flatten, the H*W features of a channel; on an N x C x ...
     tensor, the channels that are pruned together as one *unit* because of a grouped Conv (a
     whole conv group, several of them, or a depthwise Conv's ``multiplier`` outputs per input
-    channel; see :mod:`ops.channelwise`). A group's ``channels`` then count units.
+    channel; see :mod:`ops.channelwise`), or a transformer's attention head (its head_dim
+    consecutive features, see :func:`ops.channelwise.heads`). A group's ``channels`` then count
+    units. ``flat``: the block holds the H*W features of flattened channels (after a Flatten),
+    so the tensor is not another layer's channels, whatever its block.
     """
 
     channels: int
@@ -42,6 +45,7 @@ class Layout:
     block: int = 1
     windows: tuple[tuple[int, int, int], ...] | None = None
     total: int | None = None
+    flat: bool = False
 
     def __post_init__(self) -> None:
         if self.windows is None:
@@ -113,21 +117,15 @@ class SlicedParam:
 class PassThrough:
     """A channel-wise node between producer and consumers and the parameters to slice.
 
-    ``channel_axis``: the (non-negative) channel axis of its input, for Split and Slice.
+    ``channel_axis``: the (non-negative) channel axis of its input for Split and Slice, of its
+    output for a channel-wise op (None where the rank is unknown): a Reshape's rewrite hook
+    finds there the entry of its shape that counts the channels.
     """
 
     node: str
     op: str
     params: tuple[SlicedParam, ...] = ()
     channel_axis: int | None = None
-
-
-@dataclass(frozen=True)
-class ShapeFix:
-    """A Reshape whose constant shape's last entry is ``channels * block`` features."""
-
-    node: str
-    block: int
 
 
 @dataclass(frozen=True)
@@ -169,7 +167,6 @@ class ChannelGroup:
     producers: tuple[Producer, ...]
     consumers: tuple[Consumer, ...]
     passthrough: tuple[PassThrough, ...] = ()
-    shape_fixes: tuple[ShapeFix, ...] = ()
     tensors: tuple[tuple[str, Layout], ...] = ()
 
 

@@ -3,7 +3,11 @@
 import numpy as np
 
 import builders
+from onnx import numpy_helper
+
 from onnx_subprune.analyze import analyze, coverage
+from onnx_subprune.rewrite import rewrite
+from onnx_subprune.types import GroupPlan
 
 
 def _summary(model):
@@ -100,7 +104,10 @@ def test_reshape_flatten_is_followed_and_its_constant_fixed():
     model = builders.build(text, {"w1": (5, 2, 1, 1), "w2": (3, 80), "shape": np.array([-1, 80], np.int64)})
     (group,) = analyze(model).groups
     assert group.consumers[0].block == 16
-    assert [f.block for f in group.shape_fixes] == [16]
+    assert [(p.op, p.channel_axis) for p in group.passthrough] == [("Reshape", 1)]  # the entry to renumber
+    pruned = rewrite(model, [GroupPlan(group, (0, 2, 4))])
+    shape = next(i for i in pruned.graph.initializer if i.name == "shape")
+    assert numpy_helper.to_array(shape).tolist() == [-1, 48]
 
 
 def test_residual_depthwise_and_se_gate_are_coupled():
@@ -278,3 +285,27 @@ def test_concat_windows_pass_a_depthwise_multiplier_in_units():
     assert [(c.node, c.block) for c in first.consumers] == [("Conv_5", 3)]
     assert first.consumers[0].layout.windows == ((0, 2, 0),) and second.consumers[0].layout.windows == ((0, 3, 2),)
     assert first.consumers[0].layout.total == second.consumers[0].layout.total == 5
+
+
+def test_fused_attention_is_skipped_with_the_reason():
+    """onnxruntime's transformer optimizer fuses attention into com.microsoft Attention, whose
+    heads are not pruned: the layers next to it say so, and what to do instead."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights = {name: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w_in", (32, 32)), ("qkv", (32, 96)), ("qkv_bias", (96,)), ("w_out", (32, 8)))}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_in"], ["h"], name="in_proj"),
+        helper.make_node("Attention", ["h", "qkv", "qkv_bias"], ["ctx"], name="attention", domain="com.microsoft",
+                         num_heads=4),
+        helper.make_node("MatMul", ["ctx", "w_out"], ["y"], name="out_proj"),
+    ]
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8])],
+                              list(weights.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    result = analyze(model)
+    reasons = {s.node: s.reason for s in result.skipped}
+    assert not result.groups
+    assert "fused attention" in reasons["in_proj"] and "prune the exported model before" in reasons["in_proj"]

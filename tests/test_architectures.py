@@ -17,7 +17,7 @@ from onnx_subprune.types import GroupPlan
 ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
 GROUPS = {
     "resnet_mixed": 9, "mobilenetv2": 5, "mobilenetv3_se": 7, "csp_split_concat": 6,
-    "densenet_block": 5, "bert_layer": 1, "resnext_grouped": 4,
+    "densenet_block": 5, "bert_layer": 2, "resnext_grouped": 4, "bert_encoder": 4,
 }
 MODELS = [*GROUPS, *(f"{name}_const" for name in GROUPS), "nhwc_cnn"]
 
@@ -49,10 +49,35 @@ def test_no_refit_rewrite_equals_masked_original(name):
 
 def test_skip_reasons_on_the_encoder_layer():
     skipped = {s.node: s.reason for s in analyze(onnx.load(ARCH / "bert_layer.onnx")).skipped}
-    assert "computed shape" in skipped["/q/MatMul"]  # attention heads: Reshape of a computed shape
-    assert "not a constant" in skipped["/MatMul"]  # attention scores: weight computed
+    assert "not a constant" in skipped["/MatMul"]  # attention scores: no weight of their own
     assert "graph input" in skipped["/attn_out/MatMul"]  # residual stream tied to the input
     assert "LayerNormalization" in skipped["/fc2/MatMul"]
+
+
+@pytest.mark.parametrize("name", ["bert_layer", "bert_layer_const", "bert_encoder", "bert_encoder_const"])
+def test_attention_heads_are_groups(name):
+    """Q, K and V are pruned a head (8 channels) at a time with the output projection's rows;
+    the head reshapes' head count and width follow, computed (bert_layer) or constant
+    (bert_encoder) shapes alike."""
+    model = onnx.load(ARCH / f"{name}.onnx")
+    heads = [g for g in analyze(model).groups if "q/MatMul" in g.name]
+    assert len(heads) == (2 if name.startswith("bert_encoder") else 1)
+    for group in heads:
+        assert group.channels == 4
+        assert sorted(p.node.rsplit("/", 2)[-2] for p in group.producers) == ["k", "q", "v"]
+        assert [p.layout.block for p in group.producers] == [8, 8, 8]
+        assert [(c.node.rsplit("/", 2)[-2], c.block) for c in group.consumers] == [("attn_out", 8)]
+    pruned = rewrite(model, [GroupPlan(g, (0, 3)) for g in heads])
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [g.channels for g in analyze(pruned).groups if "q/MatMul" in g.name] == [2] * len(heads)
+    for got, want in zip(run(pruned, _feeds(name)), run(_masked_all(model, heads, (0, 3)), _feeds(name))):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def _masked_all(model, groups, kept):
+    for group in groups:
+        model = masked(model, group, kept)
+    return model
 
 
 @pytest.mark.parametrize("name", ["resnext_grouped", "resnext_grouped_const"])

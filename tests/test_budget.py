@@ -27,7 +27,7 @@ BUILDERS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_
 REFERENCE = ["lenet5", "mlp", "vgg_bn", "resnet_small"]
 # coupled groups (residual, depthwise, SE, Concat, Constant-node weights); csp_split_concat is
 # left out: a Split cuts a group in parts whose kept counts depend on the selection.
-ARCHITECTURES = ["resnet_mixed", "mobilenetv2", "mobilenetv3_se", "densenet_block", "bert_layer",
+ARCHITECTURES = ["resnet_mixed", "mobilenetv2", "mobilenetv3_se", "densenet_block", "bert_layer", "bert_encoder",
                  "mobilenetv2_const", "densenet_block_const", "nhwc_cnn", "resnext_grouped",
                  "resnext_grouped_const"]
 

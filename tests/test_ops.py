@@ -38,7 +38,7 @@ def _through(node: gs.Node, layout: Layout, group=None):
 
 def test_every_entry_has_exactly_one_role():
     for op, rule in {**THROUGH, **ROUTING}.items():
-        assert (rule.through is None) != (rule.route is None), op
+        assert [rule.through, rule.route, rule.inspect].count(None) == 2, op
 
 
 def test_unary_passes_the_layout_and_refuses_a_used_second_output():
@@ -225,8 +225,98 @@ def test_conv_consumer_reads_units_of_channels():
 
 
 def test_ops_that_mix_channels_have_no_rule():
-    for op in ("Softmax", "ReduceMean", "LayerNormalization", "Concat", "Gather"):
+    for op in ("ReduceMean", "LayerNormalization", "Concat", "Gather"):
         assert rule_for(_node(op, [_var("x")])) is None
+
+
+# ------------------------------------------------------------------------------ attention heads
+
+HIDDEN = Layout(channels=32, axis=-1, rank=3)  # N x S x 32, one channel per unit
+HEADS = Layout(channels=4, axis=-1, rank=3, block=8)  # the same in units of 8-channel heads
+SCORES = Layout(channels=4, axis=-3, rank=4)  # N x heads x S x S (or x d)
+
+
+def _concat_shape(*pieces) -> gs.Variable:
+    """A Reshape shape computed by Concat from 1-D pieces (constants or [1]-shaped variables)."""
+    shape = _var("shape", shape=[len(pieces)])
+    inputs = [_const(f"p{i}", [p]) if isinstance(p, int) else _var(p, shape=[1]) for i, p in enumerate(pieces)]
+    gs.Node("Concat", "shape_concat", attrs={"axis": 0}, inputs=inputs, outputs=[shape])
+    return shape
+
+
+def test_head_split_asks_for_whole_heads_then_makes_them_the_units():
+    for shape in (_const("shape", np.array([0, 0, 4, 8])), _concat_shape("n", "s", 4, 8),
+                  _concat_shape("n", "s", -1, 8), _const("shape", np.array([-1, 8, 4, -1]))):
+        node = _node("Reshape", [_var("x", shape=["N", "S", 32]), shape])
+        with pytest.raises(ops.CoarserUnits) as need:
+            _through(node, HIDDEN)
+        assert need.value.factor == 8
+        assert _through(node, HEADS) == (SCORES.__class__(channels=4, axis=-2, rank=4), ())
+    node = _node("Reshape", [_var("x", shape=["N", "S", 32]), _concat_shape("n", "s", 4, 8)])
+    assert THROUGH["Reshape"].upstream(node, Layout(channels=4, axis=-2, rank=4)) == HEADS
+    with pytest.raises(NotChannelWise, match="known size"):  # the head count computed at run time
+        _through(_node("Reshape", [_var("x", shape=["N", "S", 32]), _concat_shape("n", "s", "h", 8)]), HEADS)
+    with pytest.raises(NotChannelWise, match="fewer than 2 units"):
+        _through(_node("Reshape", [_var("x", shape=["N", "S", 32]), _const("shape", np.array([0, 0, 1, 32]))]), HIDDEN)
+
+
+def test_head_merge_gives_each_unit_its_features():
+    node = _node("Reshape", [_var("x", shape=["N", "S", 4, 8]), _concat_shape("n", "s", 32)])
+    assert _through(node, Layout(channels=4, axis=-2, rank=4)) == (HEADS, ())
+    unknown = _node("Reshape", [_var("x", shape=["N", "S", 4, "d"]), _concat_shape("n", "s", 32)])
+    with pytest.raises(NotChannelWise, match="does not merge"):
+        _through(unknown, Layout(channels=4, axis=-2, rank=4))
+
+
+def test_head_reshapes_renumber_their_count_entry():
+    merge = _node("Reshape", [_var("x", shape=["N", "S", 4, 8]), _concat_shape("n", "s", 32)],
+                  [_var("y", shape=["N", "S", 32])])
+    THROUGH["Reshape"].resize(gs.Graph(), merge, ops.base.PassThrough("r", "Reshape", channel_axis=2),
+                              np.array([True, False, True, False]))
+    assert merge.inputs[1].inputs[0].inputs[2].values.tolist() == [16]
+    split = _node("Reshape", [_var("x"), _const("shape", np.array([0, 0, 4, 8]))], [_var("y", shape=["N", "S", 4, 8])])
+    THROUGH["Reshape"].resize(gs.Graph(), split, ops.base.PassThrough("r", "Reshape", channel_axis=2),
+                              np.array([True, False, True, True]))
+    assert split.inputs[1].values.tolist() == [0, 0, 3, 8]
+    inferred = _node("Reshape", [_var("x"), _const("shape", np.array([0, 0, -1, 8]))], [_var("y", shape=["N", "S", 4, 8])])
+    THROUGH["Reshape"].resize(gs.Graph(), inferred, ops.base.PassThrough("r", "Reshape", channel_axis=2),
+                              np.array([True, False, True, True]))
+    assert inferred.inputs[1].values.tolist() == [0, 0, -1, 8]
+
+
+def test_a_computed_head_shape_shared_with_another_groups_reshape_is_refused():
+    shape = _concat_shape("n", "s", 4, 8)
+    node = _node("Reshape", [_var("x", shape=["N", "S", 32]), shape])
+    gs.Node("Reshape", "other", inputs=[_var("elsewhere"), shape], outputs=[_var("z")])
+    with pytest.raises(NotChannelWise, match="also used by Reshape other"):
+        _through(node, HEADS, {"x"})
+
+
+def test_attention_products_and_softmax_keep_heads_apart():
+    q, k = _var("q", shape=["N", 4, "S", 8]), _var("k", shape=["N", 4, 8, "S"])
+    matmul = _node("MatMul", [q, k])
+    assert ops.layer_rule(matmul) is None and ops.is_batched_matmul(matmul)
+    assert _through(matmul, SCORES, {"q", "k"}) == (SCORES, ())
+    with pytest.raises(NotChannelWise, match="from outside the group"):
+        _through(matmul, SCORES, {"q"})
+    with pytest.raises(NotChannelWise, match="along the channel axis"):
+        _through(matmul, Layout(channels=4, axis=-1, rank=4))
+    assert _through(_node("Softmax", [_var("s")], axis=-1), SCORES) == (SCORES, ())
+    with pytest.raises(NotChannelWise, match="across the channels"):
+        _through(_node("Softmax", [_var("s")], axis=1), SCORES)
+    with pytest.raises(NotChannelWise, match="unknown position"):
+        _through(_node("Softmax", [_var("s")]), SCORES)
+
+
+def test_a_mask_that_broadcasts_over_the_heads_is_not_part_of_the_group():
+    mask = _var("mask", shape=["N", 1, 1, "S"])
+    assert ops.broadcasts(mask, SCORES) and not ops.broadcasts(_var("m", shape=["N", 4, 1, "S"]), SCORES)
+    assert not ops.broadcasts(_var("m"), SCORES)  # unknown shape: it might carry channels
+    assert _through(_node("Add", [_var("s"), mask]), SCORES, {"s"}) == (SCORES, ())
+    where = _node("Where", [_var("c", shape=["N", 1, 1, "S"]), _const("low", -1e4), _var("s")])
+    assert _through(where, SCORES, {"s"}) == (SCORES, ())
+    with pytest.raises(NotChannelWise, match="residual or gating"):
+        _through(_node("Add", [_var("s"), _var("m", shape=["N", 4, 1, "S"])]), SCORES, {"s"})
 
 
 # ------------------------------------------------------------------------------ routing

@@ -12,6 +12,8 @@ and an NHWC input followed by a Transpose.
     csp_split_concat.onnx  CSP block: Split halves, bottleneck, Concat
     densenet_block.onnx    dense block (BN-ReLU-conv, nested Concat) + transition
     bert_layer.onnx        one BERT-style encoder layer, input [N,S,32]
+    bert_encoder.onnx      two encoder layers, S fixed at 8: constant head
+                           reshape shapes, an attention mask from the input
     <name>_const.onnx      each of the six above with BN folded into the
                            convolutions (where a conv precedes it) and every
                            initializer turned into a Constant node
@@ -318,8 +320,9 @@ class BertLayer(nn.Module):
     LayerNorm."""
 
     def __init__(self, hidden: int = BERT_HIDDEN, heads: int = BERT_HEADS,
-                 ffn: int = BERT_FFN):
+                 ffn: int = BERT_FFN, seq: int | None = None):
         super().__init__()
+        self.seq = seq  # a fixed sequence length makes the head reshapes constant
         self.heads = heads
         self.head_dim = hidden // heads
         self.q = nn.Linear(hidden, hidden)
@@ -335,17 +338,37 @@ class BertLayer(nn.Module):
     def _split(self, t, n, s):
         return t.reshape(n, s, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x):
-        n, s = x.shape[0], x.shape[1]
+    def forward(self, x, mask=None):
+        n, s = (-1, self.seq) if self.seq else (x.shape[0], x.shape[1])
         q = self._split(self.q(x), n, s)
         k = self._split(self.k(x), n, s)
         v = self._split(self.v(x), n, s)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if mask is not None:
+            scores = scores + mask
         probs = torch.softmax(scores, dim=-1)
         ctx = torch.matmul(probs, v).transpose(1, 2)
         ctx = ctx.reshape(n, s, self.heads * self.head_dim)
         x = self.ln1(x + self.attn_out(ctx))
         x = self.ln2(x + self.fc2(self.act(self.fc1(x))))
+        return x
+
+
+class BertEncoder(nn.Module):
+    """Two post-LN encoder layers at a fixed sequence length, so that the exporter writes the
+    head reshapes with constant shapes ([-1, 8, 4, 8] and [-1, 8, 32]), and an additive
+    attention mask computed from the input (all-zero token vectors are padding): the mask
+    [N, 1, 1, S] is added to every head's scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([BertLayer(seq=BERT_SEQ) for _ in range(2)])
+
+    def forward(self, x):
+        padding = (x.abs().sum(-1) == 0).float()
+        mask = padding[:, None, None, :] * -1e4
+        for layer in self.layers:
+            x = layer(x, mask)
         return x
 
 
@@ -570,6 +593,19 @@ SPECS = collections.OrderedDict([
             "the graph output).",
             "total: 1 prunable group.",
         ])),
+    ("bert_encoder", (BertEncoder, "seq_fixed", True,
+        "two post-LN BERT encoder layers (as bert_layer, hidden 32, 4 heads of 8) at a fixed "
+        "sequence length of 8: the head reshapes have constant shapes [-1, 8, 4, 8] and "
+        "[-1, 8, 32]; an additive attention mask [N, 1, 1, 8] computed from the input "
+        "(all-zero token vectors are padding) is added to the scores of every head.",
+        [
+            "per layer, heads (4 units of 8 channels): producers q, k, v (MatMul weight "
+            "columns + Add bias, 8 at a time); pass-through the head Reshapes (their "
+            "constant head count and width are rewritten), Transposes, the scores and "
+            "context MatMuls, Div, the mask Add, Softmax; consumer attn_out (8 rows per head).",
+            "per layer, FFN intermediate (128 ch): as in bert_layer.",
+            "total: 4 prunable groups.",
+        ])),
     ("nhwc_cnn", (NHWCCNN, "nhwc", False,
         "input [N,28,28,1] NHWC, Transpose perm [0,3,1,2] to NCHW; conv3x3 "
         "1->16 BN ReLU; conv3x3 16->32 BN ReLU; MaxPool 2; Flatten (32*14*14 "
@@ -618,10 +654,12 @@ TRAIN_LR = 3e-3
 # --------------------------------------------------------------------------
 
 def _io_spec(kind: str):
-    if kind == "seq":
+    if kind in ("seq", "seq_fixed"):
         dummy = torch.zeros(2, BERT_SEQ, BERT_HIDDEN)
         out = "output"
         axes = {"input": {0: "N", 1: "S"}, out: {0: "N", 1: "S"}}
+        if kind == "seq_fixed":
+            axes = {"input": {0: "N"}, out: {0: "N"}}
     elif kind == "nhwc":
         dummy = torch.zeros(2, IMG, IMG, 1)
         out = "logits"
@@ -890,15 +928,19 @@ def main(argv=None) -> int:
         ts = time.time()
         torch.manual_seed(args.seed + 1000 + i)
         model = cls()
-        if kind == "seq":
+        if kind in ("seq", "seq_fixed"):
             # random weights; make the LayerNorm affine parameters non-trivial
             with torch.no_grad():
-                for ln in (model.ln1, model.ln2):
+                for ln in (m for m in model.modules() if isinstance(m, nn.LayerNorm)):
                     ln.weight.uniform_(0.5, 1.5)
                     ln.bias.normal_(0.0, 0.1)
-            inputs = [bert_calib, bert_calib[:1, :1],
-                      rng.standard_normal((7, 5, BERT_HIDDEN)).astype(np.float32),
-                      rng.standard_normal((3, 13, BERT_HIDDEN)).astype(np.float32)]
+            padded = bert_calib[:5].copy()
+            padded[:, 6:] = 0  # the last two tokens are padding
+            inputs = [bert_calib, padded, bert_calib[:1]]
+            if kind == "seq":
+                inputs += [bert_calib[:1, :1],
+                           rng.standard_normal((7, 5, BERT_HIDDEN)).astype(np.float32),
+                           rng.standard_normal((3, 13, BERT_HIDDEN)).astype(np.float32)]
         else:
             ep = int(round(TRAIN_EPOCHS[name] * args.epochs_scale))
             if ep > 0:
@@ -920,12 +962,12 @@ def main(argv=None) -> int:
             diff = verify(model, path, out_name, inputs)
             ops = op_counts(m)
             acc = None
-            if kind != "seq":
+            if not kind.startswith("seq"):
                 got = ort_run(path, inputs[-1], out_name)
                 acc = float((got.argmax(1) == data["y_test"]).mean())
             if diff >= TOL:
                 failures.append(f"{fname}: torch/onnx mismatch {diff:.2e}")
-            if not c and kind != "seq" and ops["BatchNormalization"] == 0:
+            if not c and not kind.startswith("seq") and ops["BatchNormalization"] == 0:
                 failures.append(f"{fname}: BatchNormalization nodes folded")
             if c:
                 if len(m.graph.initializer):

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .base import CoarserUnits, NotChannelWise, OpRule
+from .base import CoarserUnits, NotChannelWise, OpRule, mixes
 from .channelwise import DEPTHWISE, GROUPED_CONV, THROUGH, per_channel_param
-from .layers import LAYERS, LayerRule, bias_add_name, is_depthwise, is_grouped, layer_rule, new_bias_name
+from .channelwise import broadcasts
+from .layers import LAYERS, LayerRule, bias_add_name, is_batched_matmul, is_depthwise, is_grouped, layer_rule, new_bias_name
 from .routing import ROUTING, concat_layout
 
 __all__ = [
     "DEPTHWISE", "GROUPED_CONV", "LAYERS", "ROUTING", "THROUGH", "CoarserUnits", "LayerRule",
-    "NotChannelWise", "OpRule", "bias_add_name", "concat_layout", "is_depthwise", "is_grouped",
+    "NotChannelWise", "OpRule", "bias_add_name", "broadcasts", "concat_layout", "is_batched_matmul",
+    "is_depthwise", "is_grouped", "mixes",
     "layer_rule", "new_bias_name", "per_channel_param", "rule_for",
 ]
 
@@ -40,4 +42,6 @@ def rule_for(node: gs.Node) -> OpRule | None:
     channels)."""
     if node.op == "Conv":
         return GROUPED_CONV if is_grouped(node) else None
+    if node.op in LAYERS and not is_batched_matmul(node):
+        return None
     return THROUGH.get(node.op) or ROUTING.get(node.op)

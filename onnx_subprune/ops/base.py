@@ -41,6 +41,10 @@ the group's channels there)."""
 Upstream = Callable[[gs.Node, Layout], Layout]
 """(node, layout of its output) -> layout of its group input, walking the graph upstream."""
 
+Inspect = Callable[[gs.Node, Layout], None]
+"""(node, layout of the group tensor it reads) -> None, or :class:`NotChannelWise` when the node
+depends on the channels (for an op that reads only the tensor's shape)."""
+
 Resize = Callable[[gs.Graph, gs.Node, PassThrough, np.ndarray], None]
 """Rewrite hook: (graph, node, its description, surviving positions of its input's channel
 axis) -> fix the channel counts the node holds in attributes or shape inputs."""
@@ -56,12 +60,17 @@ class OpRule:
     """What an op type does to the channels of a group that reaches it: either ``through``
     (channel-wise: one output, per-channel parameters) or ``route`` (cuts the channel axis into
     outputs). ``upstream`` walks it from output to input; ``resize`` is the rewrite's extra step
-    after its per-channel parameters are sliced (None: nothing else to change)."""
+    after its per-channel parameters are sliced (None: nothing else to change). ``data``: how
+    many leading inputs may carry the channels (None: all); the others hold shapes or options.
+    ``inspect`` is the third role, an op that reads only its input's shape (Shape): it checks
+    that nothing depends on the channel count, and the node is left as it is."""
 
     through: Through | None = None
     route: Route | None = None
     upstream: Upstream = same_layout
     resize: Resize | None = None
+    data: int | None = None
+    inspect: Inspect | None = None
 
 
 def only_first_output(node: gs.Node) -> None:
@@ -69,3 +78,21 @@ def only_first_output(node: gs.Node) -> None:
     for extra in node.outputs[1:]:
         if extra.outputs:
             raise NotChannelWise(f"second output {extra.name} of {node.op} is used")
+
+
+_FUSED = "fused attention from onnxruntime's transformer optimizer, whose heads are not pruned: prune the " \
+         "exported model before fusing it"
+WHY_MIXED: dict[str, str] = {
+    "Attention": _FUSED, "MultiHeadAttention": _FUSED, "GroupQueryAttention": _FUSED,
+    "PackedAttention": _FUSED, "PackedMultiHeadAttention": _FUSED,
+    "SkipLayerNormalization": "fused residual Add + LayerNormalization",
+    "LayerNormalization": "normalizes across the channels",
+}
+"""Op types known to mix channels, with what to tell the user."""
+
+
+def mixes(node: gs.Node) -> str:
+    """``node`` named as an op that mixes channels, with the reason where one is known."""
+    why = WHY_MIXED.get(node.op)
+    return f"{node.op} {node.name}, which mixes channels" + (f" ({why})" if why else "")
+

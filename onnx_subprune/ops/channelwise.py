@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import const_value
+from ..graph import const_value, set_const_value
 from ..types import Layout, PassThrough, SlicedParam
 from .base import CoarserUnits, NotChannelWise, OpRule, only_first_output as _only_first_output
 from .layers import is_depthwise
@@ -52,12 +52,27 @@ def _scalar_extra_inputs(node: gs.Node, layout: Layout, group: set[str] | None):
     return layout, ()
 
 
+def broadcasts(tensor: gs.Tensor, layout: Layout) -> bool:
+    """``tensor`` (from outside a group) has one entry, or none, on the channel axis of a group
+    tensor laid out as ``layout``, so that an elementwise op spreads it over every channel alike
+    (an attention mask [N, 1, 1, S] added to the scores of every head, a spatial gate
+    [N, 1, H, W]); its shape must be known to say so."""
+    shape = tensor.shape
+    if shape is None or layout.rank is None or len(shape) > layout.rank:
+        return False
+    position = len(shape) + layout.axis
+    return position < 0 or shape[position] == 1
+
+
 def _elementwise(node: gs.Node, layout: Layout, group: set[str] | None):
-    """Add/Sub/Mul/Div/Pow/PRelu: other inputs are group tensors or broadcastable constants."""
+    """Add/Sub/Mul/Div/Pow/PRelu/Where: other inputs are group tensors, broadcastable constants
+    or tensors that broadcast over the channel axis (:func:`broadcasts`)."""
     _only_first_output(node)
     params = []
     for index, tensor in enumerate(node.inputs):
         if group is not None and tensor.name in group:
+            continue
+        if const_value(tensor) is None and broadcasts(tensor, layout):
             continue
         value = const_value(tensor)
         if value is None and group is None:
@@ -116,6 +131,19 @@ def _flatten(node: gs.Node, layout: Layout, group: set[str] | None):
 
 
 def _reshape(node: gs.Node, layout: Layout, group: set[str] | None):
+    """A Reshape that flattens channels (:func:`_flatten_reshape`), splits them into attention
+    heads (:func:`heads`) or merges heads back (:func:`_merge_heads`)."""
+    rank = _rank(node.outputs[0], node.inputs[1])
+    if group is not None:
+        _own_shape(node, group)
+    if layout.rank is not None and not layout.is_nchw and rank == layout.rank + 1 and layout.axis == -1:
+        return heads(node, layout), ()
+    if layout.rank is not None and not layout.is_nchw and rank == layout.rank - 1 and layout.axis == -2:
+        return _merge_heads(node, layout), ()
+    return _flatten_reshape(node, layout), ()
+
+
+def _flatten_reshape(node: gs.Node, layout: Layout) -> Layout:
     """Reshape N x C x H x W -> N x (C*H*W), written as [0|-1|N, C*H*W] or [0|N, -1]."""
     shape = const_value(node.inputs[1])
     if shape is None:
@@ -126,7 +154,160 @@ def _reshape(node: gs.Node, layout: Layout, group: set[str] | None):
         shape[1] == features or (shape[1] == -1 and shape[0] != -1)
     ):
         raise NotChannelWise(f"Reshape {node.name} to {shape.tolist()} is not a flatten")
-    return flat, ()
+    return flat
+
+
+def heads(node: gs.Node, layout: Layout) -> Layout:
+    """Reshape ... x (n*d) -> ... x n x d: the channels split into n attention heads of d. A
+    head is a unit of the group (``Layout.block`` d where the channels come from a layer):
+    when the group's units are smaller, :class:`CoarserUnits` asks for units of whole heads;
+    a unit of several heads spans that many positions of the head axis."""
+    if not layout.is_full:
+        raise NotChannelWise(f"Reshape {node.name} splits a tensor that also holds other channels")
+    width = layout.channels * layout.block
+    count, size = _head_shape(node, width)
+    if layout.block % size:
+        factor = math.lcm(layout.block, size) // layout.block
+        if layout.channels % factor or layout.channels // factor < 2:
+            raise NotChannelWise(f"Reshape {node.name} splits the {width} channels into {count} heads of {size}, "
+                                 "fewer than 2 units of whole heads")
+        raise CoarserUnits(factor, f"Reshape {node.name} splits the channels into heads of {size}")
+    return Layout(channels=layout.channels, axis=-2, rank=layout.rank + 1, block=layout.block // size)
+
+
+def _head_shape(node: gs.Node, width: int) -> tuple[int, int]:
+    """(n, d) of a Reshape splitting ``width`` channels into n heads of d: from the last two
+    entries of its target shape (constant, or constant pieces of a computed one), where an
+    entry is -1 from the other one, or from the output's inferred shape."""
+    tail, out = _shape_tail(node.inputs[1]), node.outputs[0].shape or []
+    entries = [tail[i] if len(tail) >= -i else None for i in (-2, -1)]
+    if 0 in entries:
+        raise NotChannelWise(f"Reshape {node.name} copies an input dim into the heads")
+    dims = [e if e is not None and e > 0 else (out[i] if len(out) >= -i and isinstance(out[i], int) else None)
+            for e, i in zip(entries, (-2, -1))]
+    count, size = dims
+    if count is None and size:
+        count = width // size
+    if size is None and count:
+        size = width // count
+    if not count or not size or count * size != width or entries[0] is None:
+        raise NotChannelWise(f"Reshape {node.name} does not split the {width} channels into heads of a known size")
+    return count, size
+
+
+def _merge_heads(node: gs.Node, layout: Layout) -> Layout:
+    """Reshape ... x n x d -> ... x (n*d): heads merged back into channels; a unit then owns
+    its heads' d features each (``Layout.block``)."""
+    if not layout.is_full:
+        raise NotChannelWise(f"Reshape {node.name} merges a tensor that also holds other channels")
+    dims = node.inputs[0].shape
+    size = dims[-1] if dims and isinstance(dims[-1], int) else None
+    tail = _shape_tail(node.inputs[1])
+    width = layout.width * layout.block * size if size else None
+    if width is None or not tail or tail[-1] not in (width, -1):
+        raise NotChannelWise(f"Reshape {node.name} does not merge the heads into one axis")
+    return Layout(channels=layout.channels, axis=-1, rank=layout.rank - 1, block=layout.block * size)
+
+
+def _reshape_upstream(node: gs.Node, output: Layout) -> Layout:
+    """The layout of a head split's input from its output's (a flattening or merging Reshape is
+    walked downstream only)."""
+    if output.rank is None or output.axis != -2 or not output.is_full or _rank(node.inputs[0], None) != output.rank - 1:
+        raise NotChannelWise(f"channels reach {node.op} {node.name} from below")
+    tail, out = _shape_tail(node.inputs[1]), node.outputs[0].shape or []
+    size = tail[-1] if tail and tail[-1] is not None and tail[-1] > 0 else (out[-1] if out and isinstance(out[-1], int) else None)
+    if size is None:
+        raise NotChannelWise(f"Reshape {node.name} splits the channels into heads of unknown size")
+    _head_shape(node, output.channels * output.block * size)
+    return Layout(channels=output.channels, axis=-1, rank=output.rank - 1, block=output.block * size)
+
+
+def _rank(tensor: gs.Tensor, shape: gs.Tensor | None) -> int | None:
+    """Rank of ``tensor`` from its inferred shape, or from the length of the ``shape`` input
+    that a Reshape gives it (None: unknown)."""
+    if tensor.shape is not None:
+        return len(tensor.shape)
+    dims = shape.shape if shape is not None else None
+    return dims[0] if dims and len(dims) == 1 and isinstance(dims[0], int) else None
+
+
+def _shape_tail(shape: gs.Tensor) -> list[int | None]:
+    """The last entries of a Reshape's target ``shape`` as far as they are known: all of a
+    constant; of a shape computed by Concat (as exporters write ``x.view(n, s, heads, d)``),
+    those of its trailing pieces back to the first piece of unknown length (None: an entry
+    computed at run time)."""
+    value = const_value(shape)
+    if value is not None:
+        return [int(v) for v in value.ravel()]
+    tail: list[int | None] = []
+    for piece, index in reversed(_concat_pieces(shape)):
+        value = const_value(piece)
+        if value is not None:
+            tail[:0] = [int(v) for v in value.ravel()]
+        elif piece.shape is not None and len(piece.shape) == 1 and isinstance(piece.shape[0], int):
+            tail[:0] = [None] * piece.shape[0]
+        else:
+            break
+    return tail
+
+
+def _concat_pieces(shape: gs.Tensor) -> list[tuple[gs.Tensor, int]]:
+    """The inputs (and their indices) of the Concat that computes ``shape`` (none otherwise)."""
+    source = shape.inputs[0] if len(shape.inputs) == 1 else None
+    if source is None or source.op != "Concat" or source.attrs.get("axis", 0) not in (0, -1):
+        return []
+    return [(piece, index) for index, piece in enumerate(source.inputs)]
+
+
+def _own_shape(node: gs.Node, group: set[str]) -> None:
+    """The computed shape of a Reshape the rewrite renumbers must serve this group's Reshapes
+    only (a shape shared with another layer's Reshape would be changed for it too)."""
+    shape = node.inputs[1]
+    if const_value(shape) is not None or not _concat_pieces(shape):
+        return
+    for reader in shape.outputs:
+        if reader.op != "Reshape" or reader.inputs[0].name not in group:
+            raise NotChannelWise(f"the shape of Reshape {node.name} is also used by {reader.op} {reader.name}")
+
+
+def _reshape_counts(graph: gs.Graph, node: gs.Node, passthrough: PassThrough, mask: np.ndarray) -> None:
+    """Renumber the entry of a Reshape's target shape that counts the channels (the features
+    of a flatten, the heads of a split, the width of a merge: the entry at its output's channel
+    axis) to the surviving share; an entry of -1 or 0 (inferred, copied) stays."""
+    shape, position = node.inputs[1], passthrough.channel_axis
+    value = const_value(shape)
+    if value is not None:
+        value = _renumbered(value, position, mask)
+        if value is not None:
+            set_const_value(graph, node, 1, value)
+        return
+    pieces = _concat_pieces(shape)
+    concat = shape.inputs[0]
+    from_end = _rank(node.outputs[0], shape) - position
+    for piece, index in reversed(pieces):
+        length = _length(piece)
+        if from_end <= length:
+            value = _renumbered(const_value(piece), length - from_end, mask)
+            if value is not None:
+                set_const_value(graph, concat, index, value)
+            return
+        from_end -= length
+
+
+def _length(piece: gs.Tensor) -> int:
+    """Entries of a 1-D piece of a computed shape."""
+    value = const_value(piece)
+    return int(value.size) if value is not None else int(piece.shape[0])
+
+
+def _renumbered(value: np.ndarray, position: int, mask: np.ndarray) -> np.ndarray | None:
+    """``value`` with entry ``position`` scaled to the surviving positions of ``mask`` (None:
+    the entry is -1 or 0 and stays)."""
+    if value[position] <= 0:
+        return None
+    value = value.copy()
+    value[position] = value[position] // len(mask) * int(mask.sum())
+    return value
 
 
 def _flat_layout(node: gs.Node, layout: Layout) -> Layout:
@@ -135,7 +316,33 @@ def _flat_layout(node: gs.Node, layout: Layout) -> Layout:
     if not spatial or not all(isinstance(d, int) for d in spatial):
         raise NotChannelWise(f"spatial size before {node.op} {node.name} is unknown")
     block = layout.block * int(np.prod(spatial))  # a unit of several channels owns all their features
-    return replace(layout, axis=-1, rank=2, block=block)
+    return replace(layout, axis=-1, rank=2, block=block, flat=True)
+
+
+def _batched_matmul(node: gs.Node, layout: Layout, group: set[str] | None):
+    """MatMul of two activations whose channel axis is a batch axis of the product (not one of
+    the two matrix axes): attention's scores ``Q K^T`` and context ``P V`` per head. Each
+    channel's matrices multiply only each other, so the product keeps the channels in place."""
+    _only_first_output(node)
+    if layout.rank is None or layout.rank < 3 or layout.axis > -3:
+        raise NotChannelWise(f"MatMul {node.name} multiplies along the channel axis")
+    for tensor in node.inputs:
+        if group is not None and tensor.name not in group and not broadcasts(tensor, layout):
+            raise NotChannelWise(f"MatMul {node.name} multiplies the channels with {tensor.name} from outside the group")
+        if tensor.shape is None or len(tensor.shape) != layout.rank:
+            raise NotChannelWise(f"MatMul {node.name} multiplies tensors of different or unknown ranks")
+    return layout, ()
+
+
+def _softmax(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Softmax/LogSoftmax normalizing axes after the channel axis (each channel apart)."""
+    _only_first_output(node)
+    if layout.rank is None or "axis" not in node.attrs:
+        raise NotChannelWise(f"{node.op} {node.name} over an axis of unknown position")
+    axis = node.attrs["axis"] % layout.rank
+    if layout.rank + layout.axis >= axis:  # before opset 13 the axes from `axis` on are one
+        raise NotChannelWise(f"{node.op} {node.name} normalizes across the channels")
+    return layout, ()
 
 
 def _transpose(node: gs.Node, layout: Layout, group: set[str] | None):
@@ -233,6 +440,37 @@ DEPTHWISE = GROUPED_CONV
 """A depthwise Conv is the grouped Conv whose conv groups have one input channel."""
 
 
+def _shape_of(node: gs.Node, layout: Layout) -> None:
+    """Shape of a group tensor, as exporters compute a reshape's leading dims from it
+    (``Shape -> Gather 0 -> Concat``): fine as long as no reader takes the channel count."""
+    if layout.rank is None:
+        raise NotChannelWise(f"Shape {node.name} of a tensor of unknown rank")
+    start, end = (node.attrs.get(key, default) for key, default in (("start", 0), ("end", layout.rank)))
+    dims = list(range(layout.rank))[start:end]
+    if layout.rank + layout.axis not in dims:
+        return
+    position = dims.index(layout.rank + layout.axis)
+    for reader in node.outputs[0].outputs:
+        picked = _picked(reader, len(dims))
+        if picked is None or position in picked:
+            raise NotChannelWise(f"the channel count read by Shape {node.name} is used by {reader.op} {reader.name}")
+
+
+def _picked(reader: gs.Node, length: int) -> set[int] | None:
+    """Entries of a ``length``-long shape vector that a Gather or Slice with constant indices
+    takes (None: another reader, or indices computed at run time)."""
+    if reader.op == "Gather" and reader.attrs.get("axis", 0) == 0:
+        indices = const_value(reader.inputs[1])
+        return None if indices is None else {int(i) % length for i in np.ravel(indices)}
+    if reader.op == "Slice" and len(reader.inputs) >= 3:
+        bounds = [const_value(t) for t in reader.inputs[1:]]
+        if any(b is None for b in bounds) or any(np.ravel(a).tolist() != [0] for a in bounds[2:3]):
+            return None
+        step = int(np.ravel(bounds[3])[0]) if len(bounds) > 3 else 1
+        return set(range(length)[slice(int(np.ravel(bounds[0])[0]), int(np.ravel(bounds[1])[0]), step)])
+    return None
+
+
 def _transpose_upstream(node: gs.Node, output: Layout) -> Layout:
     if output.rank is None:
         raise NotChannelWise(f"Transpose {node.name} of a tensor of unknown rank")
@@ -264,7 +502,12 @@ THROUGH: dict[str, OpRule] = {
     "Resize": OpRule(through=_resize),
     "Upsample": OpRule(through=_resize),
     "Flatten": OpRule(through=_flatten, upstream=_no_upstream),
-    "Reshape": OpRule(through=_reshape, upstream=_no_upstream),
+    "Reshape": OpRule(through=_reshape, upstream=_reshape_upstream, resize=_reshape_counts, data=1),
+    "Where": OpRule(through=_elementwise),
+    "Softmax": OpRule(through=_softmax),
+    "LogSoftmax": OpRule(through=_softmax),
+    "MatMul": OpRule(through=_batched_matmul),
+    "Shape": OpRule(inspect=_shape_of),
     "Transpose": OpRule(through=_transpose, upstream=_transpose_upstream),
 }
 """Channel-wise op type -> its rule."""

@@ -211,9 +211,16 @@ def is_depthwise(node: gs.Node) -> bool:
     return group > 1 and shape is not None and len(shape) > 2 and shape[0] == group and shape[1] == 1
 
 
+def is_batched_matmul(node: gs.Node) -> bool:
+    """A MatMul of two activations (attention's scores and context), no weight to prune."""
+    return node.op == "MatMul" and len(node.inputs) > WEIGHT and \
+        const_value(node.inputs[WEIGHT]) is None and const_value(node.inputs[0]) is None
+
+
 def layer_rule(node: gs.Node) -> LayerRule | None:
-    """The layer rule of ``node`` (None: not a layer, or a grouped Conv, which is channel-wise)."""
-    if node.op not in LAYERS or is_grouped(node):
+    """The layer rule of ``node`` (None: not a layer, a grouped Conv, which is channel-wise, or a
+    MatMul of two activations, which is channel-wise on its batch axes)."""
+    if node.op not in LAYERS or is_grouped(node) or is_batched_matmul(node):
         return None
     return LAYERS[node.op]
 
