@@ -11,7 +11,10 @@ entries per removed unit. Such an axis has
 ``dim + sum_g coef_g * (k_g - n_g)`` entries, so a tensor's size is a product of affine forms
 in k: bilinear in (k_g, k_h) for a layer that consumes g and produces h. With refit and bias
 compensation the rewrite also gives a consumer without a bias a new one of m entries (a Conv or
-Gemm input, or an Add after a MatMul), sliced again if the consumer is itself a producer.
+Gemm input, or an Add after a MatMul), sliced again if the consumer is itself a producer, and a
+scalar bias becomes m entries. It does so only where one of the groups the consumer reads loses
+channels: a consumer all of whose groups keep every channel is left as it is, so that term
+keeps its original size while they do.
 
 Parameters are the float entries of all constants (:func:`metrics.count_params`). The MACs of a
 Conv/Gemm/MatMul (:func:`metrics.count_macs`) are its weight's entry count times a factor that
@@ -59,8 +62,12 @@ class _Term:
     axes: tuple[_Axis, ...]
     params: bool
     macs: float  # MACs per entry (0: not a layer weight)
+    when: tuple[int, ...] = ()  # groups of a bias the refit creates or widens (see below)
+    idle: int = 0  # its size while none of them loses a channel (the consumer is left as it is)
 
     def size(self, k: np.ndarray, n: np.ndarray) -> float:
+        if self.when and all(k[g] == n[g] for g in self.when):
+            return self.idle
         dims = list(self.shape)
         for axis, coefs in self.axes:
             dims[axis] = dims[axis] + sum(c * (k[g] - n[g]) for g, c in coefs)
@@ -70,7 +77,7 @@ class _Term:
 
     @property
     def groups(self) -> set[int]:
-        return {g for _, coefs in self.axes for g, _ in coefs}
+        return {g for _, coefs in self.axes for g, _ in coefs} | set(self.when)
 
 
 class SizeModel:
@@ -168,9 +175,15 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
         entry[2][axis][group] += coef
 
     created: dict[tuple[str, int], list] = {}
+    # slot or created bias -> (groups of its consumer, entries while the consumer is untouched)
+    conditional: dict[tuple[str, int], tuple[set[int], int]] = {}
+
+    def condition(key: tuple[str, int], g: int, idle: int) -> None:
+        conditional.setdefault(key, (set(), idle))[0].add(g)
+
     # 1. consumer updates: bias shifts (new biases, broadcast scalar biases)
     if new_biases:
-        for group in groups:
+        for g, group in enumerate(groups):
             for consumer in group.consumers:
                 proto, rule = nodes[consumer.node], LAYERS[consumer.op]
                 weight_shape = consts[source(proto.input[1])][0]
@@ -179,22 +192,28 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
                     add = nodes[consumer.bias_node]
                     index = 0 if add.input[0] == consumer.bias else 1
                     key = (add.name, index)
+                    old = consts[source(add.input[index])][0]
                     if key not in slots:
-                        old = consts[source(add.input[index])][0]
                         slot(add.name, index, tuple(np.broadcast_shapes(old, (m,))))
+                    if slots[key][1] != tuple(old):
+                        condition(key, g, math.prod(old))
                 elif rule.bias_input is not None:
                     index = rule.bias_input
                     has_bias = len(proto.input) > index and proto.input[index] != ""
                     key = (consumer.node, index)
-                    if has_bias and key not in slots:
+                    if has_bias:
                         old = consts[source(proto.input[index])][0]
-                        slot(consumer.node, index, tuple(np.broadcast_shapes(old, (m,))))
-                    elif not has_bias and key not in created:
-                        created[key] = [None, (m,), {}]
+                        if key not in slots:
+                            slot(consumer.node, index, tuple(np.broadcast_shapes(old, (m,))))
+                        if slots[key][1] != tuple(old):
+                            condition(key, g, math.prod(old))
+                    else:
+                        created.setdefault(key, [None, (m,), {}])
+                        condition(key, g, 0)
                 else:
                     key = (bias_add_name(consumer.node), 1)
-                    if key not in created:
-                        created[key] = [None, (m,), {}]
+                    created.setdefault(key, [None, (m,), {}])
+                    condition(key, g, 0)
     # 2. slicing: producers, pass-through parameters, consumers' inputs. An axis holding a
     # window of the group's channels shrinks by the removed channels in it (analyze cuts a group
     # where a Split or Slice would leave a tensor with part of a window, so windows are whole).
@@ -235,10 +254,12 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
     for (node, index), (name, shape, axes) in slots.items():
         sliced_sources.add(name)
         is_float = consts[name][1] if name else True
+        when, idle = conditional.get((node, index), ((), 0))
         terms.append(_Term(f"{node}:{index}", shape, _freeze(axes), is_float,
-                           macs_per_entry.get(node, 0) if index == 1 else 0))
+                           macs_per_entry.get(node, 0) if index == 1 else 0, tuple(sorted(when)), idle))
     for (node, index), (_, shape, axes) in created.items():
-        terms.append(_Term(f"{node}:{index} (new bias)", shape, _freeze(axes), True, 0))
+        when, idle = conditional[(node, index)]
+        terms.append(_Term(f"{node}:{index} (new bias)", shape, _freeze(axes), True, 0, tuple(sorted(when)), idle))
     for name, (shape, is_float) in consts.items():
         users = readers.get(name, [])
         if not users:

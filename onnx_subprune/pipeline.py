@@ -265,7 +265,7 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
     """
     config, timings, groups = run.config, run.timings, run.groups
     schedule = schedule_of(config.method)
-    untouched = _untouched(counts, groups)
+    touched = refitted_consumers(counts, groups)
     timings["capture"] = timings["select"] = 0.0
     clock = time.perf_counter()
     all_stats = None
@@ -291,7 +291,7 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
                 stats = run.capture([group], current, None, mine)[0]
         captured = time.perf_counter()
         timings["capture"] += captured - clock
-        plan, entry = _select(group, stats, counts[index], config, plans, untouched)
+        plan, entry = _select(group, stats, counts[index], config, plans, touched)
         timings["select"] += time.perf_counter() - captured
         entry.seconds = round(time.perf_counter() - clock, 4)
         plans.append(plan)
@@ -301,21 +301,29 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
     return plans, entries
 
 
+def refitted_consumers(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> frozenset[str]:
+    """The consumers whose input loses channels: one of the groups they read keeps fewer than
+    all. The others are left exactly as they are (no refit, no new bias)."""
+    return frozenset(c.node for k, g in zip(counts, groups) if k < g.channels for c in g.consumers)
+
+
 def _untouched(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> bool:
     """Every group keeps all its channels: nothing is pruned and nothing is re-fitted."""
     return all(k == g.channels for k, g in zip(counts, groups))
 
 
 def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
-            plans: Sequence[GroupPlan] = (), untouched: bool = False) -> tuple[GroupPlan, GroupReport]:
+            plans: Sequence[GroupPlan] = (), touched: frozenset[str] | None = None
+            ) -> tuple[GroupPlan, GroupReport]:
     """Choose ``k`` channels of one group and the consumers' new weights; ``stats`` are in the
-    coordinates of the model pruned by ``plans``. ``untouched``: every group keeps all its
-    channels, so the model is left exactly as it is (no refit)."""
-    refit = config.refit and not untouched
+    coordinates of the model pruned by ``plans``. ``touched``: the consumers to re-fit
+    (:func:`refitted_consumers`; None: all of them), the others keep their weights."""
+    refitted = [config.refit and (touched is None or c.node in touched) for c in group.consumers]
+    refit = any(refitted)
     chosen = choose(group, stats, k, config, plans, refit=refit)
     updates = tuple(
-        ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if refit else ConsumerUpdate(c.node)
-        for c, fit in zip(group.consumers, chosen.fits)
+        ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if again else ConsumerUpdate(c.node)
+        for c, fit, again in zip(group.consumers, chosen.fits, refitted)
     )
     kept = tuple(int(i) for i in chosen.kept)
     entry = GroupReport(

@@ -18,6 +18,7 @@ from onnx_subprune.errors import SubpruneError
 from onnx_subprune.graph import load_model, name_nodes, read_constants
 from onnx_subprune.metrics import count_macs, count_params
 from onnx_subprune.ops import LAYERS
+from onnx_subprune.pipeline import refitted_consumers
 from onnx_subprune.rewrite import rewrite
 from onnx_subprune.types import ConsumerUpdate, GroupPlan
 
@@ -79,9 +80,11 @@ def _load(name: str) -> onnx.ModelProto:
 
 
 def _plans(model, groups, counts, rng, bias_shift: bool):
-    """Random kept sets of the given sizes; with ``bias_shift`` every consumer gets a non-zero
-    bias shift, as the refit with bias compensation does."""
+    """Random kept sets of the given sizes; with ``bias_shift`` every consumer whose input loses
+    channels gets a non-zero bias shift, as the refit with bias compensation does (the others
+    are left as they are: :func:`pipeline.refitted_consumers`)."""
     weights = read_constants(model, {c.weight for g in groups for c in g.consumers})
+    touched = refitted_consumers(counts, groups)
     plans = []
     for group, k in zip(groups, counts):
         kept = tuple(sorted(rng.choice(group.channels, size=k, replace=False).tolist()))
@@ -89,7 +92,7 @@ def _plans(model, groups, counts, rng, bias_shift: bool):
         if bias_shift:
             updates = tuple(
                 ConsumerUpdate(c.node, None, np.full(LAYERS[c.op].matrix(c, weights[c.weight]).shape[1], 0.5, np.float32))
-                for c in group.consumers)
+                for c in group.consumers if c.node in touched)
         plans.append(GroupPlan(group, kept, updates))
     return plans
 
@@ -112,14 +115,18 @@ def test_size_model_is_exact(name, bias_shift):
 
 
 def test_size_model_counts_new_biases():
-    """Refit with bias compensation gives bias-less consumers a bias: the model counts it."""
+    """Refit with bias compensation gives bias-less consumers a bias: the model counts it, for
+    the consumers whose groups lose a channel only (the others are left as they are)."""
     model = name_nodes(matmul_chain_without_bias())
     groups = analyze(model).groups
     full = [g.channels for g in groups]
     plain = SizeModel(model, groups, refit=True, bias_compensation=False)
     biased = SizeModel(model, groups, refit=True, bias_compensation=True)
-    assert plain.totals(full)[0] == count_params(model)
-    assert biased.totals(full)[0] == count_params(model) + 8 + 3  # Adds after the 2nd and 3rd MatMul
+    assert plain.totals(full)[0] == biased.totals(full)[0] == count_params(model)
+    assert [g.channels for g in groups] == [10, 8]
+    # Adds after the 2nd MatMul (its 8 outputs, 7 of them kept) and the 3rd (3 outputs)
+    assert biased.totals([9, 7])[0] == plain.totals([9, 7])[0] + 7 + 3
+    assert biased.totals([10, 7])[0] == plain.totals([10, 7])[0] + 3  # the 2nd MatMul reads a full group
 
 
 def test_group_totals_and_step():

@@ -136,3 +136,31 @@ def test_explained_variance_of_a_grouped_conv_group_is_the_direct_one(bias_compe
         (want,) = run(model, subset)
         (got,) = run(result.model, subset)
         assert getattr(group, key) == pytest.approx(_explained(got, want, bias), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet_mixed", "mobilenetv2"])
+def test_a_group_keeping_every_channel_leaves_its_consumers_as_they_are(name):
+    """Half of the groups keep every channel, the others half of theirs: a consumer that reads
+    only full groups keeps its weights (no refit, no new bias; its outputs may still be sliced
+    as a producer), and the size model counts exactly that (prune raises otherwise)."""
+    from onnx import numpy_helper
+
+    from onnx_subprune.analyze import analyze
+    from onnx_subprune.pipeline import refitted_consumers
+    from test_architectures import ARCH, _feeds
+
+    model = onnx.load(ARCH / f"{name}.onnx")
+    groups = analyze(model).groups
+    counts = [g.channels if i % 2 == 0 else max(1, g.channels // 2) for i, g in enumerate(groups)]
+    result = prune(model, _feeds(name, 32), PruneConfig(method="asym", holdout=0, **CPU), counts=counts)
+    untouched = {c.node for g in groups for c in g.consumers} - refitted_consumers(counts, groups)
+    assert untouched
+    before = {n.name: n for n in model.graph.node}
+    values = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    old, new = values(model), values(result.model)
+    for node in result.model.graph.node:
+        if node.name in untouched and node.op_type == "Conv":
+            original = old[before[node.name].input[1]]
+            weight = new[node.input[1]]
+            assert weight.shape[1:] == original.shape[1:] and len(node.input) == len(before[node.name].input)
+            assert all(any(np.array_equal(row, kept) for kept in original) for row in weight), node.name
