@@ -54,12 +54,14 @@ def original_to_current(group: ChannelGroup, stats: GroupStats, plans: Sequence[
 
 
 def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
-           plans: Sequence[GroupPlan] = (), refit: bool | None = None) -> GroupSelection:
-    """Select ``k`` channels of ``group``; ``stats`` are in the coordinates of the model pruned
-    by ``plans``. Each fit has one row block per input channel the consumer keeps."""
+           plans: Sequence[GroupPlan] = (), refit: bool | None = None,
+           given: Sequence[int] | None = None) -> GroupSelection:
+    """Select ``k`` channels of ``group`` (``given``: keep these, as a plan says); ``stats`` are in
+    the coordinates of the model pruned by ``plans``. Each fit has one row block per input
+    channel the consumer keeps."""
     options = dict(method=config.method, refit_weights=config.refit if refit is None else refit,
                    shrink=config.shrink, ridge=config.ridge, bias_compensation=config.bias_compensation,
-                   seed=config.seed, holdout=stats.holdout)
+                   seed=config.seed, holdout=stats.holdout, given=given)
     positions = current_positions(group, plans)
     if positions is None:
         return select_group(stats.calibration, k, **options)

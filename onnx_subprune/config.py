@@ -53,6 +53,11 @@ class PruneConfig:
         (a group may also keep all its channels); None: 8 under a target for groups of at
         least 32 channels, else 1.
     include / exclude: node-name globs choosing the groups to prune (see ``analyze``).
+    input_shapes: (input name, dims) pairs pinning symbolic input dims for analysis, MACs,
+        targets and the calibration check (:func:`shapes.pin_shapes`); the written model keeps
+        the original's inputs and outputs.
+    group_keep: (group-name glob, fraction) pairs: the groups whose name matches keep that
+        fraction (the last matching pair wins), whatever the target, plan or ``keep`` says.
     sensitivity_points: keep fractions at which each group's output error is measured (plus
         the floor).  sensitivity_samples: held-out samples (calibration ones if too few are held
         out) the output error is measured on.
@@ -79,6 +84,8 @@ class PruneConfig:
     sensitivity_samples: int = 256
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    group_keep: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:
@@ -109,6 +116,9 @@ class PruneConfig:
             raise ConfigError("seed", f"must be an integer >= 0, got {self.seed}")
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError("max_error", f"must be a positive number, got {self.max_error}")
+        for pattern, fraction in self.group_keep:
+            if not (math.isfinite(fraction) and 0 < fraction <= 1):
+                raise ConfigError("group_keep", f"fraction for {pattern!r} must be in (0, 1], got {fraction}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
 
@@ -144,10 +154,11 @@ class PruneConfig:
         """
         return max(1, min(channels, math.ceil(self.floor_fraction * channels - 1e-9)))
 
-    def kept_count(self, channels: int) -> int:
-        """Channels kept in a group of ``channels`` under ``keep`` (no target): round(keep * n),
-        halves up, at least the floor, on the ``round_to`` grid."""
-        wanted = max(self.min_count(channels), min(channels, int(self.keep * channels + 0.5)))
+    def kept_count(self, channels: int, keep: float | None = None) -> int:
+        """Channels kept in a group of ``channels`` under ``keep`` (default: the config's; no
+        target): round(keep * n), halves up, at least the floor, on the ``round_to`` grid."""
+        keep = self.keep if keep is None else keep
+        wanted = max(self.min_count(channels), min(channels, int(keep * channels + 0.5)))
         step = self.count_step(channels)
         if step == 1 or channels < step:
             return wanted

@@ -27,15 +27,28 @@ def count_macs(model: onnx.ModelProto) -> int:
 
     Shapes come from shape inference; symbolic or unknown dims (batch, sequence) count as 1.
     """
-    return sum(macs for _, macs in layer_macs(model))
+    return count_macs_open(model)[0]
+
+
+def count_macs_open(model: onnx.ModelProto) -> tuple[int, list[str]]:
+    """:func:`count_macs` and the layers whose output has a symbolic or unknown dim past the
+    sample axis (counted as 1: their MACs are too low unless that dim is 1)."""
+    layers = _layers(model)
+    return sum(macs for _, macs, _ in layers), [name for name, _, open_dims in layers if open_dims]
 
 
 def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
     """(node name, MACs for one sample) of every layer node whose output and weight shapes are
     known, in graph order (see :func:`count_macs`)."""
+    return [(name, macs) for name, macs, _ in _layers(model)]
+
+
+def _layers(model: onnx.ModelProto) -> list[tuple[str, int, bool]]:
+    """(node name, MACs for one sample, output dims left open) of every layer node whose output
+    and weight shapes are known."""
     inferred = infer_shapes(model)
     shapes = {
-        info.name: [static_dim(d) or 1 for d in info.type.tensor_type.shape.dim]
+        info.name: [static_dim(d) for d in info.type.tensor_type.shape.dim]
         for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     }
     shapes.update({init.name: list(init.dims) for init in inferred.graph.initializer})
@@ -50,5 +63,8 @@ def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
         out, weight = shapes.get(node.output[0]), shapes.get(node.input[1])
         if not out or not weight:
             continue
-        result.append((node.name, int(LAYERS[node.op_type].macs(proto_attrs(node), [int(d) for d in out], [int(d) for d in weight]))))
+        open_dims = any(d is None for d in out[1:])
+        out, weight = ([1 if d is None else int(d) for d in dims] for dims in (out, weight))
+        macs = int(LAYERS[node.op_type].macs(proto_attrs(node), out, weight))
+        result.append((node.name, macs, open_dims))
     return result

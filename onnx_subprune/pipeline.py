@@ -18,12 +18,14 @@ from .budget import (
 from .config import PruneConfig
 from .errors import InternalError, QualityError, SubpruneError, UnsupportedPattern
 from .graph import pin_input_dims, prepare, proto_attrs, read_constants
-from .metrics import count_macs, count_params
+from .metrics import count_macs, count_macs_open, count_params
 from .ops import LAYERS
 from .rewrite import channel_masks, rewrite
 from .choose import choose, current_positions, original_to_current
 from .sensitivity import Curve, measure_curves
-from .report import GroupReport, PruneReport, SensitivityReport, TargetReport
+from .plans import Plan, group_fractions
+from .report import GroupReport, PlannedGroupReport, PlanReport, PruneReport, SensitivityReport, TargetReport
+from .shapes import check_pinned, keep_interface, open_dims_note, pin_shapes
 from .select import schedule_of
 from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
@@ -103,41 +105,21 @@ def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarr
 
 def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneConfig,
           progress: Progress | None = None, log: Log | None = None,
-          counts: Sequence[int] | None = None) -> PruneResult:
+          counts: Sequence[int] | None = None, plan: Plan | None = None) -> PruneResult:
     """Prune every channel group of ``model`` using calibration ``feeds`` (checked inputs,
     first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional.
 
     Kept counts per group: ``counts`` (in the order of
-    ``analyze(model, config.include, config.exclude).groups``) when given, else allocated to
-    meet ``config``'s params/FLOPs target, else ``config.kept_count``.
+    ``analyze(model, config.include, config.exclude).groups``) or ``plan``'s (its kept channels
+    too, where it lists them) when given, else allocated to meet ``config``'s params/FLOPs
+    target, else ``config.kept_count``; ``config.group_keep`` overrides any of them.
     """
+    budget = _budget(model, feeds, config, progress, log, counts, plan, start=True)
+    run, size, counts, allocation, curves = budget.run, budget.size, budget.counts, budget.allocation, budget.curves
+    groups, timings, original = run.groups, run.timings, model
+    plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
     clock = time.perf_counter()
-    model, analysis = _analyzed(model, config)
-    groups = analysis.groups
-    size = SizeModel(pin_input_dims(model, feeds), groups, refit=config.refit,
-                     bias_compensation=config.bias_compensation)
-    grids = [grid(g.channels, config.min_count(g.channels), config.count_step(g.channels)) for g in groups]
-    limits = Limits.from_ratios(size, config.target_params, config.target_flops)
-    if counts is None and config.has_target:
-        check_reachable(size, grids, limits)  # before any work
-    analyzed = time.perf_counter() - clock
-    run = _start(model, analysis, feeds, config, progress, log)
-    timings = run.timings
-    timings["analyze"] = analyzed
-    allocation, curves, initial = None, None, None
-    by_keep = counts is None and not config.has_target
-    if counts is not None:
-        counts = _check_counts(counts, groups)
-    elif config.has_target:
-        clock = time.perf_counter()
-        allocation, curves, initial = _allocate(run, size, grids, limits)
-        counts = allocation.counts
-        timings["allocation"] = time.perf_counter() - clock
-    else:
-        counts = tuple(config.kept_count(g.channels) for g in groups)
-    plans, entries = _prune_groups(run, counts, initial)
-    clock = time.perf_counter()
-    pruned = rewrite(run.model, plans)
+    pruned = keep_interface(rewrite(run.model, plans), original)
     onnx.checker.check_model(pruned)
     timings["rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -147,8 +129,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
                        predict(pruned, verify_feeds, run.providers, run.batch_size))
     timings["verify"] = time.perf_counter() - clock
     params = {"before": count_params(run.model), "after": count_params(pruned)}
-    macs = {"before": count_macs(pin_input_dims(run.model, feeds)),
-            "after": count_macs(pin_input_dims(pruned, feeds))}
+    macs = {"before": budget.macs, "after": count_macs(pin_input_dims(pruned, feeds))}
     # a model whose groups all keep every channel is left as it is (see _select), with no new biases
     predicted = (params["before"], macs["before"]) if _untouched(counts, groups) else size.totals(counts)
     if predicted != (params["after"], macs["after"]):
@@ -158,7 +139,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         _add_budget(entry, size, counts, index, curves[index] if curves else None)
     report = PruneReport(
         method=config.method,
-        keep=config.keep if by_keep else None,
+        keep=config.keep if budget.by_keep else None,
         refit=config.refit,
         bias_compensation=config.bias_compensation,
         ridge=config.ridge,
@@ -179,6 +160,112 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     if config.max_error is not None and report.output_error > config.max_error:
         raise QualityError(report.too_large(config.max_error))
     return PruneResult(pruned, report)
+
+
+@dataclass
+class _Budget:
+    """The kept counts of a run and what they came from: the pinned, prepared model's size
+    model and MACs, the kept channels a plan gives (None per group: chosen by the method), the
+    allocation, sensitivity curves and original statistics when measured, and the run's
+    context (None for a dry run that measured nothing)."""
+
+    model: onnx.ModelProto
+    analysis: Analysis
+    size: SizeModel
+    macs: int
+    counts: tuple[int, ...]
+    given: list[tuple[int, ...] | None]
+    by_keep: bool
+    allocation: Allocation | None = None
+    curves: list[Curve] | None = None
+    initial: list[GroupStats] | None = None
+    run: _Run | None = None
+
+
+def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config: PruneConfig,
+            progress: Progress | None, log: Log | None, counts: Sequence[int] | None, plan: Plan | None,
+            start: bool) -> _Budget:
+    """Pin and analyze ``model``, then decide every group's kept count (see :func:`prune`);
+    ``start``: open the run (sessions of the original) even when the counts need no measurement.
+    ``feeds`` may be None only when nothing is measured (a dry run by keep, plan or uniform)."""
+    clock = time.perf_counter()
+    model = pin_shapes(model, config.input_shapes)
+    if feeds is not None:
+        check_pinned(feeds, config.input_shapes, "calibration data")
+    model, analysis = _analyzed(model, config)
+    groups = analysis.groups
+    pinned = pin_input_dims(model, feeds) if feeds is not None else model
+    size = SizeModel(pinned, groups, refit=config.refit, bias_compensation=config.bias_compensation)
+    macs, open_layers = count_macs_open(pinned)
+    if open_layers and log:
+        log(open_dims_note(open_layers))
+    grids = [grid(g.channels, config.min_count(g.channels), config.count_step(g.channels)) for g in groups]
+    by_keep = counts is None and plan is None and not config.has_target
+    given: list[tuple[int, ...] | None] = [None] * len(groups)
+    if plan is not None:
+        counts, given = plan.match(groups)
+    if counts is not None:
+        counts = list(_check_counts(counts, groups))
+    elif not config.has_target:
+        counts = [config.kept_count(g.channels) for g in groups]
+    for index, fraction in enumerate(group_fractions(config.group_keep, groups)):
+        if fraction is not None:
+            given[index] = None
+            if counts is not None:
+                counts[index] = config.kept_count(groups[index].channels, fraction)
+            else:
+                grids[index] = np.array([config.kept_count(groups[index].channels, fraction)])
+    limits = Limits.from_ratios(size, config.target_params, config.target_flops)
+    if counts is None:
+        check_reachable(size, grids, limits)  # before any work
+    measured = counts is None and config.allocation != "uniform"
+    run, analyzed = None, time.perf_counter() - clock
+    if start or measured:
+        if feeds is None:
+            raise SubpruneError(f"the {config.allocation} allocation measures the model: it needs calibration data")
+        run = _start(model, analysis, feeds, config, progress, log)
+        run.timings["analyze"] = analyzed
+    budget = _Budget(model, analysis, size, macs, (), given, by_keep, run=run)
+    if counts is None:
+        clock = time.perf_counter()
+        if measured:
+            budget.allocation, budget.curves, budget.initial = _allocate(run, size, grids, limits)
+        else:
+            budget.allocation = allocate_uniform(size, grids, limits)
+        counts = budget.allocation.counts
+        if run is not None:
+            run.timings["allocation"] = time.perf_counter() - clock
+    budget.counts = tuple(int(k) for k in counts)
+    return budget
+
+
+def dry_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config: PruneConfig,
+            progress: Progress | None = None, log: Log | None = None, counts: Sequence[int] | None = None,
+            plan: Plan | None = None) -> PlanReport:
+    """What :func:`prune` would keep, without pruning: every group's kept count and the size
+    model's predicted params and MACs (a dry run). ``feeds`` are needed only when the
+    allocation measures sensitivity curves (and size the MACs of symbolic input dims)."""
+    budget = _budget(model, feeds, config, progress, log, counts, plan, start=False)
+    size, counts = budget.size, budget.counts
+    entries = []
+    for index, group in enumerate(budget.analysis.groups):
+        params, macs = size.group_totals(counts, index)
+        curve = budget.curves[index] if budget.curves else None
+        entries.append(PlannedGroupReport(
+            group=group.name, producer=group.producers[0].node, producers=[p.node for p in group.producers],
+            consumers=[c.node for c in group.consumers], channels=group.channels, k=counts[index],
+            fraction=counts[index] / group.channels, params=params, macs=macs,
+            predicted_loss=None if curve is None else curve.loss(counts[index]),
+            kept=None if budget.given[index] is None else list(budget.given[index])))
+    before = (count_params(budget.model), budget.macs)
+    predicted = before if _untouched(counts, budget.analysis.groups) else size.totals(counts)
+    return PlanReport(
+        method=config.method, keep=config.keep if budget.by_keep else None, groups=entries,
+        skipped=list(budget.analysis.skipped),
+        params={"before": before[0], "predicted": predicted[0]},
+        macs={"before": before[1], "predicted": predicted[1]},
+        target=_target_report(config, budget.allocation, {"before": before[0], "after": predicted[0]},
+                              {"before": before[1], "after": predicted[1]}, predicted))
 
 
 INACTIVE_ENERGY = 1e-3
@@ -255,13 +342,15 @@ def _target_report(config: PruneConfig, allocation: Allocation | None, params: d
     )
 
 
-def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[GroupPlan], list[GroupReport]]:
+def _prune_groups(run: _Run, counts: Sequence[int], initial,
+                  given: Sequence[Sequence[int] | None] | None = None) -> tuple[list[GroupPlan], list[GroupReport]]:
     """Capture statistics and select channels group by group, following the method's capture
     schedule.
 
     layer: one capture of all groups from the original model. seq / asym: groups in
     topological order, B from the model pruned so far (A from the original for asym).
     ``initial``: statistics of every group from the original model, if already captured.
+    ``given``: per group, the channels to keep (a plan's) or None (chosen by the method).
     """
     config, timings, groups = run.config, run.timings, run.groups
     schedule = schedule_of(config.method)
@@ -291,7 +380,8 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial) -> tuple[list[Group
                 stats = run.capture([group], current, None, mine)[0]
         captured = time.perf_counter()
         timings["capture"] += captured - clock
-        plan, entry = _select(group, stats, counts[index], config, plans, touched)
+        plan, entry = _select(group, stats, counts[index], config, plans, touched,
+                              given[index] if given is not None else None)
         timings["select"] += time.perf_counter() - captured
         entry.seconds = round(time.perf_counter() - clock, 4)
         plans.append(plan)
@@ -313,14 +403,15 @@ def _untouched(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> bool:
 
 
 def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
-            plans: Sequence[GroupPlan] = (), touched: frozenset[str] | None = None
-            ) -> tuple[GroupPlan, GroupReport]:
+            plans: Sequence[GroupPlan] = (), touched: frozenset[str] | None = None,
+            given: Sequence[int] | None = None) -> tuple[GroupPlan, GroupReport]:
     """Choose ``k`` channels of one group and the consumers' new weights; ``stats`` are in the
     coordinates of the model pruned by ``plans``. ``touched``: the consumers to re-fit
-    (:func:`refitted_consumers`; None: all of them), the others keep their weights."""
+    (:func:`refitted_consumers`; None: all of them), the others keep their weights. ``given``:
+    keep these channels."""
     refitted = [config.refit and (touched is None or c.node in touched) for c in group.consumers]
     refit = any(refitted)
-    chosen = choose(group, stats, k, config, plans, refit=refit)
+    chosen = choose(group, stats, k, config, plans, refit=refit, given=given)
     updates = tuple(
         ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if again else ConsumerUpdate(c.node)
         for c, fit, again in zip(group.consumers, chosen.fits, refitted)
@@ -389,7 +480,8 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
     """Per-group sensitivity curves of ``model`` (what the ``sensitivity`` allocation measures):
     the report and the :class:`Curve` objects."""
     clock = time.perf_counter()
-    model, analysis = _analyzed(model, config)
+    check_pinned(feeds, config.input_shapes, "calibration data")
+    model, analysis = _analyzed(pin_shapes(model, config.input_shapes), config)
     run = _start(model, analysis, feeds, config, progress, log)
     groups, split = run.groups, run.split
     curves, _, indices = _curves(run)

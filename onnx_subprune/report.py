@@ -125,6 +125,11 @@ class PruneReport(_Json):
     verified_on: dict
     seconds: dict
     warnings: list[str] = field(default_factory=list)
+    run: dict | None = None
+    """Provenance (:func:`api.provenance`): tool version, command line, paths and sha256 of the
+    model, the calibration file and the written model."""
+
+    _omit_none = ("run",)
 
     def find_warnings(self) -> list[str]:
         """One line per problem a user must hear of: a large output error, calibration data
@@ -152,6 +157,44 @@ class PruneReport(_Json):
         return (f"the pruned model's relative output error {self.output_error:.4f} on "
                 f"{verified['samples']} {verified['set']} samples exceeds the limit {limit:g}; "
                 f"the groups that cost the most: {named}; nothing was written")
+
+
+@dataclass
+class PlannedGroupReport(_Json):
+    """One group of a dry run: the kept count ``k`` (and ``kept`` channels a plan fixed), the
+    size of its layers after pruning, and the predicted loss where curves were measured."""
+
+    _omit_none = ("kept", "predicted_loss")
+
+    group: str
+    producer: str
+    producers: list[str]
+    consumers: list[str]
+    channels: int
+    k: int
+    fraction: float
+    params: int
+    macs: int
+    predicted_loss: float | None = None
+    kept: list[int] | None = None
+
+
+@dataclass
+class PlanReport(_Json):
+    """What ``prune --dry-run`` reports: the allocation and the size model's predicted params
+    and MACs, nothing pruned. Like every report it is also a plan (``prune --plan``)."""
+
+    _omit_none = ("target", "run")
+
+    method: str
+    keep: float | None
+    groups: list[PlannedGroupReport]
+    skipped: list[Skipped]
+    params: dict
+    macs: dict
+    target: TargetReport | None
+    dry_run: bool = True
+    run: dict | None = None
 
 
 @dataclass

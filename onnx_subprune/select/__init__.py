@@ -142,6 +142,7 @@ def select_group(
     bias_compensation: bool = True,
     seed: int = 0,
     holdout: Sequence[ConsumerStats] | None = None,
+    given: Sequence[int] | None = None,
 ) -> GroupSelection:
     """Choose ``k`` channels of a group with ``method`` and compute each consumer's new weights.
 
@@ -151,7 +152,8 @@ def select_group(
     "auto", the greedy's ridge pulls toward the original weights and a :func:`data_starved`
     group is ranked by weight norm instead. ``seed`` drives
     the random baseline. ``holdout``: statistics of held-out samples for the same consumers, used
-    only to report ``explained_holdout``. Requires 1 <= k <= n.
+    only to report ``explained_holdout``. ``given``: the k channels to keep (a plan's), used
+    instead of the method's choice. Requires 1 <= k <= n.
     """
     n = group_channels(consumers)
     check_k(k, n)
@@ -159,7 +161,12 @@ def select_group(
         raise ValueError(f"unknown shrink {shrink!r}; expected one of {', '.join(SHRINK)}")
     if holdout is not None:
         _check_holdout(consumers, holdout)
-    order = np.asarray(_ranking(consumers, k, method, ridge, bias_compensation, seed, shrink))
+    if given is not None:
+        order = np.asarray(given, dtype=np.int64)
+        if len(order) != k or len(np.unique(order)) != k or order.min() < 0 or order.max() >= n:
+            raise ValueError(f"given channels {list(order)} are not {k} distinct channels of {n}")
+    else:
+        order = np.asarray(_ranking(consumers, k, method, ridge, bias_compensation, seed, shrink))
     kept = np.sort(order)
     fits = tuple(
         fit_consumer(c, kept, refit_weights=refit_weights, shrink=shrink, ridge=ridge,

@@ -96,6 +96,7 @@ def select_coupled(
     bias_compensation: bool = True,
     seed: int = 0,
     holdout: Sequence[ConsumerStats] | None = None,
+    given: Sequence[int] | None = None,
 ) -> GroupSelection:
     """:func:`select_group` for consumers given by ``positions`` (one (n,) array per consumer).
 
@@ -105,7 +106,7 @@ def select_coupled(
     """
     virtual = [condition(c, p, bias_compensation=bias_compensation) for c, p in zip(consumers, positions)]
     ranking = select_group(virtual, k, method=method, refit_weights=False, shrink=shrink, ridge=ridge,
-                           bias_compensation=bias_compensation, seed=seed)
+                           bias_compensation=bias_compensation, seed=seed, given=given)
     kept_per = [consumer_kept(c, p, ranking.kept) for c, p in zip(consumers, positions)]
     fits = tuple(
         fit_consumer(c, s, refit_weights=refit_weights, shrink=shrink, ridge=ridge,
