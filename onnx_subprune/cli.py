@@ -8,45 +8,114 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 import warnings
 from fractions import Fraction
 
 import click
 
-from . import api
+from . import api, sources
 from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, PruneConfig
 from .errors import ConfigError, SubpruneError, one_line
+from .plans import parse_group_keep, read_plan
 from .report import LARGE_ERROR
 from .runtime import DEVICES
 from .select import METHODS, RANKERS
 from .select.shrink import SHRINK
+from .shapes import parse_input_shape
 
 DEFAULTS = PruneConfig()
 METHOD_HELP = "; ".join(f"{name}: {ranker.help}" for name, ranker in RANKERS.items())
 
 
 class _Progress:
-    """Draws ``progress(stage, done, total)`` calls as one redrawn line on a terminal stderr."""
+    """Draws ``progress(stage, done, total)`` calls on stderr.
+
+    Stages are outer (groups, sensitivity, reading images) or inner (``capture ...``, the
+    batches of one statistics pass). On a terminal: one redrawn line, the outer stage's bar with
+    its ETA (inner progress counted as part of the current step) followed by the inner stage;
+    otherwise one line when a stage starts and one per group done. ``enabled`` False: nothing.
+    """
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled, self.tty = enabled, sys.stderr.isatty()
         self.width = 0
+        self.outer: tuple[str, int, int] | None = None
+        self.inner: tuple[str, int, int] | None = None
+        self.started = time.monotonic()
+        self.ended: float | None = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        filled = int(24 * done / max(total, 1))
-        line = f"{stage:<24} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total}"
+        inner = stage.startswith("capture") and self.outer is not None and not self.outer[0].startswith("capture")
+        if inner:
+            fresh, self.inner = self.inner is None or self.inner[0] != stage or done < self.inner[1], (stage, done, total)
+        else:
+            fresh = self.outer is None or self.outer[0] != stage
+            if fresh:  # the stage began when the previous one ended (its first step may be done already)
+                self.started = self.ended or time.monotonic()
+            self.outer, self.inner = (stage, done, total), None
+            self.ended = time.monotonic() if done >= total else None
+        if self.tty:
+            self._draw()
+        elif stage == "groups":
+            click.echo(f"groups: {done}/{total} done, {time.monotonic() - self.started:.1f} s", err=True)
+        elif fresh and not inner:
+            click.echo(f"{stage}: {total} steps", err=True)
+
+    def _draw(self) -> None:
+        stage, done, total = self.outer or self.inner
+        part = done + (self.inner[1] / max(self.inner[2], 1) if self.inner and self.outer else 0.0)
+        fraction = min(1.0, part / max(total, 1))
+        elapsed = time.monotonic() - self.started
+        eta = f"ETA {_clock(elapsed * (1 - fraction) / fraction)}" if 0 < fraction < 1 else _clock(elapsed)
+        filled = int(24 * fraction)
+        line = f"{stage} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total} {eta}"
+        if self.inner and self.outer:
+            line += f" | {self.inner[0]} {self.inner[1]}/{self.inner[2]}"
         click.echo("\r" + line.ljust(self.width), nl=False, err=True)
         self.width = len(line)
 
-    def close(self) -> None:
-        if self.enabled and self.width:
+    def note(self, line: str) -> None:
+        """Print ``line`` on stderr above the bar."""
+        if self.enabled and self.tty and self.width:
             click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+            click.echo(line, err=True)
+            self._draw()
+        else:
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+        self.width = 0
+        if self in _BARS:
+            _BARS.remove(self)
+
+    def __enter__(self) -> "_Progress":
+        _BARS.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_BARS: list[_Progress] = []
+"""The progress display in use (notes are printed above it)."""
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
 def _note(line: str) -> None:
-    click.echo(one_line(line), err=True)  # names from the model stay on the line
+    line = one_line(line)  # names from the model stay on the line
+    if _BARS:
+        _BARS[-1].note(line)
+    else:
+        click.echo(line, err=True)
 
 
 def _user_errors(func):
@@ -77,11 +146,114 @@ def _group_filters(command):
                         help="Prune only groups with a producer matching this node-name glob (repeatable).")(command)
 
 
+def _parsed(parser):
+    """A click callback parsing an option's text with ``parser`` (ValueError: usage error)."""
+    def callback(ctx, param, value):
+        try:
+            return None if value is None else parser(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return callback
+
+
+_CALIBRATION_OPTIONS = [
+    click.option("--calib", type=click.Path(), metavar="FILE|DIR|GLOB",
+                 help="Calibration inputs: .npz with one array per model input (first axis = samples), .npy for a single-input model, or a folder or quoted glob ('photos/*.jpg') of images for a single image input (needs Pillow: pip install 'onnx-subprune[images]').  [required unless --calib-script]"),
+    click.option("--calib-script", metavar="FILE.py[:FUNC]",
+                 help=f"Python script whose function (default {sources.DEFAULT_FUNCTION}) returns an iterable of feed dicts {{input name: array}}, each with a batch of samples on the first axis (Polygraphy's data loader convention)."),
+    click.option("--image-size", callback=_parsed(sources.parse_size), metavar="HxW",
+                 help="Images: size fed to the model.  [default: the input's static height and width; required when they are symbolic]"),
+    click.option("--layout", type=click.Choice(sources.LAYOUTS), help="Images: the input's layout.  [default: from where its 1- or 3-channel axis is]"),
+    click.option("--resize", type=click.Choice(sources.RESIZES),
+                 help="Images: stretch to the size, crop (shorter side to the size, center cut) or pad (longer side to the size, centered on gray 114); bilinear.  [default: stretch]"),
+    click.option("--scale", type=float, help="Images: pixel values (0-255) are multiplied by this first.  [default: 1/255]"),
+    click.option("--mean", callback=_parsed(sources.parse_floats), metavar="M[,M,M]",
+                 help="Images: subtracted after --scale, one value or one per channel (in the model's channel order).  [default: 0]"),
+    click.option("--std", callback=_parsed(sources.parse_floats), metavar="S[,S,S]",
+                 help="Images: divides after --mean, one value or one per channel.  [default: 1]"),
+    click.option("--channel-order", type=click.Choice(sources.CHANNEL_ORDERS), help="Images: channel order of a 3-channel input.  [default: RGB]"),
+    click.option("--max-samples", type=click.IntRange(min=1), metavar="N",
+                 help="Use only the first N calibration samples (images in name order; a script's iterable is read no further)."),
+]
+
+
+def _calibration_options(command):
+    """--calib / --calib-script and the image options, handed to the command as one ``calib``
+    (a :class:`sources.CalibrationSource`)."""
+    @functools.wraps(command)
+    def wrapper(*args, calib, calib_script, image_size, layout, resize, scale, mean, std, channel_order,
+                max_samples, **kwargs):
+        if (calib is None) == (calib_script is None):
+            raise click.UsageError("give exactly one of --calib and --calib-script")
+        recipe = sources.ImageRecipe(size=image_size, layout=layout, resize=resize, scale=scale, mean=mean,
+                                     std=std, order=channel_order)
+        source = sources.CalibrationSource(path=calib, script=calib_script, images=recipe, max_samples=max_samples)
+        return command(*args, calib=source, **kwargs)
+
+    for option in reversed(_CALIBRATION_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _input_shapes(command):
+    """--input-shape NAME:DIMS (repeatable), handed to the command parsed as ``input_shapes``."""
+    @functools.wraps(command)
+    def wrapper(*args, input_shape, **kwargs):
+        return command(*args, input_shapes=_parse_all(parse_input_shape, input_shape), **kwargs)
+
+    return click.option("--input-shape", multiple=True, metavar="NAME:DIMS",
+                        help="Pin the symbolic dims of input NAME, e.g. input:1x3x224x224, for MACs, size targets "
+                             "and the calibration check (repeatable; the first dim, the batch, stays dynamic; "
+                             "the written model keeps its dims).")(wrapper)
+
+
+def _plan_options(command):
+    """--plan, --group-keep (parsed as ``group_keep``) and --dry-run of ``prune``."""
+    @functools.wraps(command)
+    def wrapper(*args, group_keep, **kwargs):
+        return command(*args, group_keep=_parse_all(parse_group_keep, group_keep), **kwargs)
+
+    for option in (
+        click.option("--dry-run", is_flag=True,
+                     help="Print the allocation and the predicted params/MACs and write no model (--report still "
+                          "writes the plan); -o is not needed."),
+        click.option("--group-keep", multiple=True, metavar="GLOB=FRACTION",
+                     help="Groups whose name matches GLOB keep FRACTION of their channels, whatever --keep, "
+                          "the target or --plan say (repeatable; the last match wins)."),
+        click.option("--plan", "plan_path", type=click.Path(), metavar="REPORT.json",
+                     help="Apply the per-group kept counts (and kept channels) of a report of this model "
+                          "(prune --report, prune --dry-run --report, analyze --json: keep all)."),
+    ):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _parse_all(parser, texts: tuple[str, ...]) -> tuple:
+    """Each option text parsed; a malformed one is a one-line error (exit 1)."""
+    try:
+        return tuple(parser(text) for text in texts)
+    except SubpruneError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _command() -> list[str]:
+    """The command line of this run as the report records it."""
+    return ["onnx-subprune", *click.get_current_context().find_root().meta.get("argv", sys.argv[1:])]
+
+
+class _Main(click.Group):
+    """The command group; keeps the arguments it was given (for the report's ``run.command``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
 def _emit(data: dict, as_json: bool, text: str) -> None:
     click.echo(api.to_json(data) if as_json else text)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnx-subprune")
 def main() -> None:
     """Structured pruning of ONNX models after export.
@@ -95,16 +267,18 @@ def main() -> None:
 @main.command("analyze")
 @click.argument("model", type=click.Path())
 @_group_filters
+@_input_shapes
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_user_errors
-def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], as_json: bool) -> None:
+def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], input_shapes: tuple,
+                as_json: bool) -> None:
     """List the prunable channel groups of MODEL and every skipped layer with its reason.
 
     \b
     Example:
       onnx-subprune analyze models/lenet5.onnx
     """
-    result = api.analyze_file(model, include, exclude).to_json()
+    result = api.analyze_file(model, include, exclude, input_shapes, log=_note).to_json()
     reach = result["coverage"]
     lines = [f"{len(result['groups'])} prunable groups ({reach['channels']:,} channels), {len(result['skipped'])} skipped; "
              f"the groups reach {reach['params_in_groups']:,} of {result['params']:,} float params "
@@ -121,9 +295,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 
 @main.command("prune")
 @click.argument("model", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the pruned model.")
-@click.option("--calib", required=True, type=click.Path(),
-              help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
+@click.option("-o", "--output", type=click.Path(), help="Where to write the pruned model (required unless --dry-run).")
+@_calibration_options
 @click.option("--keep", type=float, help="Fraction of each group's channels to keep, in (0, 1]  [default: 0.5 unless a target is given]")
 @click.option("--target-params", type=float, metavar="RATIO",
               help="Keep this fraction of the model's float params (0 < RATIO <= 1); per-group counts are allocated. Not with --keep.")
@@ -152,10 +325,13 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--report", "report_path", type=click.Path(), help="Write the full JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_shapes
+@_plan_options
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
               method, no_refit, no_bias_compensation, ridge, shrink, holdout, max_error, device, batch_size,
-              seed, include, exclude, report_path, as_json, quiet) -> None:
+              seed, include, exclude, report_path, as_json, quiet, input_shapes, plan_path, group_keep,
+              dry_run) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
     Either every group keeps the same fraction (--keep), or the model is brought to a size
@@ -167,23 +343,34 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
           --calib models/digits_calib.npz --keep 0.5 --report report.json
       onnx-subprune prune models/vgg_bn.onnx -o vgg_quarter.onnx \\
           --calib models/digits_calib.npz --target-params 0.25 --round-to 8
+      onnx-subprune prune models/vgg_bn.onnx --calib models/digits_calib.npz \\
+          --target-params 0.25 --dry-run --report plan.json
+      onnx-subprune prune models/vgg_bn.onnx -o vgg_plan.onnx \\
+          --calib models/digits_calib.npz --plan plan.json --group-keep '*features.0*=1'
     """
     targeted = target_params is not None or target_flops is not None
     if targeted and keep is not None:
         raise click.UsageError("--keep cannot be combined with --target-params/--target-flops")
     if allocation is not None and not targeted:
         raise click.UsageError("--allocation needs --target-params or --target-flops")
+    if plan_path is not None and (targeted or keep is not None):
+        raise click.UsageError("--plan cannot be combined with --keep/--target-params/--target-flops")
     config = PruneConfig(keep=0.5 if keep is None else keep, method=method, refit=not no_refit,
                          bias_compensation=not no_bias_compensation, ridge=ridge, shrink=shrink,
                          holdout=holdout, batch_size=batch_size, seed=seed, device=device, target_params=target_params,
                          target_flops=target_flops, allocation=allocation or "sensitivity",
                          min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
-                         max_error=max_error)
-    bar = _Progress(not quiet)
-    try:
-        result = api.prune_file(model, output, calib, config, report_path, progress=bar, log=_note)
-    finally:
-        bar.close()
+                         max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
+    plan = read_plan(plan_path) if plan_path is not None else None
+    if output is None and not dry_run:
+        raise click.UsageError("Missing option '-o' / '--output' (or give --dry-run).")
+    with _Progress(not quiet) as bar:
+        if dry_run:
+            planned = api.dry_run_file(model, calib, config, report_path, bar, _note, plan, _command()).to_json()
+        else:
+            result = api.prune_file(model, output, calib, config, report_path, bar, _note, plan, _command())
+    if dry_run:
+        return _emit(planned, as_json, _dry_run_summary(planned))
     report = result.report.to_json()
     _emit(report, as_json, _prune_summary(report, output))
     for line in report["warnings"]:
@@ -221,6 +408,19 @@ def _prune_summary(report: dict, output: str) -> str:
     return "\n".join(lines)
 
 
+def _dry_run_summary(report: dict) -> str:
+    """The allocation a dry run found and the size it predicts."""
+    params, macs = report["params"], report["macs"]
+    how = report["target"]["allocation"] + " allocation" if report.get("target") else (
+        f"keep {report['keep']}" if report.get("keep") is not None else "given counts")
+    return "\n".join([
+        f"dry run, nothing written: {len(report['groups'])} groups ({report['method']}, {how})",
+        f"  params {params['before']:,} -> {params['predicted']:,} predicted ({params['predicted'] / params['before']:.1%})",
+        f"  MACs   {macs['before']:,} -> {macs['predicted']:,} predicted ({macs['predicted'] / max(macs['before'], 1):.1%})",
+        _group_table(report["groups"]),
+    ])
+
+
 def _group_table(groups: list[dict]) -> str:
     """Per group: kept/channels, fraction, params and MACs of its layers, predicted loss."""
     width = max(len("group"), *(len(g["group"]) for g in groups))
@@ -234,8 +434,7 @@ def _group_table(groups: list[dict]) -> str:
 
 @main.command("sensitivity")
 @click.argument("model", type=click.Path())
-@click.option("--calib", required=True, type=click.Path(),
-              help="Calibration inputs: .npz with one array per model input (first axis = samples), or .npy for a single-input model.")
+@_calibration_options
 @click.option("--method", default=DEFAULTS.method, show_default=True, type=click.Choice(METHODS),
               help="Ranking whose kept sets are measured (asym/seq/layer: the greedy order on the original model).")
 @click.option("--min-keep", default=DEFAULT_MIN_KEEP, show_default=True, type=float, metavar="FRACTION",
@@ -254,9 +453,11 @@ def _group_table(groups: list[dict]) -> str:
 @_group_filters
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_input_shapes
 @_user_errors
 def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_compensation, ridge,
-                    holdout, device, batch_size, seed, plot_path, include, exclude, as_json, quiet) -> None:
+                    holdout, device, batch_size, seed, plot_path, include, exclude, as_json, quiet,
+                    input_shapes) -> None:
     """Per-group sensitivity of MODEL: output error with one group pruned vs its kept fraction.
 
     Each group alone is pruned (greedy order, least-squares refit) at a few kept fractions and
@@ -270,12 +471,10 @@ def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_c
     """
     config = PruneConfig(method=method, refit=not no_refit, bias_compensation=not no_bias_compensation,
                          ridge=ridge, holdout=holdout, batch_size=batch_size, seed=seed, device=device,
-                         min_keep=min_keep, sensitivity_samples=samples, include=include, exclude=exclude)
-    bar = _Progress(not quiet)
-    try:
+                         min_keep=min_keep, sensitivity_samples=samples, include=include, exclude=exclude,
+                         input_shapes=input_shapes)
+    with _Progress(not quiet) as bar:
         result = api.sensitivity_file(model, calib, config, plot_path, progress=bar, log=_note).to_json()
-    finally:
-        bar.close()
     _emit(result, as_json, _sensitivity_table(result))
 
 

@@ -401,7 +401,7 @@ CALIB_CASES = {
                                         "NaN or Inf on the calibration data"),
     "no-samples": Case(_c(lambda d: _npz(d / "c.npz", input=_calib()[:0])), "no samples"),
     "too-few-for-holdout": Case(_c(lambda d: _npz(d / "c.npz", input=_calib(2))), "at least 3 samples"),
-    "folder-as-calib": Case(_c(lambda d: (d / "c.npz").mkdir() or d / "c.npz"), "it is a folder"),
+    "folder-as-calib": Case(_c(lambda d: (d / "c.npz").mkdir() or d / "c.npz"), "the folder holds no image files"),
     "npy-for-two-inputs": Case(lambda d: _two(d, lambda d: (np.save(d / "c.npy", np.ones((8, 4), np.float32)), d / "c.npy")[1]),
                                "use .npz"),
     "sample-counts-differ": Case(lambda d: _two(d, lambda d: _npz(d / "c.npz", a=np.ones((8, 4), np.float32),
