@@ -17,7 +17,10 @@ from .config import PruneConfig
 from .data import check_inputs, check_labels, check_split, load_arrays, model_inputs
 from .errors import SubpruneError, quote
 from .files import Outputs, write_atomic
-from .graph import load_model, model_bytes, pin_input_dims, prepare, read_model
+from .graph import (
+    external_data_path, load_model, model_bytes, needs_external_data, pin_input_dims, prepare, read_model,
+    split_external_data,
+)
 from .metrics import count_macs_open, count_params
 from .pipeline import Log, PruneResult, dry_run, prune, sensitivity
 from .plans import Plan
@@ -56,7 +59,7 @@ def _macs(model, log: Log | None) -> int:
 def prune_file(model_path: str | Path, output: str | Path, calib: Calibration, config: PruneConfig,
                report_path: str | Path | None = None, progress: Progress | None = None,
                log: Log | None = None, plan: Plan | None = None,
-               command: Sequence[str] | None = None) -> PruneResult:
+               command: Sequence[str] | None = None, external_data: bool = False) -> PruneResult:
     """Prune ``model_path`` with calibration data ``calib`` and write ``output`` (and the report).
 
     ``plan``: apply its per-group counts (see :mod:`onnx_subprune.plans`). The report's ``run``
@@ -66,6 +69,10 @@ def prune_file(model_path: str | Path, output: str | Path, calib: Calibration, c
     ``calib``: an .npz/.npy path, a folder or glob of images, a :class:`sources.CalibrationSource`
     (images with a preprocessing recipe, a script), or feed dicts (see :mod:`onnx_subprune.sources`).
 
+    The weights go to an external data file beside ``output`` (``external_data_path``) when
+    ``external_data`` asks for it, when the input model had external data, or when the model is
+    beyond protobuf's 2 GiB (:func:`graph.needs_external_data`).
+
     Every input and output path is checked before work starts; the outputs are written at the
     end, all or none (see :class:`files.Outputs`).
     """
@@ -73,9 +80,15 @@ def prune_file(model_path: str | Path, output: str | Path, calib: Calibration, c
                                                                   "plan": plan.path if plan else None})
     model, external = read_model(model_path)
     outputs.refuse_inputs({"external data of the model": external})
+    data_path = external_data_path(output) if needs_external_data(model, external, external_data) else None
+    if data_path is not None:
+        outputs.add("external data", data_path)
     feeds = _calibration(pin_shapes(model, config.input_shapes), calib, config, progress, log)
     result = prune(model, feeds, config, progress, log, plan=plan)
-    contents = {"output": model_bytes(result.model)}
+    if data_path is None:
+        contents = {"output": model_bytes(result.model)}
+    else:
+        contents = dict(zip(("output", "external data"), split_external_data(result.model, data_path.name)))
     result.report.run = provenance(command, model_path, calib, (output, contents["output"]), plan)
     if report_path is not None:
         contents["report"] = json_bytes(result.report.to_json())

@@ -323,6 +323,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
 @_group_filters
 @click.option("--report", "report_path", type=click.Path(), help="Write the full JSON report here.")
+@click.option("--external-data", is_flag=True,
+              help="Write the weights to OUTPUT.data beside OUTPUT (always done when MODEL has external data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_input_shapes
@@ -330,8 +332,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
               method, no_refit, no_bias_compensation, ridge, shrink, holdout, max_error, device, batch_size,
-              seed, include, exclude, report_path, as_json, quiet, input_shapes, plan_path, group_keep,
-              dry_run) -> None:
+              seed, include, exclude, report_path, external_data, as_json, quiet, input_shapes, plan_path,
+              group_keep, dry_run) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
     Either every group keeps the same fraction (--keep), or the model is brought to a size
@@ -368,7 +370,8 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
         if dry_run:
             planned = api.dry_run_file(model, calib, config, report_path, bar, _note, plan, _command()).to_json()
         else:
-            result = api.prune_file(model, output, calib, config, report_path, bar, _note, plan, _command())
+            result = api.prune_file(model, output, calib, config, report_path, bar, _note, plan, _command(),
+                                    external_data)
     if dry_run:
         return _emit(planned, as_json, _dry_run_summary(planned))
     report = result.report.to_json()

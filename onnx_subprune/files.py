@@ -38,16 +38,23 @@ class Outputs:
     def __init__(self, outputs: Mapping[str, PathLike | None], inputs: Mapping[str, PathLike | None] = {}):
         self.given: dict[str, str] = {}
         self.targets: dict[str, Path] = {}
+        self.inputs: list[tuple[str, PathLike]] = []
         for label, path in outputs.items():
-            if path is None:
-                continue
-            target = _check_target(label, path)
-            for other, seen in self.targets.items():
-                if _same_file(target, seen):
-                    raise SubpruneError(f"cannot write {label} {os.fspath(path)}: it is also the {other} "
-                                        f"({self.given[other]}); give each output its own path")
-            self.given[label], self.targets[label] = os.fspath(path), target
+            if path is not None:
+                self.add(label, path)
         self.refuse_inputs(inputs)
+
+    def add(self, label: str, path: PathLike) -> None:
+        """One more output (the external data file of a model), checked like the others and
+        against the inputs refused so far."""
+        target = _check_target(label, path)
+        for other, seen in self.targets.items():
+            if _same_file(target, seen):
+                raise SubpruneError(f"cannot write {label} {os.fspath(path)}: it is also the {other} "
+                                    f"({self.given[other]}); give each output its own path")
+        self.given[label], self.targets[label] = os.fspath(path), target
+        for what, source in self.inputs:
+            self._refuse(what, source)
 
     def refuse_inputs(self, inputs: Mapping[str, PathLike | Iterable[PathLike] | None]) -> None:
         """Fail when an output is one of ``inputs`` (label -> path, or several paths)."""
@@ -55,11 +62,15 @@ class Outputs:
             if paths is None:
                 continue
             for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-                source = Path(os.path.realpath(path))
-                for label, target in self.targets.items():
-                    if _same_file(target, source):
-                        raise SubpruneError(f"cannot write {label} {self.given[label]}: it is the {what} "
-                                            f"being read ({os.fspath(path)}); choose another path")
+                self.inputs.append((what, path))
+                self._refuse(what, path)
+
+    def _refuse(self, what: str, path: PathLike) -> None:
+        source = Path(os.path.realpath(path))
+        for label, target in self.targets.items():
+            if _same_file(target, source):
+                raise SubpruneError(f"cannot write {label} {self.given[label]}: it is the {what} "
+                                    f"being read ({os.fspath(path)}); choose another path")
 
     def write(self, contents: Mapping[str, bytes]) -> None:
         """Write ``contents`` (label -> bytes, one per output given) all or none: each to a

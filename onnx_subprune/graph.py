@@ -152,7 +152,55 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
         return model.SerializeToString()
     except ValueError as exc:
         raise SubpruneError(f"cannot serialize the model ({model.ByteSize():,} bytes): {_one_line(exc)}; "
-                            f"models over 2 GiB need external data, which is not written") from None
+                            f"write its weights as external data (--external-data)") from None
+
+
+PROTO_LIMIT = 2**31 - 1
+"""Bytes protobuf can serialize in one message: a larger model must keep its weights outside."""
+
+EXTERNAL_THRESHOLD = 1024
+"""Initializers of at least this many bytes go to the external data file."""
+
+
+def external_data_path(output: str | os.PathLike) -> Path:
+    """Where the weights of a model written to ``output`` with external data go: beside it,
+    named after it (``model.onnx`` -> ``model.onnx.data``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".data")
+
+
+def needs_external_data(model: onnx.ModelProto, external: list[str], asked: bool) -> bool:
+    """The output keeps its weights in an external data file: when asked, when the input had
+    one (``external``: its files), or when the model is beyond protobuf's limit."""
+    return asked or bool(external) or model.ByteSize() > PROTO_LIMIT
+
+
+def split_external_data(model: onnx.ModelProto, location: str) -> tuple[bytes, bytes]:
+    """(model bytes, data bytes): ``model`` with every initializer of at least
+    :data:`EXTERNAL_THRESHOLD` bytes moved to one external data file named ``location`` (a
+    file name, beside the model), each tensor at a 64-byte aligned offset."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    data = bytearray()
+    for tensor in copy.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        if len(raw) < EXTERNAL_THRESHOLD:
+            continue
+        data += bytes(-len(data) % 64)
+        offset = len(data)
+        data += raw
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(field)
+        tensor.raw_data = raw
+        set_external_data(tensor, location, offset, len(raw))  # needs the raw data still there
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+    return model_bytes(copy), bytes(data)
 
 
 def import_graph(model: onnx.ModelProto, values: bool = False) -> gs.Graph:
