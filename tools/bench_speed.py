@@ -23,10 +23,18 @@ latency   For each model, prunes it (asym, --allocation uniform by default, seed
           models interleaved so load changes hit them alike; the median per model over all
           runs, and the speed-up original / pruned from the same process.
 
+depth     Prune time against the depth of the model: plain chains of --depths 3x3 Conv + Relu
+          layers (16 channels, 16x16 inputs, random He weights, then global pooling and a Gemm)
+          and the test architectures of models/arch, each pruned at keep 0.5 by layer, seq and
+          asym in a fresh child process (peak RSS from os.wait4) on --depth-samples random
+          inputs. Reported: the report's stage seconds divided by the seconds of one forward pass
+          of the same inputs through the original (onnxruntime CPU, measured in this process,
+          median of 3), and a plot of seconds vs depth (docs/speed_depth.png).
+
 Writes docs/results/speed_<section>.csv and .md and replaces the section's block in
 docs/RESULTS.md.
 
-Usage: python tools/bench_speed.py {stages,selector,latency,all} [--models ...] [--samples ...]
+Usage: python tools/bench_speed.py {stages,selector,latency,depth,all} [--models ...] [--samples ...]
            [--ratios 2 4 8 16] [--naive-sizes 32 64 128] [--no-large] [--threads 1]
            [--out docs/results] [--results docs/RESULTS.md]
 """
@@ -50,6 +58,7 @@ from common import (
 )
 
 STAGES = ("analyze", "allocation", "capture", "select", "rewrite", "verify")
+ARCH = MODELS / "arch"
 
 
 def machine_line() -> str:
@@ -156,6 +165,145 @@ def cmd_stages(args) -> int:
     ])
     publish("stages", args, text, rows)
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+# --------------------------------------------------------------------------- depth
+
+DEPTH_METHODS = ("layer", "seq", "asym")
+
+
+def conv_chain(depth: int, channels: int = 16, size: int = 16, seed: int = 0):
+    """``depth`` 3x3 Conv + Relu layers on an N x 3 x size x size input, then global average
+    pooling and a Gemm to 10 outputs; random He-initialized weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights, current, cin = [], [], "input", 3
+    for i in range(depth):
+        weight = (rng.standard_normal((channels, cin, 3, 3)) * np.sqrt(2 / (9 * cin))).astype(np.float32)
+        weights += [numpy_helper.from_array(weight, f"w{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [current, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        current, cin = f"r{i}", channels
+    fc = (rng.standard_normal((10, channels)) / np.sqrt(channels)).astype(np.float32)
+    weights.append(numpy_helper.from_array(fc, "fc"))
+    nodes += [helper.make_node("GlobalAveragePool", [current], ["pooled"], name="pool"),
+              helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, f"chain{depth}",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def forward_seconds(path: Path, feeds: dict, batch: int = 64) -> float:
+    """Median of 3 runs of every sample of ``feeds`` through the model at ``path`` (CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name, data = next(iter(feeds.items()))
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        for first in range(0, len(data), batch):
+            session.run(None, {name: data[first:first + batch]})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def cmd_depth(args) -> int:
+    import onnx
+
+    rows, failed = [], False
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory(prefix="bench_depth_") as tmp:
+        tmp = Path(tmp)
+        cases = []
+        for depth in args.depths:
+            path = tmp / f"chain{depth}.onnx"
+            onnx.save(conv_chain(depth, seed=args.seed), path)
+            cases.append((f"chain {depth}", depth, path, {"input": rng.standard_normal(
+                (args.depth_samples, 3, 16, 16)).astype(np.float32)}))
+        for name in args.architectures:
+            data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
+            with np.load(ARCH / f"{data}.npz") as archive:
+                cases.append((name, None, ARCH / f"{name}.onnx", {"input": archive["input"][:args.depth_samples]}))
+        for name, depth, path, feeds in cases:
+            calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
+            np.savez(calib, **feeds)
+            forward = forward_seconds(path, feeds)
+            for method in DEPTH_METHODS:
+                report = tmp / "report.json"
+                command = cli_command() + ["prune", str(path), "-o", str(tmp / "out.onnx"), "--calib", str(calib),
+                                           "--keep", "0.5", "--method", method, "--device", "cpu", "--quiet",
+                                           "--report", str(report)]
+                print(f"[depth] {name} {method} ...", file=sys.stderr, flush=True)
+                measure = run_measured(command, tmp, f"{name.replace(' ', '_')}_{method}")
+                row = {"model": name, "depth": depth or "", "method": method, "forward_s": forward}
+                if measure["returncode"] != 0:
+                    failed = True
+                    row["error"] = measure.get("stderr", "")[-300:]
+                else:
+                    seconds = json.loads(report.read_text())["seconds"]
+                    row.update(groups=len(json.loads(report.read_text())["groups"]), prune_s=sum(seconds.values()),
+                               capture_s=seconds.get("capture", 0.0), peak_rss_mib=measure["peak_rss_mib"], error="")
+                    row["passes"] = row["prune_s"] / forward
+                rows.append(row)
+    total = time.perf_counter() - started
+    header = ["model", "groups", "method", "forward s", "prune s", "capture s", "prune / forward", "peak RSS MiB"]
+    table = [[r["model"], str(r.get("groups", "")), r["method"], f"{r['forward_s']:.3f}"] + (
+        [f"{r['prune_s']:.1f}", f"{r['capture_s']:.1f}", f"{r['passes']:.0f}", f"{r['peak_rss_mib']:.0f}"]
+        if not r["error"] else ["FAILED"] * 4) for r in rows]
+    growth = []
+    for method in DEPTH_METHODS:
+        by_depth = {r["depth"]: r["prune_s"] for r in rows if r["depth"] and r["method"] == method and not r["error"]}
+        if 16 in by_depth and 64 in by_depth:
+            growth.append(f"{method} {by_depth[64] / by_depth[16]:.1f}x")
+    text = "\n".join([
+        "### Prune time vs depth",
+        "",
+        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--architectures'])}` (took {total:.0f} s).",
+        f"`onnx-subprune prune MODEL --keep 0.5 --method M --device cpu` in a fresh process on {args.depth_samples} "
+        "random inputs (the architectures: their shipped calibration inputs); prune s = the report's stage seconds; "
+        "forward s = one pass of the same inputs through the original, batch 64. Depth 64 / depth 16: "
+        + (", ".join(growth) or "not measured") + ".",
+        machine_line(),
+        "",
+        markdown_table(header, table, right={1, 3, 4, 5, 6, 7}),
+        "",
+        "![prune seconds vs depth](../speed_depth.png)",
+        "",
+    ])
+    args.out.mkdir(parents=True, exist_ok=True)
+    _plot_depth(rows, args.out.parent / "speed_depth.png")
+    publish("depth", args, text, rows)
+    return 1 if failed else 0
+
+
+def _plot_depth(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[depth] matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method in DEPTH_METHODS:
+        points = sorted((r["depth"], r["prune_s"]) for r in rows if r["depth"] and r["method"] == method and not r["error"])
+        if points:
+            ax.plot(*zip(*points), marker="o", label=method)
+    ax.set_xlabel("Conv layers (groups)")
+    ax.set_ylabel("prune seconds")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 # --------------------------------------------------------------------------- selector
@@ -327,7 +475,7 @@ def cmd_latency(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("section", choices=("stages", "selector", "latency", "all"))
+    parser.add_argument("section", choices=("stages", "selector", "latency", "depth", "all"))
     parser.add_argument("--models", nargs="+", default=["lenet5", "vgg_bn", "resnet_small"])
     parser.add_argument("--samples", type=int, nargs="+", default=[128, 512, 2048],
                         help="stages: calibration set sizes")
@@ -348,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="latency: batch sizes")
     parser.add_argument("--rounds", type=int, default=5, help="latency: interleaved rounds")
     parser.add_argument("--calib-samples", type=int, default=128, help="latency: calibration images")
+    parser.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64], help="depth: chain lengths")
+    parser.add_argument("--depth-samples", type=int, default=32, help="depth: calibration inputs")
+    parser.add_argument("--architectures", nargs="*", default=["resnet_mixed", "csp_split_concat", "densenet_block",
+                                                               "mobilenetv3_se", "bert_encoder"],
+                        help="depth: test architectures (models/arch) measured alike")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md",
                         help="document whose section blocks are replaced ('-': none)")
@@ -358,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         args.allocation = allocation or ("sensitivity" if section == "stages" else "uniform")
         args.repeats = repeats or (1 if section == "stages" else 40)
-        status |= {"stages": cmd_stages, "selector": cmd_selector, "latency": cmd_latency}[section](args)
+        status |= {"stages": cmd_stages, "selector": cmd_selector, "latency": cmd_latency,
+                   "depth": cmd_depth}[section](args)
     return status
 
 
