@@ -175,7 +175,6 @@ DEPTH_METHODS = ("layer", "seq", "asym")
 def conv_chain(depth: int, channels: int = 16, size: int = 16, seed: int = 0):
     """``depth`` 3x3 Conv + Relu layers on an N x 3 x size x size input, then global average
     pooling and a Gemm to 10 outputs; random He-initialized weights."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
