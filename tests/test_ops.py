@@ -395,3 +395,12 @@ def test_layer_costs_and_outputs():
     LAYERS["Gemm"].reset_scale(attrs)
     assert attrs == {"alpha": 1.0}
     assert LAYERS["MatMul"].bias_input is None and LAYERS["Conv"].bias_input == 2
+
+
+def test_a_head_merge_to_minus_one_must_not_fold_tokens_in():
+    heads_in = Layout(channels=4, axis=-2, rank=4)
+    copy = _node("Reshape", [_var("x", shape=["N", "S", 4, 8]), _const("shape", np.array([0, 0, -1]))])
+    assert _through(copy, heads_in) == (HEADS, ())
+    folded = _node("Reshape", [_var("x", shape=["N", "S", 4, 8]), _const("shape", np.array([2, 5, -1]))])
+    with pytest.raises(NotChannelWise, match="does not merge"):
+        _through(folded, heads_in)

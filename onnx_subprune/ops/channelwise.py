@@ -202,9 +202,10 @@ def _merge_heads(node: gs.Node, layout: Layout) -> Layout:
         raise NotChannelWise(f"Reshape {node.name} merges a tensor that also holds other channels")
     dims = node.inputs[0].shape
     size = dims[-1] if dims and isinstance(dims[-1], int) else None
-    tail = _shape_tail(node.inputs[1])
+    tail, out = _shape_tail(node.inputs[1]), node.outputs[0].shape or [None]
     width = layout.width * layout.block * size if size else None
-    if width is None or not tail or tail[-1] not in (width, -1):
+    inferred = tail[-1:] == [-1] and (out[-1] == width or len(tail) == layout.rank - 1 and set(tail[:-1]) == {0})
+    if width is None or not (tail[-1:] == [width] or inferred):  # -1 must not take tokens in too
         raise NotChannelWise(f"Reshape {node.name} does not merge the heads into one axis")
     return Layout(channels=layout.channels, axis=-1, rank=layout.rank - 1, block=layout.block * size)
 
@@ -240,7 +241,7 @@ def _shape_tail(shape: gs.Tensor) -> list[int | None]:
     if value is not None:
         return [int(v) for v in value.ravel()]
     tail: list[int | None] = []
-    for piece, index in reversed(_concat_pieces(shape)):
+    for piece, _ in reversed(_concat_pieces(shape)):
         value = const_value(piece)
         if value is not None:
             tail[:0] = [int(v) for v in value.ravel()]
