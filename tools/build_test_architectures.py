@@ -580,18 +580,17 @@ SPECS = collections.OrderedDict([
         "Linear bias as Add(bias, MatMul output), bias first; the Reshape "
         "target shapes are computed from Shape/Gather/Unsqueeze/Concat.",
         [
+            "heads (4 units of 8 channels): producers q, k, v (MatMul weight "
+            "columns + Add bias, 8 at a time); pass-through the head Reshapes "
+            "(computed shapes: their constant head count and width are "
+            "rewritten), Transposes, the scores and context MatMuls, Div, "
+            "Softmax; consumer attn_out (8 weight rows per head).",
             "FFN intermediate (128 ch): producer fc1 (MatMul weight columns + "
             "Add bias) through Erf-GELU, consumer fc2 (MatMul weight rows), "
-            "under leading [N,S] axes. The one group expected to be pruned.",
-            "not prunable: Q and K output channels (attention score path: "
-            "Reshape into heads, MatMul with each other, Softmax).",
-            "not prunable by the rules of issue 3: V output channels (split "
-            "into heads and multiplied by the non-constant attention "
-            "probabilities; a head-aware pruner could prune them per head "
-            "together with the attn_out input rows).",
+            "under leading [N,S] axes.",
             "not prunable: the 32-ch residual stream (LayerNormalization and "
             "the graph output).",
-            "total: 1 prunable group.",
+            "total: 2 prunable groups.",
         ])),
     ("bert_encoder", (BertEncoder, "seq_fixed", True,
         "two post-LN BERT encoder layers (as bert_layer, hidden 32, 4 heads of 8) at a fixed "
