@@ -77,6 +77,11 @@ def test_bench_speed_lenet5(tmp_path):
     _run("bench_speed.py", "latency", *common, "--ratios", "4", "--round-to", "1", "8", "--rounds", "2",
          "--repeats", "8")
     _run("bench_speed.py", "selector", *common, "--naive-sizes", "8", "--no-large")
+    _run("bench_speed.py", "depth", "--out", str(tmp_path), "--results", str(results), "--depths", "2", "4",
+         "--depth-samples", "8", "--architectures", "bert_encoder")
+    depth = _rows(tmp_path / "speed_depth.csv")
+    assert [(r["model"], r["method"]) for r in depth][:3] == [("chain 2", m) for m in ("layer", "seq", "asym")]
+    assert len(depth) == 9 and all(r["error"] == "" and float(r["passes"]) > 0 for r in depth)
 
     stages = _rows(tmp_path / "speed_stages.csv")
     assert len(stages) == 1 and stages[0]["error"] == ""
