@@ -389,3 +389,14 @@ def concat_depthwise_multiplier() -> onnx.ModelProto:
         "w1": (2, 3, 1, 1), "b1": (2,), "w2": (3, 3, 1, 1), "b2": (3,), "wd": (15, 1, 3, 3), "bd": (15,),
         "w3": (4, 15, 1, 1), "b3": (4,), "w4": (3, 4), "b4": (3,),
     })
+
+
+def two_inputs() -> onnx.ModelProto:
+    """Two graph inputs a, b [N,4] added, then Gemm(6) -> Relu -> Gemm(3)."""
+    text = header("float[N,4] a, float[N,4] b", "float[N,3] y") + """ {
+        s = Add (a, b)
+        h = Gemm <transB = 1> (s, w1, b1)
+        r = Relu (h)
+        y = Gemm <transB = 1> (r, w2, b2)
+    }"""
+    return build(text, {"w1": (6, 4), "b1": (6,), "w2": (3, 6), "b2": (3,)})

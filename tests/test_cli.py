@@ -82,22 +82,12 @@ def data(tmp_path_factory) -> Path:
         model = getattr(builders, name)()
         onnx.save(model, folder / f"{name}.onnx")
         np.savez(folder / f"{name}.npz", **random_feeds(model, 40, seed=1))
-    two = two_input_model()
+    two = builders.two_inputs()
     onnx.save(two, folder / "two.onnx")
     feeds = random_feeds(two, 40)
     np.savez(folder / "two.npz", **feeds)
     np.save(folder / "two.npy", feeds["a"])
     return folder
-
-
-def two_input_model() -> onnx.ModelProto:
-    text = builders.header("float[N,4] a, float[N,4] b", "float[N,3] y") + """ {
-        s = Add (a, b)
-        h = Gemm <transB = 1> (s, w1, b1)
-        r = Relu (h)
-        y = Gemm <transB = 1> (r, w2, b2)
-    }"""
-    return builders.build(text, {"w1": (6, 4), "b1": (6,), "w2": (3, 6), "b2": (3,)})
 
 
 def single_gemm_model() -> onnx.ModelProto:

@@ -345,18 +345,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _two_inputs() -> onnx.ModelProto:
-    text = builders.header("float[N,4] a, float[N,4] b", "float[N,3] y") + """ {
-        s = Add (a, b)
-        h = Gemm <transB = 1> (s, w1, b1)
-        r = Relu (h)
-        y = Gemm <transB = 1> (r, w2, b2)
-    }"""
-    return builders.build(text, {"w1": (6, 4), "b1": (6,), "w2": (3, 6), "b2": (3,)})
-
-
 def _two(d: Path, calib) -> list:
-    return prune_args(_save(d / "two.onnx", _two_inputs()), calib(d))
+    return prune_args(_save(d / "two.onnx", builders.two_inputs()), calib(d))
 
 
 def _with_nan(x: np.ndarray, value=np.nan) -> np.ndarray:
