@@ -72,9 +72,10 @@ computes with them. Elsewhere an infinite constant may be meant (a -inf mask, a 
 def check_model(model: onnx.ModelProto, source: str) -> None:
     """A one-line :class:`SubpruneError` unless ``model`` has nodes, passes ``onnx.checker`` and
     strict shape inference, its layers' constant inputs are finite (no constant holds NaN) and
-    every Conv's weight matches its input channels."""
+    every Conv's weight matches its input channels, and its text is valid UTF-8."""
     if not model.graph.node:
         raise SubpruneError(f"cannot read ONNX model {source}: the graph has no nodes")
+    _check_text(model, source)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -85,6 +86,24 @@ def check_model(model: onnx.ModelProto, source: str) -> None:
         raise SubpruneError(f"invalid ONNX model {source}: {_one_line(exc)}") from None
     _check_values(model, source)
     _check_convs(inferred, source)
+
+
+def _check_text(message, source: str, path: str = "model") -> None:
+    """Every string field of ``message`` (recursively) is valid UTF-8, as protobuf requires (a
+    corrupt one reads back as bytes and fails wherever it is written again), naming the field."""
+    from google.protobuf.descriptor import FieldDescriptor
+    from google.protobuf.message import Message
+
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = [(where, value)] if isinstance(value, Message) else [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            for name, item in items:
+                _check_text(item, source, name)
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            texts = [value] if isinstance(value, (str, bytes)) else list(value)
+            if any(not isinstance(text, str) for text in texts):
+                raise SubpruneError(f"invalid ONNX model {source}: {where} is not valid UTF-8")
 
 
 def _check_values(model: onnx.ModelProto, source: str) -> None:

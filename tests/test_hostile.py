@@ -919,16 +919,21 @@ def test_fuzz_models_analyze(tmp_path_factory, case):
     _fuzz_contract(result, work, before, set())
 
 
-@settings(max_examples=examples(60), **FUZZ_SETTINGS)
-@given(case=mutated((MLP.name, LENET.name)))
-def test_fuzz_models_prune(tmp_path_factory, fuzz_calib, case):
+def _fuzz_prune(tmp_path_factory, fuzz_calib, data: bytes) -> None:
+    """Prune the model ``data`` (bytes) at keep 0.5: the contract holds, only the outputs appear."""
     work = tmp_path_factory.mktemp("fuzz")
-    model = _bytes(work / "m.onnx", case[1])
+    model = _bytes(work / "m.onnx", data)
     calib = Path(shutil.copy(fuzz_calib, work / "calib.npz"))
     before = snapshot(work)
     result = invoke("prune", model, "-o", work / "out.onnx", "--calib", calib, "--report", work / "r.json",
                     "--holdout", "0", "--keep", "0.5", *FAST)
     _fuzz_contract(result, work, before, {"out.onnx", "r.json"})
+
+
+@settings(max_examples=examples(60), **FUZZ_SETTINGS)
+@given(case=mutated((MLP.name, LENET.name)))
+def test_fuzz_models_prune(tmp_path_factory, fuzz_calib, case):
+    _fuzz_prune(tmp_path_factory, fuzz_calib, case[1])
 
 
 @settings(max_examples=examples(80), **FUZZ_SETTINGS)
@@ -1013,10 +1018,17 @@ def field_mutated(draw, names: tuple[str, ...]):
 @settings(max_examples=examples(100), **FUZZ_SETTINGS)
 @given(case=field_mutated((MLP.name, LENET.name, "densenet_block.onnx", "mobilenetv2_const.onnx")))
 def test_fuzz_model_fields_prune(tmp_path_factory, fuzz_calib, case):
-    work = tmp_path_factory.mktemp("fuzz")
-    model = _bytes(work / "m.onnx", case[1])
-    calib = Path(shutil.copy(fuzz_calib, work / "calib.npz"))
-    before = snapshot(work)
-    result = invoke("prune", model, "-o", work / "out.onnx", "--calib", calib, "--report", work / "r.json",
-                    "--holdout", "0", "--keep", "0.5", *FAST)
-    _fuzz_contract(result, work, before, {"out.onnx", "r.json"})
+    _fuzz_prune(tmp_path_factory, fuzz_calib, case[1])
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    """Found by the fuzzer: a byte flipped in a string field (here the producer name) reads back
+    as bytes, and writing the pruned model failed with UnicodeDecodeError."""
+    data = MLP.read_bytes()
+    where = data.find(b"pytorch")
+    model = _bytes(tmp_path / "m.onnx", data[:where] + b"\xf0" + data[where + 1:])
+    before = snapshot(tmp_path)
+    for args in (("analyze", model), ("prune", model, "-o", tmp_path / "out.onnx", "--calib", MODELS / "digits_calib.npz")):
+        result = invoke(*args)
+        assert_contract(result, 1, "producer_name is not valid UTF-8")
+        assert snapshot(tmp_path) == before
