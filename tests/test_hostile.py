@@ -204,21 +204,20 @@ def prune_args(model, calib, *extra):
     return ["prune", model, "-o", "out.onnx", "--calib", calib, *extra]
 
 
-def _m(model_factory, calib_factory=None, *extra):
-    """A prune case on the model ``model_factory(folder)`` with LeNet's calibration data."""
-    def make(d: Path):
-        model = model_factory(d)
-        calib = calib_factory(d) if calib_factory else _npz(d / "calib.npz", input=_calib())
-        return prune_args(model, calib, *extra)
-    return make
+def _cases(default_calib):
+    """A maker of prune cases on the model ``model_factory(folder)``, with ``calib_factory``'s
+    calibration data or ``default_calib(folder)``."""
+    def case(model_factory, calib_factory=None, *extra):
+        def make(d: Path):
+            model = model_factory(d)
+            calib = (calib_factory or default_calib)(d)
+            return prune_args(model, calib, *extra)
+        return make
+    return case
 
 
-def _gemm_case(model_factory, calib_factory=None, *extra):
-    def make(d: Path):
-        model = model_factory(d)
-        calib = calib_factory(d) if calib_factory else _npz(d / "calib.npz", x=_gemm_x())
-        return prune_args(model, calib, *extra)
-    return make
+_m = _cases(lambda d: _npz(d / "calib.npz", input=_calib()))  # LeNet's calibration data
+_gemm_case = _cases(lambda d: _npz(d / "calib.npz", x=_gemm_x()))
 
 
 MODEL_CASES = {

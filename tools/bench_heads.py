@@ -69,8 +69,9 @@ def fixed_shape(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.Mod
 
 def embeddings(path: str, feed: dict, entry: dict) -> np.ndarray:
     """(sentences, 384) sentence embeddings (the model's own mean pooling output)."""
-    outs = zoo.run_model(path, feed, entry)
-    names = [o.name for o in zoo.make_session(path).get_outputs()]
+    session = zoo.make_session(path)
+    outs = zoo.run_model(session, feed, entry)
+    names = [o.name for o in session.get_outputs()]
     return outs[names.index(entry["embedding_output"])].astype(np.float64)
 
 

@@ -179,13 +179,11 @@ def _head_shape(node: gs.Node, width: int) -> tuple[int, int]:
     """(n, d) of a Reshape splitting ``width`` channels into n heads of d: from the last two
     entries of its target shape (constant, or constant pieces of a computed one), where an
     entry is -1 from the other one, or from the output's inferred shape."""
-    tail, out = _shape_tail(node.inputs[1]), node.outputs[0].shape or []
+    tail = _shape_tail(node.inputs[1])
     entries = [tail[i] if len(tail) >= -i else None for i in (-2, -1)]
     if 0 in entries:
         raise NotChannelWise(f"Reshape {node.name} copies an input dim into the heads")
-    dims = [e if e is not None and e > 0 else (out[i] if len(out) >= -i and isinstance(out[i], int) else None)
-            for e, i in zip(entries, (-2, -1))]
-    count, size = dims
+    count, size = _output_dim(node, tail, -2), _output_dim(node, tail, -1)
     if count is None and size:
         count = width // size
     if size is None and count:
@@ -215,12 +213,21 @@ def _reshape_upstream(node: gs.Node, output: Layout) -> Layout:
     walked downstream only)."""
     if output.rank is None or output.axis != -2 or not output.is_full or _rank(node.inputs[0], None) != output.rank - 1:
         raise NotChannelWise(f"channels reach {node.op} {node.name} from below")
-    tail, out = _shape_tail(node.inputs[1]), node.outputs[0].shape or []
-    size = tail[-1] if tail and tail[-1] is not None and tail[-1] > 0 else (out[-1] if out and isinstance(out[-1], int) else None)
+    size = _output_dim(node, _shape_tail(node.inputs[1]), -1)
     if size is None:
         raise NotChannelWise(f"Reshape {node.name} splits the channels into heads of unknown size")
     _head_shape(node, output.channels * output.block * size)
     return Layout(channels=output.channels, axis=-1, rank=output.rank - 1, block=output.block * size)
+
+
+def _output_dim(node: gs.Node, tail: list[int | None], index: int) -> int | None:
+    """Dim ``index`` (negative) of a Reshape's output: its target shape's entry there (``tail``:
+    :func:`_shape_tail`) where that is a size, else the output's inferred dim (None: unknown)."""
+    entry = tail[index] if len(tail) >= -index else None
+    if entry is not None and entry > 0:
+        return entry
+    out = node.outputs[0].shape or []
+    return out[index] if len(out) >= -index and isinstance(out[index], int) else None
 
 
 def _rank(tensor: gs.Tensor, shape: gs.Tensor | None) -> int | None:
