@@ -320,6 +320,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
               help="Fail (exit 1, nothing written) when the pruned model's relative output error on the held-out calibration samples exceeds E, naming the groups that cost the most.")
 @click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
+@click.option("--cache-memory", default=DEFAULTS.cache_memory, show_default=True, type=click.IntRange(min=0), metavar="MIB",
+              help="Memory (MiB) for the activations asym/seq keep between groups so that each sample runs through each model about once; beyond it they go to a temporary file, removed at the end.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
 @_group_filters
 @click.option("--report", "report_path", type=click.Path(), help="Write the full JSON report here.")
@@ -332,7 +334,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
               method, no_refit, no_bias_compensation, ridge, shrink, holdout, max_error, device, batch_size,
-              seed, include, exclude, report_path, external_data, as_json, quiet, input_shapes, plan_path,
+              cache_memory, seed, include, exclude, report_path, external_data, as_json, quiet, input_shapes, plan_path,
               group_keep, dry_run) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
@@ -359,8 +361,8 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
         raise click.UsageError("--plan cannot be combined with --keep/--target-params/--target-flops")
     config = PruneConfig(keep=0.5 if keep is None else keep, method=method, refit=not no_refit,
                          bias_compensation=not no_bias_compensation, ridge=ridge, shrink=shrink,
-                         holdout=holdout, batch_size=batch_size, seed=seed, device=device, target_params=target_params,
-                         target_flops=target_flops, allocation=allocation or "sensitivity",
+                         holdout=holdout, batch_size=batch_size, cache_memory=cache_memory, seed=seed, device=device,
+                         target_params=target_params, target_flops=target_flops, allocation=allocation or "sensitivity",
                          min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
                          max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
     plan = read_plan(plan_path) if plan_path is not None else None

@@ -37,6 +37,9 @@ class PruneConfig:
     holdout: fraction of calibration samples kept out of the statistics, to report
         held-out explained variance.
     batch_size: samples per onnxruntime run.  seed: sample split and random baseline.
+    cache_memory: MiB of activations seq / asym keep in memory between groups (the tensors at
+        the frontier of the part already pruned, for every calibration sample); beyond it they
+        go to a temporary memory-mapped file, removed at the end.
     device: auto | cpu | cuda.  verify_samples: held-out samples (calibration ones when none
         are held out) the pruned model's outputs are compared on.
     max_error: the largest relative output error accepted on them; above it pruning fails with
@@ -71,6 +74,7 @@ class PruneConfig:
     shrink: str = "none"
     holdout: float = 0.2
     batch_size: int = 32
+    cache_memory: int = 2048
     seed: int = 0
     device: str = "auto"
     verify_samples: int = 512
@@ -121,6 +125,8 @@ class PruneConfig:
                 raise ConfigError("group_keep", f"fraction for {pattern!r} must be in (0, 1], got {fraction}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.cache_memory < 0:
+            raise ConfigError("cache_memory", f"must be >= 0 MiB, got {self.cache_memory}")
 
     @property
     def has_target(self) -> bool:

@@ -16,6 +16,7 @@ from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
 from .config import PruneConfig
+from .frontier import Cache, Frontier
 from .errors import InternalError, QualityError, SubpruneError, UnsupportedPattern
 from .graph import pin_input_dims, prepare, proto_attrs, read_constants
 from .metrics import count_macs, count_macs_open, count_params
@@ -362,33 +363,51 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial,
         all_stats = initial if initial is not None else run.capture(groups, run.original, None)
     timings["capture"] += time.perf_counter() - clock
     plans, entries = [], []
-    for index, group in enumerate(groups):
-        clock = time.perf_counter()
-        if all_stats is not None:
-            stats = original_to_current(group, all_stats[index], plans)
-        elif not plans:
-            stats = initial[0] if initial is not None else run.capture([group], run.original, None)[0]
-        else:
-            names = tuple(c.input for c in group.consumers)
-            pruned = rewrite(run.model, plans)
-            current = runtime.session(pruned, run.providers, names)
-            mine, targets = _current_matrices(pruned, group, run.weights, plans)
-            if schedule == "asym":  # the original, computing only what this group reads
-                reference = runtime.session(run.model, run.providers, names)
-                stats = run.capture([group], current, reference, mine, targets)[0]
+    fixed = runtime.fixed_batch(run.model)
+    with Cache(config.cache_memory << 20) as cache:
+        pruned_side = Frontier(cache, "pruned", run.providers, fixed)
+        original_side = Frontier(cache, "original", run.providers, fixed) if schedule == "asym" else None
+        for index, group in enumerate(groups):
+            clock = time.perf_counter()
+            if all_stats is not None:
+                stats = original_to_current(group, all_stats[index], plans)
+            elif not plans and initial is not None:
+                stats = initial[0]
             else:
-                stats = run.capture([group], current, None, mine)[0]
-        captured = time.perf_counter()
-        timings["capture"] += captured - clock
-        plan, entry = _select(group, stats, counts[index], config, plans, touched,
-                              given[index] if given is not None else None)
-        timings["select"] += time.perf_counter() - captured
-        entry.seconds = round(time.perf_counter() - clock, 4)
-        plans.append(plan)
-        entries.append(entry)
-        if run.progress:
-            run.progress("groups", index + 1, len(groups))
+                stats = _capture_step(run, groups, index, plans, pruned_side, original_side)
+            captured = time.perf_counter()
+            timings["capture"] += captured - clock
+            plan, entry = _select(group, stats, counts[index], config, plans, touched,
+                                  given[index] if given is not None else None)
+            timings["select"] += time.perf_counter() - captured
+            entry.seconds = round(time.perf_counter() - clock, 4)
+            plans.append(plan)
+            entries.append(entry)
+            if run.progress:
+                run.progress("groups", index + 1, len(groups))
     return plans, entries
+
+
+def _capture_step(run: _Run, groups: Sequence[ChannelGroup], index: int, plans: Sequence[GroupPlan],
+                  pruned_side: Frontier, original_side: Frontier | None) -> GroupStats:
+    """Statistics of ``groups[index]`` for seq / asym: B from the model pruned by ``plans`` and
+    (asym, once a group is pruned) A from the original, each computed from its frontier."""
+    group = groups[index]
+    names = tuple(c.input for c in group.consumers)
+    changing = [p.node for later in groups[index:] for p in later.producers]
+    later = [c.input for later in groups[index + 1:] for c in later.consumers]
+    pruned = rewrite(run.model, plans) if plans else run.model
+    pruned_side.step(pruned, names, changing, later)
+    reference = None
+    if original_side is not None and plans:
+        original_side.step(run.model, names, (), later)
+        reference = original_side
+    mine, targets = _current_matrices(pruned, group, run.weights, plans) if plans else (run.weights, None)
+    stats = run.capture([group], pruned_side, reference, mine, targets if reference is not None else None)[0]
+    for side in (pruned_side, reference):
+        if side is not None:
+            side.settle()
+    return stats
 
 
 def refitted_consumers(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> frozenset[str]:

@@ -172,9 +172,9 @@ def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> d
     fixed = _session_batch(sess)
     if fixed is None or samples >= fixed:
         return dict(zip(names, _checked_run(sess, names, feeds)))
-    padded = {name: _pad(value, fixed) for name, value in feeds.items()}
+    padded = {name: pad(value, fixed) for name, value in feeds.items()}
     outputs = _checked_run(sess, names, padded)
-    return {name: _real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
+    return {name: real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
 
 
 def _checked_run(sess, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -193,12 +193,12 @@ def _session_batch(sess) -> int | None:
     return min(fixed) if fixed else None
 
 
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
+def pad(array: np.ndarray, size: int) -> np.ndarray:
     """``array`` with its last sample repeated up to ``size`` samples."""
     return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
 
 
-def _real_rows(value: np.ndarray, samples: int, batch: int) -> np.ndarray:
+def real_rows(value: np.ndarray, samples: int, batch: int) -> np.ndarray:
     """The rows of ``samples`` real samples in an output of a padded batch of ``batch``."""
     if value.ndim == 0 or value.shape[0] % batch:
         raise SubpruneError(

@@ -1,0 +1,128 @@
+"""seq / asym capture from cached frontier tensors (onnx_subprune/frontier.py) gives the statistics
+that re-running the whole partly pruned model and the whole original for every group gives."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_subprune import pipeline, runtime
+from onnx_subprune.config import PruneConfig
+from onnx_subprune.frontier import Cache
+from onnx_subprune.rewrite import rewrite
+
+ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
+MODELS = ["resnet_mixed", "csp_split_concat", "densenet_block", "mobilenetv3_se", "bert_layer",
+          "bert_encoder_const", "resnext_grouped", "nhwc_cnn"]
+
+
+def _feeds(name: str, samples: int) -> dict[str, np.ndarray]:
+    data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
+    with np.load(ARCH / f"{data}.npz") as archive:
+        return {"input": archive["input"][:samples]}
+
+
+def _recaptured(run, groups, index, plans):
+    """Group ``index``'s statistics as every group was captured before frontiers: a session of
+    the whole model pruned by ``plans`` and, for asym, one of the whole original."""
+    group = groups[index]
+    names = tuple(c.input for c in group.consumers)
+    pruned = rewrite(run.model, plans) if plans else run.model
+    current = runtime.session(pruned, run.providers, names)
+    mine, targets = pipeline._current_matrices(pruned, group, run.weights, plans) if plans else (run.weights, None)
+    if run.config.method == "asym" and plans:
+        reference = runtime.session(run.model, run.providers, names)
+        return run.capture([group], current, reference, mine, targets)[0]
+    return run.capture([group], current, None, mine)[0]
+
+
+def _assert_same(got, want, label):
+    for part in ("calibration", "holdout"):
+        for a, b in zip(getattr(got, part) or (), getattr(want, part) or ()):
+            assert a.n_rows == b.n_rows, label
+            scale = max(float(np.abs(b.gram).max()), 1e-12) if b.gram is not None else 1.0
+            for field in ("gram", "cross", "rows", "targets", "b_sum", "y_sum"):
+                x, y = getattr(a, field), getattr(b, field)
+                if y is not None:
+                    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{label} {part} {field}")
+            assert a.y_sq == pytest.approx(b.y_sq, rel=1e-5), label
+
+
+def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2048, **extra):
+    """Prune ``name`` with frontier capture while checking every step against recapture;
+    the number of steps compared."""
+    steps = []
+    frontier_step = pipeline._capture_step
+
+    def checked(run, groups, index, plans, pruned_side, original_side):
+        got = frontier_step(run, groups, index, plans, pruned_side, original_side)
+        _assert_same(got, _recaptured(run, groups, index, plans), f"{name} {method} group {index}")
+        steps.append(index)
+        return got
+
+    monkeypatch.setattr(pipeline, "_capture_step", checked)
+    config = PruneConfig(method=method, keep=0.5, batch_size=batch_size, cache_memory=cache_memory, **extra)
+    result = pipeline.prune(onnx.load(ARCH / f"{name}.onnx"), _feeds(name, samples), config)
+    return steps, result
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_asym_frontier_equals_per_group_recapture(monkeypatch, name):
+    steps, result = _compare(monkeypatch, name, "asym")
+    assert len(steps) == len(result.report.groups)
+
+
+@pytest.mark.parametrize("name", ["resnet_mixed", "densenet_block", "bert_encoder"])
+def test_seq_frontier_equals_per_group_recapture(monkeypatch, name):
+    steps, result = _compare(monkeypatch, name, "seq")
+    assert len(steps) == len(result.report.groups)
+
+
+def test_cached_tensors_spill_to_a_file_that_is_removed(monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    seen = []
+    original_close = Cache.close
+
+    def close(self):
+        seen.append((self.spilled, list(tmp_path.iterdir())))
+        original_close(self)
+
+    monkeypatch.setattr(Cache, "close", close)
+    _compare(monkeypatch, "resnet_mixed", "asym", cache_memory=0)
+    assert seen and seen[-1][0] and seen[-1][1], "nothing went to disk with a zero budget"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fixed_batch_model_pads_the_frontier(monkeypatch):
+    model = onnx.load(ARCH / "resnet_mixed.onnx")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    steps = []
+    frontier_step = pipeline._capture_step
+
+    def checked(run, groups, index, plans, pruned_side, original_side):
+        got = frontier_step(run, groups, index, plans, pruned_side, original_side)
+        _assert_same(got, _recaptured(run, groups, index, plans), f"fixed group {index}")
+        steps.append(index)
+        return got
+
+    monkeypatch.setattr(pipeline, "_capture_step", checked)
+    result = pipeline.prune(model, _feeds("resnet_mixed", 23), PruneConfig(keep=0.5))
+    assert len(steps) == len(result.report.groups) and result.report.samples["calibration"] % 4
+
+
+def test_cache_keeps_arrays_in_memory_up_to_the_budget_then_on_disk():
+    with Cache(budget=100) as cache:
+        small, large = np.arange(10, dtype=np.float32), np.ones((20, 3), np.float32)
+        cache.put("a", 0, small)
+        cache.put("b", 0, large)
+        assert not isinstance(cache.get("a", 0), np.memmap) and isinstance(cache.get("b", 0), np.memmap)
+        np.testing.assert_array_equal(cache.get("b", 0), large)
+        folder = cache._folder.name
+        cache.drop("b")
+        assert not list(Path(folder).iterdir())
+        assert cache.in_memory == small.nbytes
+    assert not Path(folder).exists()
