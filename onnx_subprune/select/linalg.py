@@ -59,3 +59,19 @@ def compress_columns(x: np.ndarray) -> np.ndarray:
         return x
     r = scipy.linalg.qr(x.T, mode="r", check_finite=False)[0]
     return np.ascontiguousarray(r[:p].T)
+
+
+def subtract_product(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+    """``target -= left @ right`` in place, without a temporary of ``target``'s size.
+
+    target (p, q) float64, C-contiguous; left (p, s); right (s, q). BLAS dgemm updates
+    ``target^T`` (F-contiguous, the same memory) as ``target^T - right^T left^T``; any other
+    layout takes the plain numpy path.
+    """
+    if target.dtype != np.float64 or not target.flags.c_contiguous or target.size == 0:
+        target -= left @ right
+        return
+    out = scipy.linalg.blas.dgemm(-1.0, np.asarray(right, np.float64).T, np.asarray(left, np.float64).T,
+                                  beta=1.0, c=target.T, overwrite_c=True)
+    if not np.shares_memory(out, target):  # BLAS had to copy: put the result back
+        target[...] = out.T

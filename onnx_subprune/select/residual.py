@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .linalg import compress_columns, pinv_values, psd_tolerance
+from .linalg import compress_columns, pinv_values, psd_tolerance, subtract_product
 from .stats import ConsumerStats
 
 
@@ -90,7 +90,7 @@ class Residual(ABC):
         v = g @ factor
         vb = v.reshape(self.n, self.r, -1)
         self.diag -= vb @ vb.transpose(0, 2, 1)
-        self.cross -= v @ (factor.T @ self.cross[span])
+        subtract_product(self.cross, v, factor.T @ self.cross[span])
         self._extend(j, v, w, e)
 
     @abstractmethod
@@ -126,7 +126,7 @@ class GramResidual(Residual):
             g -= np.outer(self.scaled_mean, self.scaled_mean[span])
         g[span] += self.lam * np.eye(self.r)
         done = self.factor_t[: self.rank]
-        g -= done.T @ done[:, span]
+        g -= done.T @ np.ascontiguousarray(done[:, span])  # BLAS gemv over a contiguous block
         return g
 
     def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
@@ -157,7 +157,7 @@ class RowResidual(Residual):
         keep = sigma_sq > self.tol
         q = self.rows[:, self._span(j)] @ (e[:, keep] / np.sqrt(sigma_sq[keep]))
         shrink = 1.0 - np.sqrt(self.lam / w[keep])
-        self.rows -= (q * shrink) @ (q.T @ self.rows)
+        subtract_product(self.rows, q * shrink, q.T @ self.rows)
 
 
 def make_residual(
