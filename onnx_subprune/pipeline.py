@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
+from threadpoolctl import threadpool_limits
 
 from . import runtime
 from .analyze import analyze
@@ -32,6 +33,11 @@ from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
 
 Log = Callable[[str], None]
+
+SELECT_THREADS = 1
+"""BLAS threads of the selection: its greedy steps are many small products (gemv, rank-r
+updates) that OpenBLAS threads only slow down, 1.5-14x on a 2-core machine with anything else
+running (``tools/bench_speed.py selector``: the 512-channel greedy with one thread and all)."""
 
 MIN_HELD_OUT = 16
 """Fewest held-out samples the sensitivity curves are measured on (else calibration samples)."""
@@ -430,7 +436,8 @@ def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     keep these channels."""
     refitted = [config.refit and (touched is None or c.node in touched) for c in group.consumers]
     refit = any(refitted)
-    chosen = choose(group, stats, k, config, plans, refit=refit, given=given)
+    with threadpool_limits(SELECT_THREADS, user_api="blas"):
+        chosen = choose(group, stats, k, config, plans, refit=refit, given=given)
     updates = tuple(
         ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if again else ConsumerUpdate(c.node)
         for c, fit, again in zip(group.consumers, chosen.fits, refitted)

@@ -100,14 +100,19 @@ def synthetic_stats(n: int, m: int, rank: int, n_rows: int, rng: np.random.Gener
 
 
 def bench_large(rng: np.random.Generator) -> dict:
-    """Time of greedy (k = 256) and refit on a 512-channel 3x3 consumer."""
+    """Time of greedy (k = 256) and refit on a 512-channel 3x3 consumer; the greedy also with one
+    BLAS thread (as the pipeline runs it, pipeline.SELECT_THREADS) against all of them."""
+    from threadpoolctl import threadpool_limits
+
     stats, t_build = timed(lambda: synthetic_stats(512, 512, 1024, 100_000, rng))
+    with threadpool_limits(1, user_api="blas"):
+        _, t_single = timed(lambda: greedy_select([stats], 256))
     result, t_select = timed(lambda: greedy_select([stats], 256))
     kept = np.sort(result.order)
     _, t_refit = timed(lambda: refit(stats, kept))
     return {
         "n": 512, "d": stats.d, "m": stats.m, "k": 256, "build_stats_s": t_build,
-        "greedy_s": t_select, "refit_s": t_refit, "greedy_plus_refit_s": t_select + t_refit,
+        "greedy_s": t_select, "greedy_one_thread_s": t_single, "refit_s": t_refit, "greedy_plus_refit_s": t_select + t_refit,
     }
 
 
