@@ -24,17 +24,22 @@ latency   For each model, prunes it (asym, --allocation uniform by default, seed
           runs, and the speed-up original / pruned from the same process.
 
 depth     Prune time against the depth of the model: plain chains of --depths 3x3 Conv + Relu
-          layers (16 channels, 16x16 inputs, random He weights, then global pooling and a Gemm)
-          and the test architectures of models/arch, each pruned at keep 0.5 by layer, seq and
-          asym in a fresh child process (peak RSS from os.wait4) on --depth-samples random
-          inputs. Reported: the report's stage seconds divided by the seconds of one forward pass
-          of the same inputs through the original (onnxruntime CPU, measured in this process,
-          median of 3), and a plot of seconds vs depth (docs/speed_depth.png).
+          layers (--chain-channels channels on --chain-size square inputs, 32 and 32 by default,
+          random He weights, then global pooling and a Gemm), the test architectures of
+          models/arch and, with --resnet50-samples, a ResNet-50-shaped model (resnet50_shaped:
+          224x224, 53 Conv layers, random weights) on that many random inputs; each pruned at
+          keep 0.5 by layer, seq and asym (the ResNet: --resnet50-methods at its smallest sample
+          count, asym at the others) in a fresh child process (peak RSS from os.wait4) on
+          --depth-samples random inputs. Reported: the report's stage seconds divided by the
+          seconds of one forward pass of the same inputs through the original (onnxruntime CPU,
+          measured in this process, median of 3), and a plot of seconds vs depth
+          (docs/speed_depth.png).
 
 Writes docs/results/speed_<section>.csv and .md and replaces the section's block in
 docs/RESULTS.md.
 
 Usage: python tools/bench_speed.py {stages,selector,latency,depth,all} [--models ...] [--samples ...]
+           [--depths 8 16 32 64] [--resnet50-samples 32 512]
            [--ratios 2 4 8 16] [--naive-sizes 32 64 128] [--no-large] [--threads 1]
            [--out docs/results] [--results docs/RESULTS.md]
 """
@@ -196,6 +201,52 @@ def conv_chain(depth: int, channels: int = 16, size: int = 16, seed: int = 0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def resnet50_shaped(seed: int = 0):
+    """A model shaped like ResNet-50 (224x224 input, 7x7 stem and max pool, bottleneck stages
+    of 3, 4, 6, 3 blocks of widths 64-512 with 4x expansion and projection shortcuts, global
+    pooling, a 1000-way Gemm) with batch norms folded into Conv biases and random He weights:
+    25.5M params, 4.1G MACs per image, 53 Conv layers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, weights = [], []
+
+    def conv(x: str, cin: int, cout: int, kernel: int, stride: int, name: str, relu: bool = True) -> str:
+        weight = (rng.standard_normal((cout, cin, kernel, kernel)) * np.sqrt(2 / (kernel * kernel * cin))).astype(np.float32)
+        weights.extend([numpy_helper.from_array(weight, f"{name}.w"),
+                        numpy_helper.from_array((0.01 * rng.standard_normal(cout)).astype(np.float32), f"{name}.b")])
+        pad = kernel // 2
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.y"], name=name,
+                                      kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4))
+        if not relu:
+            return f"{name}.y"
+        nodes.append(helper.make_node("Relu", [f"{name}.y"], [f"{name}.r"], name=f"{name}.relu"))
+        return f"{name}.r"
+
+    x = conv("input", 3, 64, 7, 2, "stem")
+    nodes.append(helper.make_node("MaxPool", [x], ["pool0"], name="pool0", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
+    x, cin = "pool0", 64
+    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for block in range(blocks):
+            name, stride = f"s{stage}b{block}", 2 if block == 0 and stage > 0 else 1
+            y = conv(x, cin, width, 1, 1, f"{name}.c1")
+            y = conv(y, width, width, 3, stride, f"{name}.c2")
+            y = conv(y, width, 4 * width, 1, 1, f"{name}.c3", relu=False)
+            shortcut = conv(x, cin, 4 * width, 1, stride, f"{name}.down", relu=False) if block == 0 else x
+            nodes += [helper.make_node("Add", [y, shortcut], [f"{name}.sum"], name=f"{name}.add"),
+                      helper.make_node("Relu", [f"{name}.sum"], [f"{name}.out"], name=f"{name}.relu")]
+            x, cin = f"{name}.out", 4 * width
+    fc = (rng.standard_normal((1000, cin)) / np.sqrt(cin)).astype(np.float32)
+    weights += [numpy_helper.from_array(fc, "fc.w"), numpy_helper.from_array(np.zeros(1000, np.float32), "fc.b")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "resnet50_shaped",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def forward_seconds(path: Path, feeds: dict, batch: int = 64) -> float:
     """Median of 3 runs of every sample of ``feeds`` through the model at ``path`` (CPU)."""
     import onnxruntime as ort
@@ -211,10 +262,38 @@ def forward_seconds(path: Path, feeds: dict, batch: int = 64) -> float:
     return statistics.median(times[1:])
 
 
+def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp: Path) -> list[dict]:
+    """Prune the model at ``path`` with each method in a fresh child process (keep 0.5, CPU,
+    calibration ``feeds``): one row each, with the seconds of one forward pass of ``feeds``."""
+    calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
+    np.savez(calib, **feeds)
+    forward = forward_seconds(path, feeds)
+    rows = []
+    for method in methods:
+        report = tmp / "report.json"
+        command = cli_command() + ["prune", str(path), "-o", str(tmp / "out.onnx"), "--calib", str(calib),
+                                   "--keep", "0.5", "--method", method, "--device", "cpu", "--quiet",
+                                   "--report", str(report)]
+        print(f"[depth] {name} {method} ...", file=sys.stderr, flush=True)
+        measure = run_measured(command, tmp, f"{name.replace(' ', '_')}_{method}")
+        row = {"model": name, "depth": depth or "", "method": method, "forward_s": forward}
+        if measure["returncode"] != 0:
+            row["error"] = measure.get("stderr", "")[-300:]
+        else:
+            result = json.loads(report.read_text())
+            seconds = result["seconds"]
+            row.update(groups=len(result["groups"]), prune_s=sum(seconds.values()),
+                       capture_s=seconds.get("capture", 0.0), select_s=seconds.get("select", 0.0),
+                       peak_rss_mib=measure["peak_rss_mib"], error="")
+            row["passes"] = row["prune_s"] / forward
+        rows.append(row)
+    return rows
+
+
 def cmd_depth(args) -> int:
     import onnx
 
-    rows, failed = [], False
+    rows = []
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_depth_") as tmp:
@@ -222,39 +301,29 @@ def cmd_depth(args) -> int:
         cases = []
         for depth in args.depths:
             path = tmp / f"chain{depth}.onnx"
-            onnx.save(conv_chain(depth, seed=args.seed), path)
+            onnx.save(conv_chain(depth, args.chain_channels, args.chain_size, seed=args.seed), path)
             cases.append((f"chain {depth}", depth, path, {"input": rng.standard_normal(
-                (args.depth_samples, 3, 16, 16)).astype(np.float32)}))
+                (args.depth_samples, 3, args.chain_size, args.chain_size)).astype(np.float32)}))
         for name in args.architectures:
             data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
             with np.load(ARCH / f"{data}.npz") as archive:
                 cases.append((name, None, ARCH / f"{name}.onnx", {"input": archive["input"][:args.depth_samples]}))
         for name, depth, path, feeds in cases:
-            calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
-            np.savez(calib, **feeds)
-            forward = forward_seconds(path, feeds)
-            for method in DEPTH_METHODS:
-                report = tmp / "report.json"
-                command = cli_command() + ["prune", str(path), "-o", str(tmp / "out.onnx"), "--calib", str(calib),
-                                           "--keep", "0.5", "--method", method, "--device", "cpu", "--quiet",
-                                           "--report", str(report)]
-                print(f"[depth] {name} {method} ...", file=sys.stderr, flush=True)
-                measure = run_measured(command, tmp, f"{name.replace(' ', '_')}_{method}")
-                row = {"model": name, "depth": depth or "", "method": method, "forward_s": forward}
-                if measure["returncode"] != 0:
-                    failed = True
-                    row["error"] = measure.get("stderr", "")[-300:]
-                else:
-                    seconds = json.loads(report.read_text())["seconds"]
-                    row.update(groups=len(json.loads(report.read_text())["groups"]), prune_s=sum(seconds.values()),
-                               capture_s=seconds.get("capture", 0.0), peak_rss_mib=measure["peak_rss_mib"], error="")
-                    row["passes"] = row["prune_s"] / forward
-                rows.append(row)
+            rows += _measure(name, depth, path, feeds, DEPTH_METHODS, tmp)
+        if args.resnet50_samples:
+            path = tmp / "resnet50.onnx"
+            onnx.save(resnet50_shaped(args.seed), path)
+            for samples in args.resnet50_samples:
+                feeds = {"input": rng.standard_normal((samples, 3, 224, 224)).astype(np.float32)}
+                methods = args.resnet50_methods if samples == min(args.resnet50_samples) else ["asym"]
+                rows += _measure(f"resnet50-shaped x{samples}", None, path, feeds, methods, tmp)
+    failed = any(r["error"] for r in rows)
     total = time.perf_counter() - started
-    header = ["model", "groups", "method", "forward s", "prune s", "capture s", "prune / forward", "peak RSS MiB"]
+    header = ["model", "groups", "method", "forward s", "prune s", "capture s", "select s", "prune / forward",
+              "peak RSS MiB"]
     table = [[r["model"], str(r.get("groups", "")), r["method"], f"{r['forward_s']:.3f}"] + (
-        [f"{r['prune_s']:.1f}", f"{r['capture_s']:.1f}", f"{r['passes']:.0f}", f"{r['peak_rss_mib']:.0f}"]
-        if not r["error"] else ["FAILED"] * 4) for r in rows]
+        [f"{r['prune_s']:.1f}", f"{r['capture_s']:.1f}", f"{r['select_s']:.1f}", f"{r['passes']:.0f}",
+         f"{r['peak_rss_mib']:.0f}"] if not r["error"] else ["FAILED"] * 5) for r in rows]
     growth = []
     for method in DEPTH_METHODS:
         by_depth = {r["depth"]: r["prune_s"] for r in rows if r["depth"] and r["method"] == method and not r["error"]}
@@ -263,14 +332,14 @@ def cmd_depth(args) -> int:
     text = "\n".join([
         "### Prune time vs depth",
         "",
-        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--architectures'])}` (took {total:.0f} s).",
+        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--resnet50-samples', '--resnet50-methods'])}` (took {total:.0f} s).",
         f"`onnx-subprune prune MODEL --keep 0.5 --method M --device cpu` in a fresh process on {args.depth_samples} "
-        "random inputs (the architectures: their shipped calibration inputs); prune s = the report's stage seconds; "
+        f"random inputs ({args.chain_channels}-channel 3x3 Conv+Relu chains on {args.chain_size}x{args.chain_size} inputs; the architectures: their shipped calibration inputs); prune s = the report's stage seconds; "
         "forward s = one pass of the same inputs through the original, batch 64. Depth 64 / depth 16: "
         + (", ".join(growth) or "not measured") + ".",
         machine_line(),
         "",
-        markdown_table(header, table, right={1, 3, 4, 5, 6, 7}),
+        markdown_table(header, table, right={1, 3, 4, 5, 6, 7, 8}),
         "",
         "![prune seconds vs depth](../speed_depth.png)",
         "",
@@ -357,7 +426,8 @@ def cmd_selector(args) -> int:
         lines += [
             f"512-channel 3x3 consumer (d = {large['d']}, m = {large['m']}, k = {large['k']}, population "
             f"statistics): greedy {large['greedy_s']:.2f} s + refit {large['refit_s']:.2f} s = "
-            f"{large['greedy_plus_refit_s']:.2f} s.",
+            f"{large['greedy_plus_refit_s']:.2f} s; the greedy with one BLAS thread (as `prune` runs it): "
+            f"{large['greedy_one_thread_s']:.2f} s.",
             "",
         ]
     publish("selector", args, "\n".join(lines), rows)
@@ -497,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-samples", type=int, default=128, help="latency: calibration images")
     parser.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64], help="depth: chain lengths")
     parser.add_argument("--depth-samples", type=int, default=32, help="depth: calibration inputs")
+    parser.add_argument("--resnet50-samples", type=int, nargs="*", default=[],
+                        help="depth: also prune a ResNet-50-shaped model (224x224) on these numbers of random inputs")
+    parser.add_argument("--resnet50-methods", nargs="+", default=["asym", "layer"],
+                        help="depth: methods for the ResNet-50-shaped model at its smallest sample count (larger: asym)")
+    parser.add_argument("--chain-channels", type=int, default=32, help="depth: channels of every chain layer")
+    parser.add_argument("--chain-size", type=int, default=32, help="depth: chain input height and width")
     parser.add_argument("--architectures", nargs="*", default=["resnet_mixed", "csp_split_concat", "densenet_block",
                                                                "mobilenetv3_se", "bert_encoder"],
                         help="depth: test architectures (models/arch) measured alike")
