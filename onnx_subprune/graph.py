@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -77,11 +80,11 @@ def check_model(model: onnx.ModelProto, source: str) -> None:
         raise SubpruneError(f"cannot read ONNX model {source}: the graph has no nodes")
     _check_text(model, source)
     try:
-        onnx.checker.check_model(model)
+        check_onnx(model)
     except Exception as exc:
         raise SubpruneError(f"invalid ONNX model {source}: {_one_line(exc)}") from None
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        inferred = _inferred(model, check_type=True, strict_mode=True)
     except Exception as exc:
         raise SubpruneError(f"invalid ONNX model {source}: {_one_line(exc)}") from None
     _check_values(model, source)
@@ -167,18 +170,118 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 def model_bytes(model: onnx.ModelProto) -> bytes:
     """``model`` serialized; a one-line error beyond protobuf's 2 GiB limit."""
+    from google.protobuf.message import EncodeError
+
     try:
         return model.SerializeToString()
-    except ValueError as exc:
-        raise SubpruneError(f"cannot serialize the model ({model.ByteSize():,} bytes): {_one_line(exc)}; "
+    except (ValueError, EncodeError) as exc:
+        raise SubpruneError(f"cannot serialize the model ({proto_bytes(model):,} bytes): {_one_line(exc)}; "
                             f"write its weights as external data (--external-data)") from None
 
 
 PROTO_LIMIT = 2**31 - 1
-"""Bytes protobuf can serialize in one message: a larger model must keep its weights outside."""
+"""Bytes protobuf can serialize in one message: a larger model must keep its weights outside
+(see :func:`is_huge`)."""
 
 EXTERNAL_THRESHOLD = 1024
 """Initializers of at least this many bytes go to the external data file."""
+
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+                "external_data", "data_location")
+"""The fields of a TensorProto that hold its data or say where it is."""
+
+
+def is_huge(model: onnx.ModelProto) -> bool:
+    """``model`` is beyond :data:`PROTO_LIMIT`: it cannot be serialized whole, so onnx's checker
+    and onnxruntime read it from a file with external data (:func:`on_disk`)."""
+    return proto_bytes(model) > PROTO_LIMIT
+
+
+def proto_bytes(model: onnx.ModelProto) -> int:
+    """Bytes ``model`` takes serialized, counted without serializing its initializers' raw data
+    (protobuf cannot past :data:`PROTO_LIMIT`): that data by dims and element type, everything
+    else by ``ByteSize``."""
+    head = onnx.ModelProto()
+    _copy_fields(model, head, ("graph",))
+    _copy_fields(model.graph, head.graph, ("initializer",))
+    return head.ByteSize() + sum(_tensor_bytes(tensor) for tensor in model.graph.initializer)
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes ``tensor`` takes serialized as an initializer (an upper bound for raw data)."""
+    if not tensor.HasField("raw_data"):
+        return tensor.ByteSize() + 6
+    meta = onnx.TensorProto()
+    _copy_fields(tensor, meta, ("raw_data",))
+    return meta.ByteSize() + 12 + _data_bytes(tensor)  # two tags and two lengths
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of ``tensor``'s values as raw data, from its dims and element type (sub-byte types
+    counted a byte per value; not for strings)."""
+    try:
+        size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # an element type this onnx does not know
+        size = 16
+    return int(np.prod(tensor.dims, dtype=np.int64)) * size
+
+
+def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
+    """Copy every field set in protobuf message ``source`` into ``target`` (same type), but those
+    named in ``skip`` (never read: ``ListFields`` would copy a tensor's raw data)."""
+    from google.protobuf.message import Message
+
+    for field in source.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        value = getattr(source, field.name)
+        if isinstance(value, Message):
+            if source.HasField(field.name):
+                getattr(target, field.name).CopyFrom(value)
+        elif hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif source.HasField(field.name):
+            setattr(target, field.name, value)
+
+
+def _skeleton(model: onnx.ModelProto, location: str) -> tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, onnx.TensorProto]]]:
+    """(skeleton, moved): a copy of ``model`` whose initializers of at least
+    :data:`EXTERNAL_THRESHOLD` bytes (neither strings nor external already) are placeholders
+    without data, stored externally in file ``location``; ``moved`` pairs each placeholder with
+    the initializer of ``model`` it stands for. Offsets and lengths are set by
+    :func:`_write_external`; onnx's shape inference needs neither."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, ("graph",))
+    _copy_fields(model.graph, skeleton.graph, ("initializer",))
+    moved = []
+    for tensor in model.graph.initializer:
+        placeholder = skeleton.graph.initializer.add()
+        if (tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL
+                or _data_bytes(tensor) < EXTERNAL_THRESHOLD):
+            placeholder.CopyFrom(tensor)
+            continue
+        _copy_fields(tensor, placeholder, _DATA_FIELDS)
+        placeholder.data_location = onnx.TensorProto.EXTERNAL
+        entry = placeholder.external_data.add()
+        entry.key, entry.value = "location", location
+        moved.append((placeholder, tensor))
+    return skeleton, moved
+
+
+def _write_external(moved: list[tuple[onnx.TensorProto, onnx.TensorProto]], write: Callable[[bytes], object]) -> None:
+    """Pass the raw bytes of each moved initializer (see :func:`_skeleton`) to ``write``, one
+    after the other from offset 0, each at a 64-byte aligned offset (zeros between), and give
+    its placeholder that offset and length."""
+    offset = 0
+    for placeholder, tensor in moved:
+        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        padding = -offset % 64
+        write(bytes(padding))
+        write(raw)
+        for key, value in (("offset", offset + padding), ("length", len(raw))):
+            entry = placeholder.external_data.add()
+            entry.key, entry.value = key, str(value)
+        offset += padding + len(raw)
 
 
 def external_data_path(output: str | os.PathLike) -> Path:
@@ -191,41 +294,50 @@ def external_data_path(output: str | os.PathLike) -> Path:
 def needs_external_data(model: onnx.ModelProto, external: list[str], asked: bool) -> bool:
     """The output keeps its weights in an external data file: when asked, when the input had
     one (``external``: its files), or when the model is beyond protobuf's limit."""
-    return asked or bool(external) or model.ByteSize() > PROTO_LIMIT
+    return asked or bool(external) or is_huge(model)
 
 
-def split_external_data(model: onnx.ModelProto, location: str) -> tuple[bytes, bytes]:
+def split_external_data(model: onnx.ModelProto, location: str) -> tuple[bytes, bytearray]:
     """(model bytes, data bytes): ``model`` with every initializer of at least
     :data:`EXTERNAL_THRESHOLD` bytes moved to one external data file named ``location`` (a
-    file name, beside the model), each tensor at a 64-byte aligned offset."""
-    from onnx import numpy_helper
-    from onnx.external_data_helper import set_external_data
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    file name, beside the model), each tensor at a 64-byte aligned offset. ``model`` is not
+    changed, nor copied whole."""
+    skeleton, moved = _skeleton(model, location)
     data = bytearray()
-    for tensor in copy.graph.initializer:
-        if tensor.data_type == onnx.TensorProto.STRING or tensor.data_location == onnx.TensorProto.EXTERNAL:
-            continue
-        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
-        if len(raw) < EXTERNAL_THRESHOLD:
-            continue
-        data += bytes(-len(data) % 64)
-        offset = len(data)
-        data += raw
-        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-            tensor.ClearField(field)
-        tensor.raw_data = raw
-        set_external_data(tensor, location, offset, len(raw))  # needs the raw data still there
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-    return model_bytes(copy), bytes(data)
+    _write_external(moved, data.extend)
+    return model_bytes(skeleton), data
+
+
+@contextlib.contextmanager
+def on_disk(model: onnx.ModelProto) -> Iterator[Path]:
+    """``model`` written into a new temporary folder with its weights in an external data file
+    beside it (as :func:`split_external_data` lays them out), so also a model beyond
+    :data:`PROTO_LIMIT`: yields the model file's path; the folder is removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="onnx-subprune-") as folder:
+        path = Path(folder) / "model.onnx"
+        data = external_data_path(path)
+        skeleton, moved = _skeleton(model, data.name)
+        with open(data, "wb") as handle:
+            _write_external(moved, handle.write)
+        path.write_bytes(model_bytes(skeleton))
+        yield path
+
+
+def check_onnx(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model`` on ``model``; beyond :data:`PROTO_LIMIT`, on a copy written
+    :func:`on_disk` (the path-based checker)."""
+    if not is_huge(model):
+        onnx.checker.check_model(model)
+        return
+    with on_disk(model) as path:
+        onnx.checker.check_model(path)
 
 
 def import_graph(model: onnx.ModelProto, values: bool = False) -> gs.Graph:
     """Shape-infer ``model`` (nodes named by :func:`name_nodes`; ``values``: see
     :func:`infer_shapes`) and import it."""
-    return gs.import_onnx(infer_shapes(name_nodes(model), values))
+    inferred = infer_shapes(model, values)  # a copy, unless inference failed
+    return gs.import_onnx(_name_in_place(inferred) if inferred is not model else name_nodes(model))
 
 
 def proto_attrs(node: onnx.NodeProto) -> dict:
@@ -258,20 +370,37 @@ def pin_input_dims(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx
 
 
 def infer_shapes(model: onnx.ModelProto, values: bool = False) -> onnx.ModelProto:
-    """``model`` with inferred shapes, or as it is where onnx's shape inference fails on it
-    (custom domains, ops newer than the installed onnx). ``values``: also propagate the values
-    of small shape computations (Shape -> Gather -> Concat -> Reshape, as exporters write a
-    reshape into attention heads), so that more dims are known; plain inference where that
-    fails."""
-    if values:
+    """A copy of ``model`` with inferred shapes, or ``model`` as it is where onnx's shape
+    inference fails on it (custom domains, ops newer than the installed onnx). ``values``: also
+    propagate the values of small shape computations (Shape -> Gather -> Concat -> Reshape, as
+    exporters write a reshape into attention heads), so that more dims are known; plain
+    inference where that fails. Models beyond :data:`PROTO_LIMIT` too (see :func:`_inferred`)."""
+    for options in ({"data_prop": True},) * values + ({},):
         try:
-            return onnx.shape_inference.infer_shapes(model, data_prop=True)
+            return _with_data(_inferred(model, **options), model)
         except Exception:
             pass
-    try:
-        return onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        return model
+    return model
+
+
+def _inferred(model: onnx.ModelProto, **options) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes`` (raising as it does) of ``model``'s
+    :func:`_skeleton`: its large initializers are placeholders without data in the result.
+    Shape inference reads no large initializer's values (shapes, axes and pads are small), and
+    the weights are then never serialized: protobuf cannot beyond :data:`PROTO_LIMIT`, and
+    below it each call would copy them four times (serialized, parsed by onnx, serialized
+    back, parsed again)."""
+    skeleton, _ = _skeleton(model, "weights.data")  # a location that is never read
+    return onnx.shape_inference.infer_shapes(skeleton, **options)
+
+
+def _with_data(inferred: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
+    """``inferred`` (from :func:`_inferred`) with the initializers of ``model`` in place of
+    its placeholders (both list the same initializers in the same order)."""
+    for tensor, source in zip(inferred.graph.initializer, model.graph.initializer):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and source.data_location != onnx.TensorProto.EXTERNAL:
+            tensor.CopyFrom(source)
+    return inferred
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -306,9 +435,14 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     others get ``<name>_<index>`` (analysis, size model and rewrite refer to nodes by name)."""
     named = onnx.ModelProto()
     named.CopyFrom(model)
-    taken = {node.name for node in named.graph.node}
+    return _name_in_place(named)
+
+
+def _name_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself, its nodes named as :func:`name_nodes` says."""
+    taken = {node.name for node in model.graph.node}
     seen = set()
-    for index, node in enumerate(named.graph.node):
+    for index, node in enumerate(model.graph.node):
         if not node.name or node.name in seen:
             name = f"{node.name or node.op_type}_{index}"
             while name in taken:
@@ -316,7 +450,7 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = name
             taken.add(name)
         seen.add(node.name)
-    return named
+    return model
 
 
 FOLDABLE = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Cast", "Slice")

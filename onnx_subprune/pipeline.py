@@ -19,7 +19,7 @@ from .budget import (
 from .config import PruneConfig
 from .frontier import Cache, Frontier
 from .errors import InternalError, QualityError, SubpruneError, UnsupportedPattern
-from .graph import pin_input_dims, prepare, proto_attrs, read_constants
+from .graph import check_onnx, pin_input_dims, prepare, proto_attrs, read_constants
 from .metrics import count_macs, count_macs_open, count_params
 from .ops import LAYERS
 from .rewrite import channel_masks, rewrite
@@ -127,7 +127,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
     clock = time.perf_counter()
     pruned = keep_interface(rewrite(run.model, plans), original)
-    onnx.checker.check_model(pruned)
+    check_onnx(pruned)
     timings["rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
     verified, verified_on = _verify_indices(run.split, config.verify_samples)

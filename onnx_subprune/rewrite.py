@@ -9,24 +9,34 @@ group and the producer of the next receives both.
 
 from __future__ import annotations
 
+import gc
 from typing import Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import const_value, import_graph, infer_shapes, set_const_value
+from .graph import const_value, import_graph, infer_shapes, is_huge, set_const_value
 from .ops import LAYERS, bias_add_name, new_bias_name, rule_for
 from .ops.layers import WEIGHT
 from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough, Producer
 
 
 def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
-    """The pruned model: same opset, IR version, metadata and names of untouched nodes.
+    """The pruned model: same opset, IR version, metadata and names of untouched nodes; shapes
+    re-inferred.
 
     A consumer shared by several groups (after a Concat) takes the update of the last plan that
     touches it: that update was fitted with the earlier groups already pruned.
     """
+    pruned = _pruned(model, plans)
+    if is_huge(model):  # free the graphsurgeon graph, a reference cycle holding a copy of the weights
+        gc.collect()
+    return infer_shapes(pruned)
+
+
+def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
+    """The pruned model as graphsurgeon exports it (see :func:`rewrite`), shapes not inferred."""
     graph = import_graph(model)
     nodes = {node.name: node for node in graph.nodes}
     masks = channel_masks(plans)
@@ -147,7 +157,7 @@ def _columns(kept: Sequence[int] | np.ndarray, block: int) -> np.ndarray:
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export with the original's IR version, opsets and metadata; shapes re-inferred."""
+    """Export with the original's IR version, opsets and metadata."""
     keep = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in keep:
@@ -161,4 +171,4 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
         setattr(model, field, getattr(original, field))
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
-    return infer_shapes(model)
+    return model

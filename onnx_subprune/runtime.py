@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError
-from .graph import infer_shapes, static_dim
+from .graph import infer_shapes, is_huge, on_disk, static_dim
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -78,7 +78,10 @@ def session(model: onnx.ModelProto, providers: list[str], capture: tuple[str, ..
     model = _dynamic_batch_dims(model)
     ort.set_default_logger_severity(4)
     try:
-        return ort.InferenceSession(model.SerializeToString(), _options(), providers=providers)
+        if not is_huge(model):
+            return ort.InferenceSession(model.SerializeToString(), _options(), providers=providers)
+        with on_disk(model) as path:  # beyond protobuf's limit: from a file with external data
+            return ort.InferenceSession(str(path), _options(), providers=providers)
     except Exception as exc:
         raise SubpruneError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
 
