@@ -49,9 +49,9 @@ def _assert_same(got, want, label):
             assert a.y_sq == pytest.approx(b.y_sq, rel=1e-5), label
 
 
-def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2048, **extra):
-    """Prune ``name`` with frontier capture while checking every step against recapture;
-    the number of steps compared."""
+def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2048, model=None, **extra):
+    """Prune ``name`` (or ``model`` on its calibration inputs) with frontier capture while
+    checking every step against recapture; the steps compared and the result."""
     steps = []
     frontier_step = pipeline._capture_step
 
@@ -63,7 +63,8 @@ def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2
 
     monkeypatch.setattr(pipeline, "_capture_step", checked)
     config = PruneConfig(method=method, keep=0.5, batch_size=batch_size, cache_memory=cache_memory, **extra)
-    result = pipeline.prune(onnx.load(ARCH / f"{name}.onnx"), _feeds(name, samples), config)
+    model = onnx.load(ARCH / f"{name}.onnx") if model is None else model
+    result = pipeline.prune(model, _feeds(name, samples), config)
     return steps, result
 
 
@@ -100,17 +101,7 @@ def test_cached_tensors_spill_to_a_file_that_is_removed(monkeypatch, tmp_path):
 def test_fixed_batch_model_pads_the_frontier(monkeypatch):
     model = onnx.load(ARCH / "resnet_mixed.onnx")
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
-    steps = []
-    frontier_step = pipeline._capture_step
-
-    def checked(run, groups, index, plans, pruned_side, original_side):
-        got = frontier_step(run, groups, index, plans, pruned_side, original_side)
-        _assert_same(got, _recaptured(run, groups, index, plans), f"fixed group {index}")
-        steps.append(index)
-        return got
-
-    monkeypatch.setattr(pipeline, "_capture_step", checked)
-    result = pipeline.prune(model, _feeds("resnet_mixed", 23), PruneConfig(keep=0.5))
+    steps, result = _compare(monkeypatch, "resnet_mixed", "asym", samples=23, batch_size=32, model=model, holdout=0.2)
     assert len(steps) == len(result.report.groups) and result.report.samples["calibration"] % 4
 
 
