@@ -23,7 +23,7 @@ from onnx import helper
 
 from . import runtime
 from .errors import InternalError
-from .graph import _subgraph_inputs, infer_shapes
+from .graph import shape_info, subgraph_reads
 
 Key = Hashable
 """Names one batch of samples: the same batches are fed at every step."""
@@ -102,7 +102,7 @@ class _Wiring:
                     self.made_by[name] = index
         known = self.made_by.keys() | self.inputs.keys() | self.initializers
         self.reads: list[set[str]] = [
-            {name for name in [*node.input, *_subgraph_inputs([node])] if name in known} for node in self.nodes
+            {name for name in [*node.input, *subgraph_reads([node])] if name in known} for node in self.nodes
         ]
         self.readers: dict[str, list[int]] = defaultdict(list)
         for index, names in enumerate(self.reads):
@@ -207,7 +207,7 @@ class Frontier:
         """Learn the element types of ``names`` (shape inference, once while names are new)."""
         if all(name in self.types for name in names):
             return
-        inferred = infer_shapes(model).graph
+        inferred = shape_info(model).graph
         for info in [*inferred.value_info, *inferred.output, *inferred.input]:
             if info.type.HasField("tensor_type"):
                 self.types.setdefault(info.name, info.type.tensor_type.elem_type)

@@ -335,9 +335,17 @@ def check_onnx(model: onnx.ModelProto) -> None:
 
 def import_graph(model: onnx.ModelProto, values: bool = False) -> gs.Graph:
     """Shape-infer ``model`` (nodes named by :func:`name_nodes`; ``values``: see
-    :func:`infer_shapes`) and import it."""
-    inferred = infer_shapes(model, values)  # a copy, unless inference failed
-    return gs.import_onnx(_name_in_place(inferred) if inferred is not model else name_nodes(model))
+    :func:`infer_shapes`) and import it. The inferred shapes are lent to ``model`` for the
+    import, so that its weights are not copied."""
+    info = shape_info(model, values)
+    named = name_nodes(model)
+    if named is not model:  # a copy of our own
+        return gs.import_onnx(_attach(named, info))
+    saved = _attach(onnx.ModelProto(), model)
+    try:
+        return gs.import_onnx(_attach(model, info))
+    finally:
+        _attach(model, saved)
 
 
 def proto_attrs(node: onnx.NodeProto) -> dict:
@@ -375,11 +383,39 @@ def infer_shapes(model: onnx.ModelProto, values: bool = False) -> onnx.ModelProt
     propagate the values of small shape computations (Shape -> Gather -> Concat -> Reshape, as
     exporters write a reshape into attention heads), so that more dims are known; plain
     inference where that fails. Models beyond :data:`PROTO_LIMIT` too (see :func:`_inferred`)."""
+    info = shape_info(model, values)
+    if info is model:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return _attach(copy, info)
+
+
+def infer_shapes_in_place(model: onnx.ModelProto, values: bool = False) -> onnx.ModelProto:
+    """``model`` itself with its shapes inferred (as :func:`infer_shapes`, without a copy)."""
+    return _attach(model, shape_info(model, values))
+
+
+def shape_info(model: onnx.ModelProto, values: bool = False) -> onnx.ModelProto:
+    """What onnx's shape inference says of ``model`` (``values``: see :func:`infer_shapes`):
+    its value infos, graph inputs and outputs, and initializers whose large ones are
+    placeholders with their dims but no data (:func:`_skeleton`); ``model`` itself where
+    inference fails. For reading shapes and types without copying the weights."""
     for options in ({"data_prop": True},) * values + ({},):
         try:
-            return _with_data(_inferred(model, **options), model)
+            return _inferred(model, **options)
         except Exception:
             pass
+    return model
+
+
+def _attach(model: onnx.ModelProto, info: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, changed in place: its value infos and graph outputs replaced by ``info``'s."""
+    if info is not model:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(info.graph.value_info)
+        del model.graph.output[:]
+        model.graph.output.extend(info.graph.output)
     return model
 
 
@@ -392,15 +428,6 @@ def _inferred(model: onnx.ModelProto, **options) -> onnx.ModelProto:
     back, parsed again)."""
     skeleton, _ = _skeleton(model, "weights.data")  # a location that is never read
     return onnx.shape_inference.infer_shapes(skeleton, **options)
-
-
-def _with_data(inferred: onnx.ModelProto, model: onnx.ModelProto) -> onnx.ModelProto:
-    """``inferred`` (from :func:`_inferred`) with the initializers of ``model`` in place of
-    its placeholders (both list the same initializers in the same order)."""
-    for tensor, source in zip(inferred.graph.initializer, model.graph.initializer):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL and source.data_location != onnx.TensorProto.EXTERNAL:
-            tensor.CopyFrom(source)
-    return inferred
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -419,7 +446,7 @@ def drop_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
         if needed.intersection(node.output):
             kept.append(node)
             needed.update(node.input)
-            needed.update(_subgraph_inputs([node]))
+            needed.update(subgraph_reads([node]))
     if len(kept) == len(model.graph.node):
         return model
     result = onnx.ModelProto()
@@ -490,7 +517,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     kept = [node for index, node in enumerate(model.graph.node) if index not in drop]
-    read = {name for node in kept for name in node.input} | outputs | _subgraph_inputs(kept)
+    read = {name for node in kept for name in node.input} | outputs | subgraph_reads(kept)
     del result.graph.node[:]
     result.graph.node.extend(node for node in kept
                              if node.op_type != "Constant" or any(out in read for out in node.output))
@@ -510,14 +537,14 @@ def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto, values: dic
     return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def _subgraph_inputs(nodes) -> set[str]:
+def subgraph_reads(nodes) -> set[str]:
     """Names read by the subgraphs (If/Loop/Scan bodies) of ``nodes``, which may use outer values."""
     names = set()
     for node in nodes:
         for attr in node.attribute:
             for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 names |= {name for inner in graph.node for name in inner.input}
-                names |= _subgraph_inputs(graph.node)
+                names |= subgraph_reads(graph.node)
     return names
 
 

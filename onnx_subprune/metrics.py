@@ -7,7 +7,7 @@ import math
 
 import onnx
 
-from .graph import FLOAT_TYPES, infer_shapes, proto_attrs, static_dim
+from .graph import FLOAT_TYPES, proto_attrs, shape_info, static_dim
 from .ops import LAYERS
 
 
@@ -46,7 +46,7 @@ def layer_macs(model: onnx.ModelProto) -> list[tuple[str, int]]:
 def _layers(model: onnx.ModelProto) -> list[tuple[str, int, bool]]:
     """(node name, MACs for one sample, output dims left open) of every layer node whose output
     and weight shapes are known."""
-    inferred = infer_shapes(model, values=True)  # dims behind computed Reshape shapes too
+    inferred = shape_info(model, values=True)  # dims behind computed Reshape shapes too
     shapes = {
         info.name: [static_dim(d) for d in info.type.tensor_type.shape.dim]
         for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)

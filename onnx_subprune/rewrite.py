@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import const_value, import_graph, infer_shapes, is_huge, set_const_value
+from .graph import const_value, import_graph, infer_shapes_in_place, is_huge, set_const_value
 from .ops import LAYERS, bias_add_name, new_bias_name, rule_for
 from .ops.layers import WEIGHT
 from .types import Consumer, ConsumerUpdate, GroupPlan, PassThrough, Producer
@@ -32,7 +32,7 @@ def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelPro
     pruned = _pruned(model, plans)
     if is_huge(model):  # free the graphsurgeon graph, a reference cycle holding a copy of the weights
         gc.collect()
-    return infer_shapes(pruned)
+    return infer_shapes_in_place(pruned)
 
 
 def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:

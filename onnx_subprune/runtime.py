@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError
-from .graph import infer_shapes, is_huge, on_disk, static_dim
+from .graph import is_huge, on_disk, shape_info, static_dim, subgraph_reads
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -109,8 +109,10 @@ def _declared_dynamic(dim: onnx.TensorShapeProto.Dimension) -> bool:
 def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are exactly the tensors ``names`` (in that order), and
     without the nodes none of them needs."""
-    copy = infer_shapes(model)
-    types = {info.name: info.type for info in [*copy.graph.value_info, *copy.graph.input, *copy.graph.output]}
+    info = shape_info(model).graph
+    types = {value.name: value.type for value in [*info.value_info, *info.input, *info.output]}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
     del copy.graph.output[:]
     for name in dict.fromkeys(names):
         elem = types[name].tensor_type.elem_type if name in types else onnx.TensorProto.FLOAT
@@ -120,22 +122,10 @@ def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelPr
         if needed.intersection(node.output):
             kept.append(node)
             needed.update(node.input)
-            needed.update(_subgraph_reads(node))
+            needed.update(subgraph_reads([node]))
     del copy.graph.node[:]
     copy.graph.node.extend(reversed(kept))
     return copy
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Tensor names read inside the subgraphs of ``node`` (If, Loop, Scan), which may come from
-    the outer graph."""
-    names = set()
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in graph.node:
-                names.update(inner.input)
-                names.update(_subgraph_reads(inner))
-    return names
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
