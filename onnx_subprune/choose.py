@@ -8,6 +8,8 @@ consumers they share.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -15,8 +17,8 @@ import numpy as np
 from .calibrate import GroupStats
 from .config import PruneConfig
 from .rewrite import channel_masks
-from .select import GroupSelection, select_group
-from .select.coupling import restrict, select_coupled
+from .select import GroupSelection, cross_validated, fit_consumer, select_group
+from .select.coupling import consumer_kept, restrict, select_coupled
 from .types import ChannelGroup, GroupPlan
 
 
@@ -50,7 +52,8 @@ def original_to_current(group: ChannelGroup, stats: GroupStats, plans: Sequence[
             for c, s in zip(group.consumers, all_stats)
         )
 
-    return GroupStats(cut(stats.calibration), None if stats.holdout is None else cut(stats.holdout))
+    return GroupStats(cut(stats.calibration), None if stats.holdout is None else cut(stats.holdout),
+                      None if stats.folds is None else tuple(cut(fold) for fold in stats.folds))
 
 
 def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
@@ -58,11 +61,19 @@ def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
            given: Sequence[int] | None = None) -> GroupSelection:
     """Select ``k`` channels of ``group`` (``given``: keep these, as a plan says); ``stats`` are in
     the coordinates of the model pruned by ``plans``. Each fit has one row block per input
-    channel the consumer keeps."""
-    options = dict(method=config.method, refit_weights=config.refit if refit is None else refit,
-                   shrink=config.shrink, ridge=config.ridge, bias_compensation=config.bias_compensation,
-                   seed=config.seed, holdout=stats.holdout, given=given)
+    channel the consumer keeps. With ``stats.folds``, ``explained_holdout`` is cross-validated
+    over them (:func:`select.cross_validated`)."""
+    fitting = dict(refit_weights=config.refit if refit is None else refit, shrink=config.shrink,
+                   ridge=config.ridge, bias_compensation=config.bias_compensation)
+    options = dict(method=config.method, **fitting, seed=config.seed, holdout=stats.holdout, given=given)
     positions = current_positions(group, plans)
     if positions is None:
-        return select_group(stats.calibration, k, **options)
-    return select_coupled(stats.calibration, positions, k, **options)
+        chosen = select_group(stats.calibration, k, **options)
+    else:
+        chosen = select_coupled(stats.calibration, positions, k, **options)
+    if stats.folds is None:
+        return chosen
+    consumers = stats.calibration
+    kept = ([chosen.kept] * len(consumers) if positions is None
+            else [consumer_kept(c, p, chosen.kept) for c, p in zip(consumers, positions)])
+    return replace(chosen, explained_holdout=cross_validated(stats.folds, kept, partial(fit_consumer, **fitting)))

@@ -15,10 +15,12 @@ from fractions import Fraction
 import click
 
 from . import api, sources
+from .calibrate import AUTO_HOLDOUT, CV_BELOW, CV_FOLDS
 from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, PruneConfig
 from .errors import ConfigError, SubpruneError, one_line
+from .pipeline import MIN_HELD_OUT
 from .plans import parse_group_keep, read_plan
-from .report import LARGE_ERROR
+from .report import LARGE_ERROR, verified_text
 from .runtime import DEVICES
 from .select import METHODS, RANKERS
 from .select.shrink import SHRINK
@@ -241,6 +243,26 @@ def _command() -> list[str]:
     return ["onnx-subprune", *click.get_current_context().find_root().meta.get("argv", sys.argv[1:])]
 
 
+class _Holdout(click.ParamType):
+    """``--holdout``: ``auto`` or a fraction (range checked by :class:`PruneConfig`)."""
+
+    name = "auto|F"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, float):
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+
+
+HOLDOUT_HELP = (f"Calibration samples kept out of the statistics: a fraction F (0: none), or auto: below "
+                f"{CV_BELOW} samples none, so that every sample informs the fit, and the held-out explained "
+                f"variance is {CV_FOLDS}-fold cross-validated over the statistics; from {CV_BELOW} on "
+                f"{AUTO_HOLDOUT:g}.")
+
+
 class _Main(click.Group):
     """The command group; keeps the arguments it was given (for the report's ``run.command``)."""
 
@@ -315,14 +337,16 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--ridge", default=DEFAULTS.ridge, show_default=True, type=float, help="Ridge, relative to the mean diagonal of the Gram matrix, for selection and refit.")
 @click.option("--shrink", default=DEFAULTS.shrink, show_default=True, type=click.Choice(SHRINK),
               help="Refit with few calibration samples: none (least squares, --ridge toward zero), refit (shrunk toward the original weights or, for Conv/Flatten consumers, a channel-map regression, strength by cross-validation) or auto (that refit, and a selection that leans on the original weights where samples are fewer than channels).")
-@click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=float, help="Fraction of calibration samples held out to report held-out explained variance (and measure sensitivity on).")
+@click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=_Holdout(),
+              help=HOLDOUT_HELP + f" The held-out samples also verify the pruned model and, when at least {MIN_HELD_OUT}, "
+                                   "measure the sensitivity curves; else the calibration samples do (in-sample).")
 @click.option("--max-error", type=float, metavar="E",
-              help="Fail (exit 1, nothing written) when the pruned model's relative output error on the held-out calibration samples exceeds E, naming the groups that cost the most.")
+              help="Fail (exit 1, nothing written) when the pruned model's relative output error on the held-out samples (the calibration samples when none are held out: in-sample) exceeds E, naming the groups that cost the most.")
 @click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
 @click.option("--cache-memory", default=DEFAULTS.cache_memory, show_default=True, type=click.IntRange(min=0), metavar="MIB",
               help="Memory (MiB) for the activations asym/seq keep between groups so that each sample runs through each model about once; beyond it they go to a temporary file, removed at the end.")
-@click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split (or folds) and the random baseline.")
 @_group_filters
 @click.option("--report", "report_path", type=click.Path(), help="Write the full JSON report here.")
 @click.option("--external-data", is_flag=True,
@@ -401,7 +425,7 @@ def _prune_summary(report: dict, output: str) -> str:
         ]
     verified = report["verified_on"]
     lines += [
-        f"  relative output error on {verified['samples']} {verified['set']} samples: {report['output_error']:.4f}"
+        f"  relative output error on {verified_text(verified)}: {report['output_error']:.4f}"
         + ("  (large: see the warning below)" if report["warnings"] and report["output_error"] >= LARGE_ERROR else ""),
         "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
     ]
@@ -449,10 +473,12 @@ def _group_table(groups: list[dict]) -> str:
 @click.option("--no-refit", is_flag=True, help="Measure without the least-squares re-fit.")
 @click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept.")
 @click.option("--ridge", default=DEFAULTS.ridge, show_default=True, type=float, help="Ridge for selection and refit.")
-@click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=float, help="Fraction of calibration samples held out (the error is measured on them).")
+@click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=_Holdout(),
+              help=HOLDOUT_HELP + f" The error is measured on the held-out samples when at least {MIN_HELD_OUT}, "
+                                   "else on the calibration samples (in-sample).")
 @click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES))
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1), help="Samples per onnxruntime run.")
-@click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split and the random baseline.")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Seed for the holdout split (or folds) and the random baseline.")
 @click.option("--plot", "plot_path", type=click.Path(), metavar="FILE.png",
               help="Also draw the curves into a PNG (needs matplotlib: pip install 'onnx-subprune[plot]').")
 @_group_filters
@@ -493,8 +519,8 @@ def _fraction_label(fraction: float) -> str:
 def _sensitivity_table(result: dict) -> str:
     fractions = result["fractions"]
     width = max(len("group"), *(len(g["producer"]) for g in result["groups"]))
-    lines = [f"relative output error with one group pruned ({result['samples']['measured']} "
-             f"{result['samples']['measured_on']} samples), by kept fraction",
+    measured = {"samples": result["samples"]["measured"], "set": result["samples"]["measured_on"]}
+    lines = [f"relative output error with one group pruned ({verified_text(measured)}), by kept fraction",
              f"  {'group':<{width}}  {'channels':>8}  " + "  ".join(f"{_fraction_label(f):>7}" for f in fractions)]
     for group in result["groups"]:
         cells = "  ".join(f"{e:>7.4f}" for e in group["by_fraction"])

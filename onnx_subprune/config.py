@@ -34,8 +34,10 @@ class PruneConfig:
         regression, strength chosen per consumer by generalized cross-validation; METHOD.md
         sec. 9) | auto (that refit; the greedy's ridge pulls toward the original weights, and a
         group whose consumers have fewer rows than channels is ranked by weight norm).
-    holdout: fraction of calibration samples kept out of the statistics, to report
-        held-out explained variance.
+    holdout: fraction of calibration samples kept out of the statistics, to report held-out
+        explained variance and verify the pruned model on them; "auto": below 128 samples none
+        is held out, every sample informs the fit and the held-out explained variance is
+        4-fold cross-validated over the statistics (:func:`calibrate.split_samples`), else 0.2.
     batch_size: samples per onnxruntime run.  seed: sample split and random baseline.
     cache_memory: MiB of activations seq / asym keep in memory between groups (the tensors at
         the frontier of the part already pruned, for every calibration sample); beyond it they
@@ -72,7 +74,7 @@ class PruneConfig:
     bias_compensation: bool = True
     ridge: float = 1e-3
     shrink: str = "none"
-    holdout: float = 0.2
+    holdout: float | str = "auto"
     batch_size: int = 32
     cache_memory: int = 2048
     seed: int = 0
@@ -113,7 +115,10 @@ class PruneConfig:
             raise ConfigError("shrink", f"{self.shrink!r} is unknown (choose from {', '.join(SHRINK)})")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
             raise ConfigError("ridge", f"must be a finite number >= 0, got {self.ridge}")
-        if not 0 <= self.holdout <= 0.5:
+        if isinstance(self.holdout, str):
+            if self.holdout != "auto":
+                raise ConfigError("holdout", f"must be 'auto' or a fraction in [0, 0.5], got {self.holdout!r}")
+        elif not 0 <= self.holdout <= 0.5:
             raise ConfigError("holdout", f"must be in [0, 0.5], got {self.holdout}: the statistics come from the "
                                          f"samples not held out, which must be at least as many as those held out")
         if not (isinstance(self.seed, numbers.Integral) and self.seed >= 0):

@@ -50,8 +50,10 @@ class GroupReport(_Json):
     """One pruned group: what was kept and how well the consumers' outputs are reproduced.
 
     ``explained`` / ``explained_holdout``: 1 - residual / ||Y||^2 on the calibration / held-out
-    statistics. ``rows`` / ``columns``: least-squares rows and (largest) columns. ``inactive``:
-    channels that barely vary on the calibration data. Size fields: ``k`` kept of ``channels``
+    statistics (``fixed``) or cross-validated over folds of the calibration statistics
+    (``cv-K``), as the run's ``samples["holdout_kind"]`` says; None with ``none``. ``rows`` /
+    ``columns``: least-squares rows and (largest) columns. ``inactive``: channels that barely
+    vary on the calibration data. Size fields: ``k`` kept of ``channels``
     (``fraction``), params and MACs of the tensors and layers whose size depends on the group;
     ``predicted_loss`` and ``curve`` where the sensitivity curves were measured.
     """
@@ -103,9 +105,22 @@ class TargetReport(_Json):
     uniform_fraction: float | None
 
 
+def verified_text(verified: dict) -> str:
+    """The samples a pruned model was verified on (a report's ``verified_on``), in words: the
+    calibration samples are said to be in-sample (the fit used them)."""
+    text = f"{verified['samples']} {verified['set']} samples"
+    return text + " (in-sample: the fit used them)" if verified["set"] == "calibration" else text
+
+
 @dataclass
 class PruneReport(_Json):
-    """Everything a pruning run reports (``onnx-subprune prune --report``)."""
+    """Everything a pruning run reports (``onnx-subprune prune --report``).
+
+    ``samples``: ``calibration`` (samples the statistics come from), ``holdout`` (kept out of
+    them) and ``holdout_kind``: what ``explained_holdout`` is measured on (``fixed``: the
+    held-out samples; ``cv-K``: K cross-validation folds of the calibration samples; ``none``).
+    ``verified_on``: the samples the output error is measured on (``set``: ``held-out``, or
+    ``calibration`` when none are held out: in-sample)."""
 
     method: str
     keep: float | None
@@ -138,7 +153,7 @@ class PruneReport(_Json):
         error, verified = self.output_error, self.verified_on
         if error >= LARGE_ERROR:
             lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} (relative error "
-                         f"on {verified['samples']} {verified['set']} samples): it may be unusable; "
+                         f"on {verified_text(verified)}): it may be unusable; "
                          f"keep more, or check that the calibration data looks like deployment inputs")
         idle = [g for g in self.groups
                 if g.channels >= INACTIVE_MIN_GROUP and g.inactive >= INACTIVE_SHARE * g.channels]
@@ -155,7 +170,7 @@ class PruneReport(_Json):
         costs = sorted(((g.cost(), g.group) for g in self.groups), reverse=True)[:3]
         named = ", ".join(f"{name} ({cost:.3f})" for cost, name in costs)
         return (f"the pruned model's relative output error {self.output_error:.4f} on "
-                f"{verified['samples']} {verified['set']} samples exceeds the limit {limit:g}; "
+                f"{verified_text(verified)} exceeds the limit {limit:g}; "
                 f"the groups that cost the most: {named}; nothing was written")
 
 

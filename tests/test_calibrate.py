@@ -35,19 +35,69 @@ def test_streaming_equals_full_unfolded_matrix(name):
     stats = capture_stats(groups, session, None, weights, feeds, split, batch_size=7)
     captured = runtime.run(session, feeds)
     for group, group_stats in zip(groups, stats):
+        assert group_stats.folds is None
         for consumer, cal, hold in zip(group.consumers, group_stats.calibration, group_stats.holdout):
             for s, indices in ((cal, split.calibration), (hold, split.holdout)):
-                rows = unfold(consumer, captured[consumer.input][indices]).astype(np.float64)
-                targets = rows @ weights[consumer.node]
-                assert s.n_rows == len(rows)
-                if s.is_row_form:
-                    np.testing.assert_allclose(s.rows, rows, rtol=1e-6, atol=1e-9)
-                else:
-                    np.testing.assert_allclose(s.gram, rows.T @ rows, rtol=1e-6, atol=1e-6)
-                    np.testing.assert_allclose(s.cross, rows.T @ targets, rtol=1e-6, atol=1e-6)
-                np.testing.assert_allclose(s.y_sq, np.sum(targets**2), rtol=1e-6)
-                np.testing.assert_allclose(s.b_sum, rows.sum(0), rtol=1e-6, atol=1e-6)
-                np.testing.assert_allclose(s.y_sum, targets.sum(0), rtol=1e-6, atol=1e-6)
+                _assert_stats_of(s, consumer, captured, weights, indices)
+
+
+@pytest.mark.parametrize("name", ["conv_bn_pool_conv", "conv_flatten_gemm"])
+def test_fold_statistics_in_one_pass(name):
+    """With folds, each fold's statistics are those of its samples (batches of 7 straddle the
+    folds) and the calibration statistics, of every sample, are their sum (rows in fold order)."""
+    model = getattr(builders, name)()
+    groups, weights, session, feeds = _setup(model, 30)
+    split = split_samples(30, "auto", seed=3)
+    stats = capture_stats(groups, session, None, weights, feeds, split, batch_size=7)
+    captured = runtime.run(session, feeds)
+    for group, group_stats in zip(groups, stats):
+        assert group_stats.holdout is None and len(group_stats.folds) == 4
+        for index, consumer in enumerate(group.consumers):
+            _assert_stats_of(group_stats.calibration[index], consumer, captured, weights,
+                             np.concatenate(split.folds))
+            for fold, indices in zip(group_stats.folds, split.folds):
+                _assert_stats_of(fold[index], consumer, captured, weights, indices)
+                assert fold[index].is_row_form == group_stats.calibration[index].is_row_form
+
+
+def _assert_stats_of(s, consumer, captured, weights, indices):
+    """``s`` are the statistics of ``consumer`` on the samples ``indices`` of ``captured``."""
+    rows = unfold(consumer, captured[consumer.input][indices]).astype(np.float64)
+    targets = rows @ weights[consumer.node]
+    assert s.n_rows == len(rows)
+    if s.is_row_form:
+        np.testing.assert_allclose(s.rows, rows, rtol=1e-6, atol=1e-9)
+    else:
+        np.testing.assert_allclose(s.gram, rows.T @ rows, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(s.cross, rows.T @ targets, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s.y_sq, np.sum(targets**2), rtol=1e-6)
+    np.testing.assert_allclose(s.b_sum, rows.sum(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s.y_sum, targets.sum(0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("samples", [2, 5, 30, 127])
+def test_auto_split_folds_every_sample_once(samples):
+    split = split_samples(samples, "auto", seed=7)
+    assert split.kind == f"cv-{min(4, samples)}" and len(split.holdout) == 0
+    np.testing.assert_array_equal(split.calibration, np.arange(samples))
+    np.testing.assert_array_equal(np.sort(np.concatenate(split.folds)), np.arange(samples))
+    sizes = [len(f) for f in split.folds]
+    assert max(sizes) - min(sizes) <= 1 and all(np.all(np.diff(f) > 0) for f in split.folds)
+    fold_of = split.fold_of()
+    for fold, indices in enumerate(split.folds):
+        np.testing.assert_array_equal(np.flatnonzero(fold_of == fold), indices)
+    again = split_samples(samples, "auto", seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(split.folds, again.folds))
+
+
+def test_auto_split_seeds_and_sizes():
+    one, other = split_samples(40, "auto", seed=1), split_samples(40, "auto", seed=2)
+    assert not all(np.array_equal(a, b) for a, b in zip(one.folds, other.folds))
+    assert split_samples(1, "auto", 0).kind == "none"
+    fixed = split_samples(128, "auto", seed=1)
+    assert fixed.kind == "fixed" and not fixed.folds and len(fixed.holdout) == round(0.2 * 128)
+    assert split_samples(128, 0.2, seed=1).holdout.tolist() == fixed.holdout.tolist()
+    assert split_samples(64, 0, 0).kind == "none" and split_samples(64, 0.2, 0).kind == "fixed"
 
 
 def test_row_form_when_fewer_rows_than_columns():

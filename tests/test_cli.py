@@ -203,10 +203,13 @@ def test_prune_json_report(lenet_run):
     check_report(report)
     assert [g["producer"] for g in report["groups"]] == ["/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"]
     assert [len(g["kept"]) for g in report["groups"]] == [3, 8, 60, 42]
-    assert all(g["explained_holdout"] is not None for g in report["groups"])  # default holdout 0.2
+    assert all(g["explained_holdout"] is not None for g in report["groups"])  # cross-validated
+    assert all(g["explained_holdout"] < g["explained"] for g in report["groups"][1:])
     assert report["method"] == "asym" and report["keep"] == 0.5
     assert report["refit"] is True and report["bias_compensation"] is True
-    assert report["samples"] == {"calibration": 51, "holdout": 13}
+    # default holdout auto: all 64 samples fit, 4-fold cross-validation, verified in-sample
+    assert report["samples"] == {"calibration": 64, "holdout": 0, "holdout_kind": "cv-4"}
+    assert report["verified_on"] == {"samples": 64, "set": "calibration"}
     # the report file holds the same content
     text = report_path.read_text()
     assert text.endswith("\n")
@@ -714,7 +717,7 @@ def test_max_error_fails_cleanly_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     result = invoke("prune", LENET, "-o", out / "p.onnx", "--calib", calib, "--keep", "0.1",
-                    "--max-error", "0.01", "--report", out / "r.json", *FAST)
+                    "--max-error", "0.01", "--report", out / "r.json", "--holdout", "0.2", *FAST)
     assert result.exit_code == 1 and result.stdout == ""
     assert list(out.iterdir()) == []
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -722,9 +725,9 @@ def test_max_error_fails_cleanly_and_writes_nothing(tmp_path):
     assert "exceeds the limit 0.01" in errors[0] and "16 held-out samples" in errors[0]
     assert "/conv" in errors[0] or "/fc" in errors[0], errors[0]
     result = invoke("prune", LENET, "-o", out / "p.onnx", "--calib", calib, "--keep", "0.9",
-                    "--max-error", "0.5", *FAST)
+                    "--max-error", "0.5", *FAST)  # holdout auto: 80 samples all fit, none held out
     assert_ok(result)
-    assert "relative output error on 16 held-out samples" in result.stdout
+    assert "relative output error on 80 calibration samples (in-sample: the fit used them)" in result.stdout
 
 
 def test_large_error_and_inactive_channels_are_flagged(tmp_path):

@@ -78,7 +78,7 @@ def test_report_totals(lenet):
     assert report.params["after"] < report.params["before"]
     assert report.macs["after"] < report.macs["before"]
     assert report.provider == "CPUExecutionProvider"
-    assert report.samples == {"calibration": 102, "holdout": 26}
+    assert report.samples == {"calibration": 102, "holdout": 26, "holdout_kind": "fixed"}
     assert set(report.seconds) >= {"analyze", "capture", "select", "rewrite", "verify"}
     assert [g.channels for g in report.groups] == [6, 16, 120, 84]
     assert [len(g.kept) for g in report.groups] == [3, 8, 60, 42]
@@ -165,3 +165,21 @@ def test_a_group_keeping_every_channel_leaves_its_consumers_as_they_are(name):
             weight = new[node.input[1]]
             assert weight.shape[1:] == original.shape[1:] and len(node.input) == len(before[node.name].input)
             assert all(any(np.array_equal(row, kept) for kept in original) for row in weight), node.name
+
+
+def test_default_on_few_samples_fits_on_all_and_cross_validates():
+    """Below 128 samples the default holds none out: the fit is the one on every sample (as with
+    holdout 0) and each group reports the 4-fold cross-validated explained variance."""
+    model = builders.matmul_gelu_matmul()
+    feeds = random_feeds(model, 40)
+    auto, everything = (prune(model, feeds, PruneConfig(keep=0.5, **CPU, **more)) for more in ({}, {"holdout": 0}))
+    assert auto.report.samples == {"calibration": 40, "holdout": 0, "holdout_kind": "cv-4"}
+    assert everything.report.samples["holdout_kind"] == "none"
+    assert auto.report.verified_on == {"samples": 40, "set": "calibration"}
+    (group,), (same,) = auto.report.groups, everything.report.groups
+    assert group.kept == same.kept and group.rows == same.rows
+    assert group.explained == pytest.approx(same.explained, abs=1e-6) and same.explained_holdout is None
+    assert 0 < group.explained_holdout < group.explained
+    for mine, theirs in zip(auto.model.graph.initializer, everything.model.graph.initializer):
+        mine, theirs = onnx.numpy_helper.to_array(mine), onnx.numpy_helper.to_array(theirs)
+        assert np.linalg.norm(mine - theirs) <= 1e-4 * np.linalg.norm(theirs)  # float32 sums, another order

@@ -81,8 +81,8 @@ def test_minus_one_zero_and_symbolic_batch_dims_are_dynamic(batch_dim):
     assert runtime.fixed_batch(model) is None
     assert runtime.batch_size_for(model, 32) == 32
     x = np.random.default_rng(0).normal(size=(40, 10)).astype(np.float32)
-    result = prune(model, {"x": x}, PruneConfig(keep=0.5, device="cpu"))
-    assert result.report.samples == {"calibration": 32, "holdout": 8}
+    result = prune(model, {"x": x}, PruneConfig(keep=0.5, device="cpu", holdout=0.2))
+    assert result.report.samples == {"calibration": 32, "holdout": 8, "holdout_kind": "fixed"}
     assert result.report.groups[0].rows == 32
 
 

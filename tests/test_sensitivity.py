@@ -105,7 +105,8 @@ def calib(tmp_path_factory) -> Path:
 
 
 def test_cli_sensitivity_text_and_json(calib):
-    result = invoke("sensitivity", MODELS / "lenet5.onnx", "--calib", calib, "--device", "cpu", "--quiet")
+    result = invoke("sensitivity", MODELS / "lenet5.onnx", "--calib", calib, "--device", "cpu", "--quiet",
+                    "--holdout", "0.2")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("relative output error with one group pruned (19 held-out samples)")
@@ -113,7 +114,8 @@ def test_cli_sensitivity_text_and_json(calib):
     assert len(lines) == 2 + 4 and lines[3].split()[:2] == ["/conv2/Conv", "16"]
     result = invoke("sensitivity", MODELS / "lenet5.onnx", "--calib", calib, "--device", "cpu", "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout)  # holdout auto: 96 samples, none held out
+    assert report["samples"]["measured_on"] == "calibration" and report["samples"]["holdout"] == 0
     assert [g["channels"] for g in report["groups"]] == [6, 16, 120, 84]
     assert all(p["error"] >= 0 for g in report["groups"] for p in g["points"])
 

@@ -10,7 +10,9 @@ original. No fine-tuning. All 512 images admit only one subset: that size runs s
 
 Variants (onnx_subprune.pipeline.prune, device cpu; every variant uses all the calibration images,
 ``holdout=0``, unless its name says otherwise):
-  asym/default            the default configuration (holdout 0.2, shrink none): today's behaviour
+  asym/default            the default configuration (holdout auto, shrink none): below 128 images
+                          all of them fit, with a 4-fold cross-validated explained variance
+  asym/holdout-0.2        a fixed 20% holdout (the default before holdout auto)
   asym                    shrink none (least-squares refit, ridge 1e-3 toward zero)
   asym+shrink-refit       shrink refit: refit shrunk toward an anchor chosen with its strength by GCV
   asym+shrink             shrink auto: that refit and the greedy's ridge toward the original weights
@@ -46,6 +48,7 @@ from common import CALIB, MODELS, ROOT, TEST, calibration_subset, markdown_table
 # variant -> PruneConfig options (besides device, seed, target_params, allocation)
 VARIANTS: dict[str, dict] = {
     "asym/default": dict(method="asym"),
+    "asym/holdout-0.2": dict(method="asym", holdout=0.2),
     "asym": dict(method="asym", holdout=0.0),
     "asym+shrink-refit": dict(method="asym", holdout=0.0, shrink="refit"),
     "asym+shrink": dict(method="asym", holdout=0.0, shrink="auto"),

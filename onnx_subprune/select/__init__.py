@@ -6,7 +6,7 @@ Entry point: :func:`select_group`. The building blocks (:class:`ConsumerStats`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from .refit import (
 )
 from .rankers import METHODS, RANKERS, RankOptions, Ranker, schedule_of
 from .shrink import SHRINK, shrink_refit
-from .stats import ConsumerStats, check_k, group_channels
+from .stats import ConsumerStats, check_k, group_channels, sum_stats
 
 __all__ = [
     "METHODS",
@@ -36,6 +36,7 @@ __all__ = [
     "Ranker",
     "Refit",
     "activation_norm_order",
+    "cross_validated",
     "explained",
     "greedy_select",
     "keep_weights",
@@ -47,6 +48,7 @@ __all__ = [
     "fit_consumer",
     "select_group",
     "shrink_refit",
+    "sum_stats",
     "weight_norm_order",
 ]
 
@@ -58,7 +60,8 @@ class GroupSelection:
     ``kept`` (k,): sorted channel indices. ``order`` (k,): pick order (greedy) or ranking prefix
     (baselines). ``fits``: one :class:`Refit` per consumer, in the consumers' order.
     ``explained``: 1 - sum of residual energies / sum of ||Y||^2 over consumers, on the
-    calibration statistics. ``explained_holdout``: the same on the held-out statistics, or None.
+    calibration statistics. ``explained_holdout``: the same on the held-out statistics (or
+    cross-validated over folds, :func:`cross_validated`), or None.
     ``underdetermined``: some consumer has fewer rows than columns (n_rows < d).
     """
 
@@ -75,6 +78,31 @@ def _group_explained(
 ) -> float:
     residual = sum(residual_energy(c, kept, f) for c, f in zip(consumers, fits))
     return explained_fraction(residual, sum(c.y_sq for c in consumers))
+
+
+def cross_validated(
+    folds: Sequence[Sequence[ConsumerStats]],
+    kept: Sequence[np.ndarray],
+    fit: Callable[[ConsumerStats, np.ndarray], Refit],
+) -> float:
+    """Cross-validated explained variance of a group's chosen channels.
+
+    ``folds``: K >= 2 folds, each one :class:`ConsumerStats` per consumer (disjoint samples);
+    ``kept``: per consumer, its kept channels (sorted); ``fit(stats, kept)``: the consumer's new
+    weights from ``stats``. For each fold f and consumer c, c is fitted on the sum of the other
+    folds' statistics and its residual measured on fold f; the result is 1 - the sum of those
+    residuals / the sum of ||Y||^2, over folds and consumers. The kept channels are not chosen
+    again per fold: the estimate is held out for the fit, and in-sample for the choice.
+    """
+    if len(folds) < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
+    residual = energy = 0.0
+    for f, held in enumerate(folds):
+        for c, (stats, channels) in enumerate(zip(held, kept)):
+            train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
+            residual += residual_energy(stats, channels, fit(train, channels))
+            energy += stats.y_sq
+    return explained_fraction(residual, energy)
 
 
 def _check_holdout(consumers: Sequence[ConsumerStats], holdout: Sequence[ConsumerStats]) -> None:

@@ -8,7 +8,7 @@ owning columns ``[j*block, (j+1)*block)``; W (d, m) is the consumer weight and Y
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,6 +262,43 @@ class ConsumerStats:
                 raise ValueError(f"{name} has shape {value.shape}, expected {shape} (d={d}, m={m})")
         if not np.isfinite(self.y_sq) or self.y_sq < 0:
             raise ValueError(f"y_sq must be finite and >= 0, got {self.y_sq}")
+
+
+def sum_stats(parts: Sequence[ConsumerStats]) -> ConsumerStats:
+    """The statistics of the union of ``parts``' rows (disjoint row sets of one consumer, e.g.
+    cross-validation folds): Gram form adds ``gram`` (d, d), ``cross`` (d, m), the sums,
+    ``n_rows`` and ``y_sq``; row form concatenates ``rows`` (N_i, d) and ``targets`` (N_i, m).
+
+    Every part must have the same form, block, d and m; the first part's ``weight`` is kept.
+    """
+    if len(parts) == 0:
+        raise ValueError("sum_stats needs at least one part")
+    first = parts[0]
+    for index, part in enumerate(parts[1:], start=1):
+        if (part.is_row_form, part.block, part.d, part.m) != (first.is_row_form, first.block, first.d, first.m):
+            raise ValueError(
+                f"part {index} has (row form, block, d, m) = {(part.is_row_form, part.block, part.d, part.m)}, "
+                f"expected {(first.is_row_form, first.block, first.d, first.m)}"
+            )
+    if len(parts) == 1:
+        return first
+    common = dict(
+        block=first.block, n_rows=sum(p.n_rows for p in parts), y_sq=sum(p.y_sq for p in parts),
+        b_sum=_total(p.b_sum for p in parts), y_sum=_total(p.y_sum for p in parts), weight=first.weight,
+    )
+    if first.is_row_form:
+        return ConsumerStats(**common, rows=np.concatenate([p.rows for p in parts]),
+                             targets=np.concatenate([p.targets for p in parts]))
+    return ConsumerStats(**common, gram=_total(p.gram for p in parts), cross=_total(p.cross for p in parts))
+
+
+def _total(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """Sum of same-shaped arrays into one new array (no temporaries beyond it)."""
+    arrays = iter(arrays)
+    total = next(arrays).copy()
+    for array in arrays:
+        total += array
+    return total
 
 
 def group_channels(consumers: Sequence[ConsumerStats]) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from select_helpers import FORMS, columns, make_stats, random_problem
 
-from onnx_subprune.select import ConsumerStats
+from onnx_subprune.select import ConsumerStats, sum_stats
 
 
 @pytest.fixture
@@ -94,3 +94,28 @@ def test_validation_mixed_forms(problem):
                       rows=b, targets=y)
     with pytest.raises(ValueError, match="2-D"):
         ConsumerStats.from_rows(b.ravel(), y, w, 3)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_sum_of_parts_equals_the_whole(problem, form):
+    b, y, w = problem
+    cuts = [0, 7, 8, 25, 40]  # parts of 7, 1, 17 and 15 rows
+    parts = [make_stats(form, b[lo:hi], y[lo:hi], w, 3) for lo, hi in zip(cuts, cuts[1:])]
+    total, whole = sum_stats(parts), make_stats(form, b, y, w, 3)
+    assert total.is_row_form == (form == "rows") and total.n_rows == 40
+    for name in ("b_sum", "y_sum", "gram", "cross", "rows", "targets"):
+        if getattr(whole, name) is not None:
+            np.testing.assert_allclose(getattr(total, name), getattr(whole, name), rtol=1e-12, atol=1e-12)
+    assert total.y_sq == pytest.approx(whole.y_sq, rel=1e-12)
+    assert total.weight is parts[0].weight and sum_stats(parts[:1]) is parts[0]
+    np.testing.assert_array_equal(parts[0].b_sum, b[:7].sum(0))  # the parts are left as they were
+
+
+def test_sum_refuses_mismatched_parts(problem):
+    b, y, w = problem
+    with pytest.raises(ValueError, match="at least one part"):
+        sum_stats([])
+    with pytest.raises(ValueError, match="part 1 has"):
+        sum_stats([make_stats("gram", b, y, w, 3), make_stats("rows", b, y, w, 3)])
+    with pytest.raises(ValueError, match="part 1 has"):
+        sum_stats([make_stats("gram", b, y, w, 3), make_stats("gram", b, y, w, 1)])
