@@ -45,7 +45,8 @@ class PruneConfig:
     device: auto | cpu | cuda.  verify_samples: held-out samples (calibration ones when none
         are held out) the pruned model's outputs are compared on.
     max_error: the largest relative output error accepted on them; above it pruning fails with
-        :class:`errors.QualityError` (None: no limit).
+        :class:`errors.QualityError` (None: no limit). With holdout "auto" a limit makes the run hold
+        20% out at any sample count, so that it bounds an error the fit did not see.
 
     Compression targets (``keep`` is then ignored):
     target_params / target_flops: fraction of the model's float params / MACs to keep, in (0, 1]

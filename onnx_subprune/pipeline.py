@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from . import runtime
 from .analyze import analyze
-from .calibrate import GroupStats, Progress, Split, capture_stats, consumer_weights, split_samples
+from .calibrate import AUTO_HOLDOUT, GroupStats, Progress, Split, capture_stats, consumer_weights, split_samples
 from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
@@ -103,11 +103,20 @@ def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarr
     inputs = tuple(sorted({c.input for g in analysis.groups for c in g.consumers}))
     return _Run(
         model=model, analysis=analysis, feeds=feeds, config=config,
-        split=split_samples(samples, config.holdout, config.seed),
+        split=split_samples(samples, _holdout(config), config.seed),
         batch_size=runtime.batch_size_for(model, config.batch_size), providers=providers,
         weights=consumer_weights(model, analysis.groups),
         original=runtime.session(model, providers, inputs), progress=progress,
     )
+
+
+def _holdout(config: PruneConfig) -> float | str:
+    """The holdout of the run: ``config.holdout``, except that ``--max-error`` with "auto"
+    holds :data:`calibrate.AUTO_HOLDOUT` out at any sample count, so that the error it bounds is
+    measured on samples the fit did not see (in-sample, it reads several times lower)."""
+    if config.holdout == "auto" and config.max_error is not None:
+        return AUTO_HOLDOUT
+    return config.holdout
 
 
 def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneConfig,

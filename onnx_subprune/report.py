@@ -18,6 +18,10 @@ INACTIVE_SHARE = 0.25
 INACTIVE_MIN_GROUP = 8
 """Smallest group the inactive-channel warning looks at (one idle channel of two says little)."""
 
+OVERFIT_GAP = 0.05
+"""In-sample minus cross-validated explained variance of a group from which its refit is said to
+overfit the calibration samples (and the in-sample output error to be optimistic)."""
+
 
 def _plain(value: Any) -> Any:
     """JSON-ready copy: nested reports become dicts, NumPy scalars Python numbers."""
@@ -147,14 +151,23 @@ class PruneReport(_Json):
     _omit_none = ("run",)
 
     def find_warnings(self) -> list[str]:
-        """One line per problem a user must hear of: a large output error, calibration data
-        that leaves many of a group's channels inactive."""
+        """One line per problem a user must hear of: a large output error, a refit that
+        overfits few samples (cross-validated explained variance well below the in-sample one),
+        calibration data that leaves many of a group's channels inactive."""
         lines = []
         error, verified = self.output_error, self.verified_on
         if error >= LARGE_ERROR:
             lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} (relative error "
                          f"on {verified_text(verified)}): it may be unusable; "
                          f"keep more, or check that the calibration data looks like deployment inputs")
+        overfit = [g for g in self.groups if self.samples.get("holdout_kind", "").startswith("cv")
+                   and g.explained_holdout is not None and g.explained - g.explained_holdout >= OVERFIT_GAP]
+        if overfit:
+            worst = max(overfit, key=lambda g: g.explained - g.explained_holdout)
+            lines.append(f"the refit overfits the {self.samples['calibration']} calibration samples in {len(overfit)} "
+                         f"of {len(self.groups)} groups ({worst.group}: explained {worst.explained:.3f} in-sample, "
+                         f"{worst.explained_holdout:.3f} cross-validated), so the output error {error:.3f} measured "
+                         f"in-sample is optimistic; give more samples, --shrink auto, or --holdout 0.2 to measure it")
         idle = [g for g in self.groups
                 if g.channels >= INACTIVE_MIN_GROUP and g.inactive >= INACTIVE_SHARE * g.channels]
         if idle:
