@@ -83,7 +83,7 @@ def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
         new = rule.weight(consumer, update.weight, weight)
         rule.reset_scale(node.attrs)
     else:
-        new = np.take(weight, _columns(np.flatnonzero(mask), rule.row_block(consumer)), axis=consumer.in_axis)
+        new = np.take(weight, unit_columns(np.flatnonzero(mask), rule.row_block(consumer)), axis=consumer.in_axis)
     set_const_value(graph, node, WEIGHT, new)
     if update.bias_shift is not None and np.any(update.bias_shift):
         _shift_bias(graph, nodes, consumer, update.bias_shift.astype(weight.dtype), added_bias)
@@ -121,7 +121,7 @@ def _slice_producer(graph, node: gs.Node, producer: Producer, mask: np.ndarray,
     """Keep the producer's output channels that survive in its output tensor (each position of
     ``mask`` is ``block`` consecutive channels where the group's units span several)."""
     block = producer.layout.block if producer.layout is not None else 1
-    rows = _columns(np.flatnonzero(mask), block)
+    rows = unit_columns(np.flatnonzero(mask), block)
     set_const_value(graph, node, WEIGHT, np.take(const_value(node.inputs[WEIGHT]), rows, axis=producer.out_axis))
     index = LAYERS[producer.op].bias_input
     if index is not None and len(node.inputs) > index and node.inputs[index].name:
@@ -138,7 +138,7 @@ def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: di
     rule = rule_for(node)
     for param in passthrough.params:
         value = const_value(node.inputs[param.index])
-        set_const_value(graph, node, param.index, np.take(value, _columns(survivors, param.block), axis=param.axis))
+        set_const_value(graph, node, param.index, np.take(value, unit_columns(survivors, param.block), axis=param.axis))
     if rule is not None and rule.resize is not None:  # None: a Concat, whose inputs hold the counts
         rule.resize(graph, node, passthrough, mask)
 
@@ -150,7 +150,7 @@ def _slice_last(graph, node: gs.Node, index: int, kept: np.ndarray, channels: in
         set_const_value(graph, node, index, np.take(value, kept, axis=-1))
 
 
-def _columns(kept: Sequence[int] | np.ndarray, block: int) -> np.ndarray:
+def unit_columns(kept: Sequence[int] | np.ndarray, block: int) -> np.ndarray:
     """Indices of the ``block`` consecutive entries owned by each kept channel."""
     kept = np.asarray(kept, dtype=np.int64)
     return (kept[:, None] * block + np.arange(block)).ravel()

@@ -4,7 +4,9 @@ For every group, statistics are captured once from the original model and the me
 ranking is computed (for the greedy methods the greedy order, whose prefixes are the nested kept
 sets, and its gains, which give the explained variance F(S_k)/||Y||^2 for every k at no extra
 cost). The group alone is then pruned (with the run's refit) at a few counts and the relative
-error of the model's final outputs is measured on held-out calibration samples. Between those
+error of the model's final outputs is measured on held-out calibration samples; the pruned
+model is the original with the group's consumers masked (:mod:`masked`: zero weights for the
+removed channels), which computes the same outputs without a rewrite per point. Between those
 points the loss follows the greedy curve: the output error is taken proportional to
 sqrt((F(S_n) - F(S_k))/||Y||^2), the layer's own relative residual left by the removed channels,
 with a factor interpolated (in log space) between the measured points. That factor is how much the layer's error is amplified or
@@ -25,7 +27,7 @@ from .calibrate import GroupStats, Progress
 from .choose import choose, current_positions
 from .config import PruneConfig
 from .files import write_atomic
-from .rewrite import rewrite
+from .masked import masked
 from .select import RANKERS, greedy_select, refit
 from .types import ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
@@ -144,7 +146,7 @@ def measure_curves(model: onnx.ModelProto, groups: Sequence[ChannelGroup], stats
         errors = []
         for k in points:
             plan = group_plan(group, group_stats, order, k, config)
-            pruned = rewrite(model, [plan])
+            pruned = masked(model, plan)  # computes what rewrite(model, [plan]) does, without surgery
             errors.append(output_error(reference, predict(pruned, feeds, providers, batch_size)))
             done += 1
             if progress:

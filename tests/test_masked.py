@@ -1,0 +1,38 @@
+"""A group pruned by masking its consumers' input channels (onnx_subprune/masked.py) computes what
+the rewritten model computes, on every test architecture, with and without refit."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import run
+from onnx_subprune import runtime
+from onnx_subprune.analyze import analyze
+from onnx_subprune.calibrate import capture_stats, consumer_weights, split_samples
+from onnx_subprune.config import PruneConfig
+from onnx_subprune.graph import prepare
+from onnx_subprune.masked import masked
+from onnx_subprune.rewrite import rewrite
+from onnx_subprune.sensitivity import group_plan, ranking
+from test_architectures import MODELS, _feeds
+
+ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
+
+
+@pytest.mark.parametrize("refit", [True, False])
+@pytest.mark.parametrize("name", MODELS)
+def test_masked_group_equals_the_rewritten_model(name, refit):
+    model = prepare(onnx.load(ARCH / f"{name}.onnx"))
+    feeds = _feeds(name, 12)
+    groups = analyze(model).groups
+    config = PruneConfig(refit=refit, holdout=0.0, device="cpu")
+    session = runtime.session(model, ["CPUExecutionProvider"], tuple(sorted({c.input for g in groups for c in g.consumers})))
+    stats = capture_stats(groups, session, None, consumer_weights(model, groups), feeds, split_samples(12, 0.0, 0), 4)
+    for group, group_stats in zip(groups, stats):
+        order, _ = ranking(group, group_stats, config)
+        plan = group_plan(group, group_stats, order, max(1, group.channels // 3), config)
+        for got, want in zip(run(masked(model, plan), feeds), run(rewrite(model, [plan]), feeds)):
+            scale = max(float(np.abs(want).max()), 1e-6)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=f"{name} {group.name}")
