@@ -2,18 +2,19 @@
 
 A group's removed channels reach nothing but its consumers (and channel-wise ops and shapes on
 the way), so a model whose consumers read zero weights for them, and their new weights and bias
-for the kept ones, computes what the pruned model computes. Only the consumers change: the
-weight and bias they read are redirected to new initializers, a MatMul without a bias gets an
-Add after it. No graph surgery, no shape renumbering: the sensitivity curves measure many such
-models (:mod:`sensitivity`).
+for the kept ones, computes what the pruned model computes. Only the consumers change, and no
+shape: :class:`MaskedRunner` makes their weights and biases inputs of one session (a MatMul
+without a bias gets an Add after it), so that the sensitivity curves (:mod:`sensitivity`)
+measure every group at every count without a rewritten model or a session each.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from . import runtime
 from .graph import proto_attrs, read_constants
 from .ops import LAYERS
 from .ops.layers import BIAS, WEIGHT
@@ -21,68 +22,89 @@ from .rewrite import channel_masks, unit_columns
 from .types import Consumer, ConsumerUpdate, GroupPlan
 
 
-def masked(model: onnx.ModelProto, plan: GroupPlan) -> onnx.ModelProto:
-    """A copy of ``model`` computing what ``rewrite(model, [plan])`` computes: the plan's
-    consumers read zero weight rows for the removed channels, the plan's weights for the kept
-    ones and their shifted bias."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    masks = channel_masks([plan])
-    updates = {update.node: update for update in plan.updates}
-    consumers = plan.group.consumers
-    values = read_constants(model, {c.weight for c in consumers} | {c.bias for c in consumers if c.bias})
-    nodes = {node.name: node for node in result.graph.node}
-    for consumer in consumers:
-        update = updates.get(consumer.node, ConsumerUpdate(consumer.node))
-        _mask_consumer(result, nodes, consumer, update, masks[consumer.input], values)
-    return result
+class MaskedRunner:
+    """One session of ``model`` whose consumers of ``groups`` read their weight and bias from
+    inputs (Gemm's alpha folded into the weight; a bias of zeros where there was none): run it
+    with the original values, or with one group's masked ones (:meth:`outputs`)."""
 
+    def __init__(self, model: onnx.ModelProto, groups, providers: list[str]):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        consumers = list({c.node: c for group in groups for c in group.consumers}.values())
+        self.values = read_constants(model, {c.weight for c in consumers} | {c.bias for c in consumers if c.bias})
+        nodes = {node.name: node for node in self.model.graph.node}
+        self.defaults: dict[str, np.ndarray] = {}
+        for consumer in consumers:
+            self._open(nodes, consumer)
+        self.fixed = runtime.fixed_batch(model)
+        self.session = runtime.session(self.model, providers)
+        self.names = [output.name for output in model.graph.output]
 
-def _mask_consumer(model: onnx.ModelProto, nodes: dict, consumer: Consumer, update: ConsumerUpdate,
-                   mask: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    node, rule = nodes[consumer.node], LAYERS[consumer.op]
-    weight = values[consumer.weight]
-    rows = unit_columns(np.flatnonzero(mask), rule.row_block(consumer))
-    where = [slice(None)] * weight.ndim
-    where[consumer.in_axis] = rows
-    full = np.zeros_like(weight)
-    if update.weight is not None:
-        full[tuple(where)] = rule.weight(consumer, update.weight, weight)
-        if "alpha" in proto_attrs(node):  # the fitted weight has the scale folded in
+    def _open(self, nodes: dict, consumer: Consumer) -> None:
+        """Make the consumer's weight and bias inputs ``<node>__weight`` / ``<node>__bias``."""
+        node, rule = nodes[consumer.node], LAYERS[consumer.op]
+        weight = self.values[consumer.weight] * np.asarray(consumer.scale, self.values[consumer.weight].dtype)
+        if "alpha" in proto_attrs(node):
             next(a for a in node.attribute if a.name == "alpha").f = 1.0
-    else:
-        full[tuple(where)] = weight[tuple(where)]
-    node.input[WEIGHT] = _constant(model, f"{consumer.node}__masked_weight", full)
-    if update.bias_shift is not None and np.any(update.bias_shift):
-        _shift_bias(model, nodes, consumer, update.bias_shift.astype(weight.dtype), values)
-
-
-def _shift_bias(model: onnx.ModelProto, nodes: dict, consumer: Consumer, shift: np.ndarray,
-                values: dict[str, np.ndarray]) -> None:
-    """Add ``shift`` (m,) to the consumer's bias (as the rewrite does), creating it where there is none."""
-    name = f"{consumer.node}__masked_bias"
-    old = values[consumer.bias] if consumer.bias else np.zeros_like(shift)
-    bias = _constant(model, name, (np.broadcast_to(old, shift.shape) if consumer.bias_node is None else old) + shift)
-    if consumer.bias_node is not None:
-        add = nodes[consumer.bias_node]
-        add.input[list(add.input).index(consumer.bias)] = bias
-        return
-    node = nodes[consumer.node]
-    if LAYERS[consumer.op].bias_input is not None:
-        while len(node.input) < BIAS:
-            node.input.append("")
-        if len(node.input) == BIAS:
-            node.input.append(bias)
+        node.input[WEIGHT] = self._input(f"{consumer.node}__weight", weight)
+        width = rule.matrix(consumer, weight).shape[1]
+        bias = self.values[consumer.bias] if consumer.bias else np.zeros(width, weight.dtype)
+        name = self._input(f"{consumer.node}__bias", bias)
+        if consumer.bias_node is not None:
+            add = nodes[consumer.bias_node]
+            add.input[list(add.input).index(consumer.bias)] = name
+        elif rule.bias_input is not None:
+            while len(node.input) < BIAS:
+                node.input.append("")
+            if len(node.input) == BIAS:
+                node.input.append(name)
+            else:
+                node.input[BIAS] = name
         else:
-            node.input[BIAS] = bias
-        return
-    product = f"{node.output[0]}__before_bias"
-    add = helper.make_node("Add", [product, bias], [node.output[0]], name=f"{consumer.node}__masked_bias_add")
-    node.output[0] = product
-    position = list(model.graph.node).index(node)
-    model.graph.node.insert(position + 1, add)
+            product = f"{node.output[0]}__before_bias"
+            add = helper.make_node("Add", [product, name], [node.output[0]], name=f"{consumer.node}__bias_add")
+            node.output[0] = product
+            self.model.graph.node.insert(list(self.model.graph.node).index(node) + 1, add)
 
+    def _input(self, name: str, value: np.ndarray) -> str:
+        self.model.graph.input.append(helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(value.dtype), None))
+        self.defaults[name] = np.ascontiguousarray(value)
+        return name
 
-def _constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> str:
-    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-    return name
+    def plan_inputs(self, plan: GroupPlan) -> dict[str, np.ndarray]:
+        """The weight and bias inputs of ``plan``'s consumers for the model it prunes."""
+        masks = channel_masks([plan])
+        updates = {update.node: update for update in plan.updates}
+        inputs = {}
+        for consumer in plan.group.consumers:
+            update = updates.get(consumer.node, ConsumerUpdate(consumer.node))
+            rule = LAYERS[consumer.op]
+            weight = self.defaults[f"{consumer.node}__weight"]
+            rows = unit_columns(np.flatnonzero(masks[consumer.input]), rule.row_block(consumer))
+            where = [slice(None)] * weight.ndim
+            where[consumer.in_axis] = rows
+            full = np.zeros_like(weight)
+            full[tuple(where)] = weight[tuple(where)] if update.weight is None else rule.weight(consumer, update.weight, weight)
+            inputs[f"{consumer.node}__weight"] = full
+            if update.bias_shift is not None and np.any(update.bias_shift):
+                old = self.defaults[f"{consumer.node}__bias"]
+                shift = update.bias_shift.astype(weight.dtype)
+                inputs[f"{consumer.node}__bias"] = (old if consumer.bias_node is not None
+                                                    else np.broadcast_to(old, shift.shape)) + shift
+        return inputs
+
+    def outputs(self, feeds: dict[str, np.ndarray], batch_size: int,
+                plan: GroupPlan | None = None) -> dict[str, np.ndarray]:
+        """The model's outputs on ``feeds`` (first axis = samples) with ``plan``'s group masked
+        (None: the original), run in batches and concatenated along axis 0."""
+        inputs = {**self.defaults, **(self.plan_inputs(plan) if plan is not None else {})}
+        samples = len(next(iter(feeds.values())))
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch in runtime.batches(feeds, np.arange(samples), batch_size):
+            count = len(next(iter(batch.values())))
+            padded = self.fixed is not None and count < self.fixed
+            data = {k: runtime.pad(v, self.fixed) if padded else v for k, v in batch.items()}
+            for name, value in runtime.run(self.session, {**data, **inputs}, self.names).items():
+                parts.setdefault(name, []).append(runtime.real_rows(value, count, self.fixed) if padded else value)
+        return {name: np.concatenate(values) for name, values in parts.items()}
