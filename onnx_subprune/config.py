@@ -77,7 +77,7 @@ class PruneConfig:
     shrink: str = "none"
     holdout: float | str = "auto"
     batch_size: int = 32
-    cache_memory: int = 2048
+    cache_memory: int = 512
     seed: int = 0
     device: str = "auto"
     verify_samples: int = 512

