@@ -13,6 +13,7 @@ from functools import partial
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .calibrate import GroupStats
 from .config import PruneConfig
@@ -20,6 +21,17 @@ from .rewrite import channel_masks
 from .select import GroupSelection, cross_validated, fit_consumer, select_group
 from .select.coupling import consumer_kept, restrict, select_coupled
 from .types import ChannelGroup, GroupPlan
+
+
+SELECT_THREADS = 1
+"""BLAS threads of the selection: its greedy steps are many small products (gemv, rank-r
+updates) that OpenBLAS threads only slow down, 1.5-14x on a 2-core machine with anything else
+running (``tools/bench_speed.py selector``: the 512-channel greedy with one thread and all)."""
+
+
+def selection_threads():
+    """Context in which the greedy selection and refits run (:data:`SELECT_THREADS`)."""
+    return threadpool_limits(SELECT_THREADS, user_api="blas")
 
 
 def current_positions(group: ChannelGroup, plans: Sequence[GroupPlan]) -> list[np.ndarray] | None:

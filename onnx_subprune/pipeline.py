@@ -8,7 +8,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
-from threadpoolctl import threadpool_limits
 
 from . import runtime
 from .analyze import analyze
@@ -23,7 +22,7 @@ from .graph import check_onnx, pin_input_dims, prepare, proto_attrs, read_consta
 from .metrics import count_macs, count_macs_open, count_params
 from .ops import LAYERS
 from .rewrite import channel_masks, rewrite
-from .choose import choose, current_positions, original_to_current
+from .choose import choose, current_positions, original_to_current, selection_threads
 from .sensitivity import Curve, measure_curves
 from .plans import Plan, group_fractions
 from .report import GroupReport, PlannedGroupReport, PlanReport, PruneReport, SensitivityReport, TargetReport
@@ -33,11 +32,6 @@ from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, predict
 
 Log = Callable[[str], None]
-
-SELECT_THREADS = 1
-"""BLAS threads of the selection: its greedy steps are many small products (gemv, rank-r
-updates) that OpenBLAS threads only slow down, 1.5-14x on a 2-core machine with anything else
-running (``tools/bench_speed.py selector``: the 512-channel greedy with one thread and all)."""
 
 MIN_HELD_OUT = 16
 """Fewest held-out samples the sensitivity curves are measured on (else calibration samples)."""
@@ -446,7 +440,7 @@ def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     keep these channels."""
     refitted = [config.refit and (touched is None or c.node in touched) for c in group.consumers]
     refit = any(refitted)
-    with threadpool_limits(SELECT_THREADS, user_api="blas"):
+    with selection_threads():
         chosen = choose(group, stats, k, config, plans, refit=refit, given=given)
     updates = tuple(
         ConsumerUpdate(c.node, fit.weight, fit.bias_shift) if again else ConsumerUpdate(c.node)

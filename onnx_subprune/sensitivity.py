@@ -6,8 +6,8 @@ sets, and its gains, which give the explained variance F(S_k)/||Y||^2 for every 
 cost). The group alone is then pruned (with the run's refit) at a few counts and the relative
 error of the model's final outputs is measured on held-out calibration samples; the pruned
 model is the original with the group's consumers masked (:mod:`masked`: zero weights for the
-removed channels, their weights inputs of one session), which computes the same outputs
-without a rewritten model or a session per point. Between those
+removed channels, their weights inputs of one session per group), which computes the same
+outputs without a rewritten model or a session per point. Between those
 points the loss follows the greedy curve: the output error is taken proportional to
 sqrt((F(S_n) - F(S_k))/||Y||^2), the layer's own relative residual left by the removed channels,
 with a factor interpolated (in log space) between the measured points. That factor is how much the layer's error is amplified or
@@ -25,13 +25,13 @@ import numpy as np
 import onnx
 
 from .calibrate import GroupStats, Progress
-from .choose import choose, current_positions
+from .choose import choose, current_positions, selection_threads
 from .config import PruneConfig
 from .files import write_atomic
 from .masked import MaskedRunner
 from .select import RANKERS, greedy_select, refit
 from .types import ChannelGroup, ConsumerUpdate, GroupPlan
-from .verify import fidelity
+from .verify import fidelity, predict
 
 _TINY = 1e-12
 
@@ -138,13 +138,14 @@ def measure_curves(model: onnx.ModelProto, groups: Sequence[ChannelGroup], stats
                    floors: Sequence[int], config: PruneConfig,
                    progress: Progress | None = None) -> list[Curve]:
     """One :class:`Curve` per group; ``feeds`` are the samples the output error is measured on."""
-    runner = MaskedRunner(model, groups, providers)
-    reference = runner.outputs(feeds, batch_size)
+    reference = predict(model, feeds, providers, batch_size)
     plan_points = [measure_points(g.channels, int(f), config.sensitivity_points) for g, f in zip(groups, floors)]
     total, done = sum(len(p) for p in plan_points), 0
     curves = []
     for group, group_stats, points in zip(groups, stats, plan_points):
-        order, explained = ranking(group, group_stats, config)
+        with selection_threads():
+            order, explained = ranking(group, group_stats, config)
+        runner = MaskedRunner(model, [group], providers)  # the other layers' weights stay constants
         errors = []
         for k in points:
             plan = group_plan(group, group_stats, order, k, config)

@@ -101,7 +101,7 @@ def synthetic_stats(n: int, m: int, rank: int, n_rows: int, rng: np.random.Gener
 
 def bench_large(rng: np.random.Generator) -> dict:
     """Time of greedy (k = 256) and refit on a 512-channel 3x3 consumer; the greedy also with one
-    BLAS thread (as the pipeline runs it, pipeline.SELECT_THREADS) against all of them."""
+    BLAS thread (as the pipeline runs it, choose.SELECT_THREADS) against all of them."""
     from threadpoolctl import threadpool_limits
 
     stats, t_build = timed(lambda: synthetic_stats(512, 512, 1024, 100_000, rng))
