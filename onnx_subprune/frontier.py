@@ -11,7 +11,6 @@ once in the original, instead of once per group.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -82,7 +81,6 @@ class Cache:
         self._files.clear()
         self.in_memory = 0
         if self._folder is not None:
-            shutil.rmtree(self._folder.name, ignore_errors=True)
             self._folder.cleanup()
             self._folder = None
 

@@ -23,6 +23,7 @@ from .ops import LAYERS
 from .ops.layers import BIAS, WEIGHT
 from .rewrite import channel_masks, unit_columns
 from .types import Consumer, ConsumerUpdate, GroupPlan
+from .verify import predict_with
 
 
 class MaskedRunner:
@@ -39,9 +40,7 @@ class MaskedRunner:
         self.defaults: dict[str, np.ndarray] = {}
         for consumer in consumers:
             self._open(nodes, consumer)
-        self.fixed = runtime.fixed_batch(model)
         self.session = runtime.session(self.model, providers)
-        self.names = [output.name for output in model.graph.output]
 
     def _open(self, nodes: dict, consumer: Consumer) -> None:
         """Make the consumer's weight and bias inputs ``<node>__weight`` / ``<node>__bias``."""
@@ -102,12 +101,4 @@ class MaskedRunner:
         """The model's outputs on ``feeds`` (first axis = samples) with ``plan``'s group masked
         (None: the original), run in batches and concatenated along axis 0."""
         inputs = {**self.defaults, **(self.plan_inputs(plan) if plan is not None else {})}
-        samples = len(next(iter(feeds.values())))
-        parts: dict[str, list[np.ndarray]] = {}
-        for batch in runtime.batches(feeds, np.arange(samples), batch_size):
-            count = len(next(iter(batch.values())))
-            padded = self.fixed is not None and count < self.fixed
-            data = {k: runtime.pad(v, self.fixed) if padded else v for k, v in batch.items()}
-            for name, value in runtime.run(self.session, {**data, **inputs}, self.names).items():
-                parts.setdefault(name, []).append(runtime.real_rows(value, count, self.fixed) if padded else value)
-        return {name: np.concatenate(values) for name, values in parts.items()}
+        return predict_with(self.session, feeds, batch_size, inputs)

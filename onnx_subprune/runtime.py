@@ -154,27 +154,32 @@ def batches(feeds: dict[str, np.ndarray], indices: np.ndarray, size: int) -> Ite
         yield {name: array[chunk] for name, array in feeds.items()}
 
 
-def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Run a session and return the requested outputs (all when None) by name.
+def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None,
+        extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Run a session and return the requested outputs (all when None) by name. ``extra``:
+    inputs that are not per sample (weights fed as inputs), passed as they are.
 
     When the model fixes its batch at B and the feeds hold n < B samples, the feeds are padded
     to B (by repeating the last sample) and every output is cut back to the rows of the n real
     samples (the first n/B of its first axis).
     """
     names = names or [out.name for out in sess.get_outputs()]
+    extra = extra or {}
     samples = len(next(iter(feeds.values())))
     fixed = _session_batch(sess)
     if fixed is None or samples >= fixed:
-        return dict(zip(names, _checked_run(sess, names, feeds)))
+        return dict(zip(names, _checked_run(sess, names, feeds, extra)))
     padded = {name: pad(value, fixed) for name, value in feeds.items()}
-    outputs = _checked_run(sess, names, padded)
+    outputs = _checked_run(sess, names, padded, extra)
     return {name: real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
 
 
-def _checked_run(sess, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """``sess.run``, with onnxruntime's failures (bad dims, a kernel error) as one line."""
+def _checked_run(sess, names: list[str], feeds: dict[str, np.ndarray],
+                 extra: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``sess.run`` on ``feeds`` and ``extra``, with onnxruntime's failures (bad dims, a kernel
+    error) as one line naming the shapes of ``feeds``."""
     try:
-        return sess.run(names, feeds)
+        return sess.run(names, {**feeds, **extra})
     except Exception as exc:
         shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
         raise SubpruneError(f"onnxruntime cannot run the model on inputs {shapes}: "

@@ -15,11 +15,17 @@ from .runtime import batches, run, session
 def predict(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str],
             batch_size: int) -> dict[str, np.ndarray]:
     """All outputs of ``model`` on ``feeds``, run in batches and concatenated along axis 0."""
-    sess = session(model, providers)
+    return predict_with(session(model, providers), feeds, batch_size)
+
+
+def predict_with(sess, feeds: dict[str, np.ndarray], batch_size: int,
+                 extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """All outputs of session ``sess`` on ``feeds`` (first axis = samples) and the inputs
+    ``extra`` that are not per sample, run in batches and concatenated along axis 0."""
     samples = len(next(iter(feeds.values())))
     parts: dict[str, list[np.ndarray]] = {}
     for feed in batches(feeds, np.arange(samples), batch_size):
-        for name, value in run(sess, feed).items():
+        for name, value in run(sess, feed, extra=extra).items():
             parts.setdefault(name, []).append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}
 

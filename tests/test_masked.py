@@ -44,3 +44,14 @@ def _assert_same(got: dict, want: list, label: str) -> None:
     for value, expected in zip(got.values(), want):
         scale = max(float(np.abs(expected).max()), 1e-6)
         np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4 * scale, err_msg=label)
+
+
+def test_masked_runner_pads_a_fixed_batch():
+    """A model fixing its batch at 4, fed 6 samples in batches of 4: the last batch is padded
+    and cut back, the weights fed as inputs are not."""
+    model = prepare(onnx.load(ARCH / "resnet_mixed.onnx"))
+    feeds = _feeds("resnet_mixed", 6)
+    want = run(model, feeds)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    runner = MaskedRunner(model, analyze(model).groups, ["CPUExecutionProvider"])
+    _assert_same(runner.outputs(feeds, 4), want, "fixed batch 4")
