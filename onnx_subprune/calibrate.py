@@ -55,11 +55,21 @@ class Split:
 
     ``folds``: a partition of ``calibration`` into cross-validation folds (each sorted), whose
     statistics are kept apart; empty when the estimate is not cross-validated.
+    ``originals``: with augmented samples (:func:`expand_split`), how many of the first samples
+    are originals (the rest are copies, which only the statistics use); None without.
     """
 
     calibration: np.ndarray
     holdout: np.ndarray
     folds: tuple[np.ndarray, ...] = ()
+    originals: int | None = None
+
+    @property
+    def plain_calibration(self) -> np.ndarray:
+        """The calibration samples that are originals, not augmented copies."""
+        if self.originals is None:
+            return self.calibration
+        return self.calibration[self.calibration < self.originals]
 
     @property
     def kind(self) -> str:
@@ -91,6 +101,19 @@ def split_samples(samples: int, holdout: float | str, seed: int) -> Split:
         holdout = AUTO_HOLDOUT
     count = min(samples - 1, max(1, round(holdout * samples))) if holdout > 0 else 0
     return Split(calibration=np.sort(order[count:]), holdout=np.sort(order[:count]))
+
+
+def expand_split(split: Split, source: np.ndarray) -> Split:
+    """``split`` of the original samples carried over to augmented ones: ``source`` (rows,) is
+    the original each row comes from (originals first, ``source[i] == i``; :func:`augment.augment`).
+    A copy joins its original's calibration set and fold; held-out originals' copies are dropped,
+    so that held-out samples stay unseen originals."""
+    originals = int(source.max()) + 1
+    if not np.array_equal(source[:originals], np.arange(originals)):
+        raise ValueError("augmented samples must start with the originals in order")
+    members = lambda indices: np.flatnonzero(np.isin(source, indices))
+    return Split(calibration=members(split.calibration), holdout=split.holdout,
+                 folds=tuple(members(fold) for fold in split.folds), originals=originals)
 
 
 @dataclass(frozen=True)

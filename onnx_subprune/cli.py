@@ -23,6 +23,7 @@ from .plans import parse_group_keep, read_plan
 from .report import LARGE_ERROR, verified_text
 from .runtime import DEVICES
 from .select import METHODS, RANKERS
+from .augment import AUGMENTATIONS
 from .select.shrink import SHRINK
 from .shapes import parse_input_shape
 
@@ -340,6 +341,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=_Holdout(),
               help=HOLDOUT_HELP + f" The held-out samples also verify the pruned model and, when at least {MIN_HELD_OUT}, "
                                    "measure the sensitivity curves; else the calibration samples do (in-sample).")
+@click.option("--augment", multiple=True, type=click.Choice(AUGMENTATIONS),
+              help="Add transformed copies of the calibration images to the statistics (repeatable): shift (4 copies moved by one pixel) or hflip (mirrored left-right; natural photos only). Use only transformations the model is indifferent to; they help most with few images. Copies stay in their image's fold; verification uses the originals.")
 @click.option("--max-error", type=float, metavar="E",
               help="Fail (exit 1, nothing written) when the pruned model's relative output error on the held-out samples (the calibration samples when none are held out: in-sample) exceeds E, naming the groups that cost the most.")
 @click.option("--device", default=DEFAULTS.device, show_default=True, type=click.Choice(DEVICES), help="onnxruntime provider: auto uses CUDA only when it really loads.")
@@ -357,7 +360,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @_plan_options
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
-              method, no_refit, no_bias_compensation, ridge, shrink, holdout, max_error, device, batch_size,
+              method, no_refit, no_bias_compensation, ridge, shrink, holdout, augment, max_error, device, batch_size,
               cache_memory, seed, include, exclude, report_path, external_data, as_json, quiet, input_shapes, plan_path,
               group_keep, dry_run) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
@@ -385,7 +388,8 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
         raise click.UsageError("--plan cannot be combined with --keep/--target-params/--target-flops")
     config = PruneConfig(keep=0.5 if keep is None else keep, method=method, refit=not no_refit,
                          bias_compensation=not no_bias_compensation, ridge=ridge, shrink=shrink,
-                         holdout=holdout, batch_size=batch_size, cache_memory=cache_memory, seed=seed, device=device,
+                         holdout=holdout, augment=tuple(augment), batch_size=batch_size, cache_memory=cache_memory,
+                         seed=seed, device=device,
                          target_params=target_params, target_flops=target_flops, allocation=allocation or "sensitivity",
                          min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
                          max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
@@ -429,6 +433,10 @@ def _prune_summary(report: dict, output: str) -> str:
         + ("  (large: see the warning below)" if report["warnings"] and report["output_error"] >= LARGE_ERROR else ""),
         "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
     ]
+    samples = report["samples"]
+    if samples.get("augmented"):
+        lines.insert(3, f"  statistics on {samples['calibration']} calibration samples and "
+                        f"{samples['augmented']} augmented copies")
     if target is not None:
         lines.append(_group_table(report["groups"]))
     starved = [g["producer"] for g in report["groups"] if g["underdetermined"]]

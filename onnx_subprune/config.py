@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 from .select.rankers import METHODS
+from .augment import AUGMENTATIONS
 from .select.shrink import SHRINK
 
 ALLOCATIONS = ("sensitivity", "uniform", "marginal")
@@ -38,6 +39,9 @@ class PruneConfig:
         explained variance and verify the pruned model on them; "auto": below 128 samples none
         is held out, every sample informs the fit and the held-out explained variance is
         4-fold cross-validated over the statistics (:func:`calibrate.split_samples`), else 0.2.
+    augment: transformations of the image inputs the model is indifferent to (``shift``,
+        ``hflip``; :mod:`augment`) whose copies of the calibration samples add rows to the
+        statistics; held-out samples, verification and sensitivity curves use originals only.
     batch_size: samples per onnxruntime run.  seed: sample split and random baseline.
     cache_memory: MiB of activations seq / asym keep in memory between groups (the tensors at
         the frontier of the part already pruned, for every calibration sample); beyond it they
@@ -76,6 +80,7 @@ class PruneConfig:
     ridge: float = 1e-3
     shrink: str = "none"
     holdout: float | str = "auto"
+    augment: tuple[str, ...] = ()
     batch_size: int = 32
     cache_memory: int = 512
     seed: int = 0
@@ -114,6 +119,11 @@ class PruneConfig:
             raise ConfigError("method", f"{self.method!r} is unknown (choose from {', '.join(METHODS)})")
         if self.shrink not in SHRINK:
             raise ConfigError("shrink", f"{self.shrink!r} is unknown (choose from {', '.join(SHRINK)})")
+        for kind in self.augment:
+            if kind not in AUGMENTATIONS:
+                raise ConfigError("augment", f"{kind!r} is unknown (choose from {', '.join(AUGMENTATIONS)})")
+        if len(set(self.augment)) != len(self.augment):
+            raise ConfigError("augment", f"lists a transformation twice: {', '.join(self.augment)}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
             raise ConfigError("ridge", f"must be a finite number >= 0, got {self.ridge}")
         if isinstance(self.holdout, str):

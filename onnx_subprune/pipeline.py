@@ -11,7 +11,9 @@ import onnx
 
 from . import runtime
 from .analyze import analyze
-from .calibrate import AUTO_HOLDOUT, GroupStats, Progress, Split, capture_stats, consumer_weights, split_samples
+from .augment import augment
+from .calibrate import (AUTO_HOLDOUT, GroupStats, Progress, Split, capture_stats, consumer_weights, expand_split,
+                        split_samples)
 from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
@@ -91,13 +93,17 @@ def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarr
     """Choose providers and batch size, split the samples and open a session of the original
     model (``model`` as :func:`_analyzed` returns it)."""
     samples = len(next(iter(feeds.values())))
+    split = split_samples(samples, _holdout(config), config.seed)
+    if config.augment:
+        feeds, source = augment(feeds, config.augment)
+        split = expand_split(split, source)
     providers, note = runtime.choose_providers(config.device)
     if log:
         log(note)
     inputs = tuple(sorted({c.input for g in analysis.groups for c in g.consumers}))
     return _Run(
         model=model, analysis=analysis, feeds=feeds, config=config,
-        split=split_samples(samples, _holdout(config), config.seed),
+        split=split,
         batch_size=runtime.batch_size_for(model, config.batch_size), providers=providers,
         weights=consumer_weights(model, analysis.groups),
         original=runtime.session(model, providers, inputs), progress=progress,
@@ -155,8 +161,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         ridge=config.ridge,
         seed=config.seed,
         provider=run.providers[0],
-        samples={"calibration": int(len(run.split.calibration)), "holdout": int(len(run.split.holdout)),
-                 "holdout_kind": run.split.kind},
+        samples=_samples_report(run.split),
         groups=entries,
         skipped=list(run.analysis.skipped),
         params=params,
@@ -284,11 +289,22 @@ INACTIVE_ENERGY = 1e-3
 mean variance of its group's channels."""
 
 
+def _samples_report(split: Split) -> dict:
+    """The report's sample counts: calibration and held-out originals, how the held-out explained
+    variance is measured and, with augmentation, the copies added to the statistics."""
+    calibration = len(split.plain_calibration)
+    counts = {"calibration": int(calibration), "holdout": int(len(split.holdout)), "holdout_kind": split.kind}
+    if split.originals is not None:
+        counts["augmented"] = int(len(split.calibration) - calibration)
+    return counts
+
+
 def _verify_indices(split: Split, limit: int) -> tuple[np.ndarray, str]:
-    """Samples the pruned model is verified on: the held-out ones, else the calibration ones."""
+    """Samples the pruned model is verified on: the held-out ones, else the calibration ones
+    (originals, not augmented copies)."""
     if len(split.holdout):
         return split.holdout[:limit], "held-out"
-    return split.calibration[:limit], "calibration"
+    return split.plain_calibration[:limit], "calibration"
 
 
 def _check_counts(counts: Sequence[int], groups: Sequence[ChannelGroup]) -> tuple[int, ...]:
@@ -315,7 +331,7 @@ def _curves(run: _Run):
     the samples the output error was measured on (held-out ones when there are enough)."""
     config, split = run.config, run.split
     stats = run.capture(run.groups, run.original, None)
-    indices = split.holdout if len(split.holdout) >= MIN_HELD_OUT else split.calibration
+    indices = split.holdout if len(split.holdout) >= MIN_HELD_OUT else split.plain_calibration
     indices = indices[: config.sensitivity_samples]
     subset = {name: array[indices] for name, array in run.feeds.items()}
     floors = [config.min_count(g.channels) for g in run.groups]
