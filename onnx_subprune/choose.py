@@ -88,4 +88,5 @@ def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     consumers = stats.calibration
     kept = ([chosen.kept] * len(consumers) if positions is None
             else [consumer_kept(c, p, chosen.kept) for c, p in zip(consumers, positions)])
-    return replace(chosen, explained_holdout=cross_validated(stats.folds, kept, partial(fit_consumer, **fitting)))
+    fits = [partial(fit_consumer, **fitting, like=fit) for fit in chosen.fits]
+    return replace(chosen, explained_holdout=cross_validated(stats.folds, kept, fits))

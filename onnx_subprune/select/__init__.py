@@ -83,16 +83,17 @@ def _group_explained(
 def cross_validated(
     folds: Sequence[Sequence[ConsumerStats]],
     kept: Sequence[np.ndarray],
-    fit: Callable[[ConsumerStats, np.ndarray], Refit],
+    fits: Sequence[Callable[[ConsumerStats, np.ndarray], Refit]],
 ) -> float:
     """Cross-validated explained variance of a group's chosen channels.
 
     ``folds``: K >= 2 folds, each one :class:`ConsumerStats` per consumer (disjoint samples);
-    ``kept``: per consumer, its kept channels (sorted); ``fit(stats, kept)``: the consumer's new
-    weights from ``stats``. For each fold f and consumer c, c is fitted on the sum of the other
-    folds' statistics and its residual measured on fold f; the result is 1 - the sum of those
-    residuals / the sum of ||Y||^2, over folds and consumers. The kept channels are not chosen
-    again per fold: the estimate is held out for the fit, and in-sample for the choice.
+    ``kept``: per consumer, its kept channels (sorted); ``fits``: per consumer,
+    ``fit(stats, kept)`` gives its new weights from ``stats``. For each fold f and consumer c, c
+    is fitted on the sum of the other folds' statistics and its residual measured on fold f; the
+    result is 1 - the sum of those residuals / the sum of ||Y||^2, over folds and consumers. The
+    kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``) are not chosen
+    again per fold: the estimate is held out for the fit, and in-sample for those choices.
     """
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
@@ -100,7 +101,7 @@ def cross_validated(
     for f, held in enumerate(folds):
         for c, (stats, channels) in enumerate(zip(held, kept)):
             train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
-            residual += residual_energy(stats, channels, fit(train, channels))
+            residual += residual_energy(stats, channels, fits[c](train, channels))
             energy += stats.y_sq
     return explained_fraction(residual, energy)
 
@@ -148,14 +149,17 @@ def fit_consumer(
     shrink: str,
     ridge: float,
     bias_compensation: bool,
+    like: Refit | None = None,
 ) -> Refit:
     """New weights of one consumer on its ``kept`` channels: the original rows (no refit), the
     least-squares refit with a ridge toward zero (``shrink`` "none"), or the refit shrunk toward
-    an anchor with a data-chosen strength (``shrink`` "refit" or "auto", :func:`shrink_refit`)."""
+    an anchor with a data-chosen strength (``shrink`` "refit" or "auto", :func:`shrink_refit`;
+    with the strength of fit ``like`` instead, when it has one)."""
     if not refit_weights:
         return keep_weights(stats, kept)
     if shrink != "none":
-        return shrink_refit(stats, kept, bias_compensation=bias_compensation)
+        strength = None if like is None else like.strength
+        return shrink_refit(stats, kept, bias_compensation=bias_compensation, strength=strength)
     return refit(stats, kept, ridge=ridge, bias_compensation=bias_compensation)
 
 

@@ -10,16 +10,31 @@ from .linalg import psd_solve, psd_tolerance
 from .stats import ConsumerStats
 
 
+@dataclass(frozen=True)
+class Strength:
+    """How a shrunk refit (:mod:`.shrink`) was regularized: the ``anchor``'s name, ``lam``
+    (absolute, for statistics of ``rows`` rows; inf keeps the anchor) and the channel
+    regression's own ``map_lam`` (None for other anchors). Another sample set is refitted with
+    the same strength by scaling both by its rows / ``rows`` (the same penalty per row)."""
+
+    anchor: str
+    lam: float
+    map_lam: float | None
+    rows: int
+
+
 @dataclass(frozen=True, eq=False)
 class Refit:
     """New consumer weights for the kept channels.
 
     ``weight`` (len(kept) * block, m): W', rows are the blocks of the kept channels in sorted
     order. ``bias_shift`` (m,): to ADD to the consumer's existing bias (zeros when there is none).
+    ``strength``: the shrinkage a shrunk refit chose (None for the other fits).
     """
 
     weight: np.ndarray
     bias_shift: np.ndarray
+    strength: Strength | None = None
 
 
 def kept_columns(stats: ConsumerStats, kept: np.ndarray) -> np.ndarray:

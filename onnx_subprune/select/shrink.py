@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .linalg import psd_tolerance
-from .refit import Refit, kept_columns
-from .stats import ConsumerStats
+from .linalg import psd_solve, psd_tolerance
+from .refit import Refit, Strength, kept_columns
+from .stats import ConsumerStats, map_products
 
 SHRINK = ("none", "refit", "auto")
 """Refit modes: ``none``: least squares with the ridge toward zero (:func:`~.refit.refit`);
@@ -144,11 +144,13 @@ def spectrum(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, *, bias
                     rows=stats.n_rows, intercept=centered)
 
 
-def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool) -> np.ndarray:
-    """M (len(kept), n - len(kept)): each removed channel's map regressed on the kept channels'
-    maps over the N * block pixel rows of the channel map Gram Gm
+def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool,
+                   lam: float | None = None) -> tuple[np.ndarray, float]:
+    """(M, lam): M (len(kept), n - len(kept)) regresses each removed channel's map on the kept
+    channels' maps over the N * block pixel rows of the channel map Gram Gm
     (:meth:`~.stats.ConsumerStats.map_gram`, centered when ``bias_compensation``), with a ridge
-    toward 0 (toward the ``original`` anchor) chosen from the lam of :meth:`Spectrum.lambdas`.
+    ``lam`` toward 0 (toward the ``original`` anchor); None: chosen from the lam of
+    :meth:`Spectrum.lambdas` as follows.
 
     Gram form (N >= d: many rows per coefficient) chooses it by GCV on the pixel rows. Row form
     (N < d) by :data:`MAP_FOLDS`-fold cross-validation over contiguous blocks of rows: the rows
@@ -165,15 +167,16 @@ def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation:
                     proj=vectors[:, keep].T @ gram[np.ix_(kept, removed)],
                     residual_sq=float(np.diag(gram)[removed].sum()),
                     rows=stats.n_rows * stats.block, intercept=bias_compensation)
-    if not stats.is_row_form or stats.n_rows < 2:
-        return spec.correction(spec.best_lambda())
-    n, r = stats.n_channels, stats.block
-    maps = stats.row_matrices(bias_compensation)[0].reshape(-1, n, r)
-    blocks = np.array_split(maps, min(MAP_FOLDS, len(maps)))
-    parts = [np.einsum("kir,kjr->ij", block, block) for block in blocks]
-    lams = spec.lambdas()
-    errors = sum(_held_out_error(gram - part, part, kept, removed, lams, tol) for part in parts)
-    return spec.correction(float(lams[int(np.argmin(errors))]))
+    if lam is None and (not stats.is_row_form or stats.n_rows < 2):
+        lam = spec.best_lambda()
+    elif lam is None:
+        n, r = stats.n_channels, stats.block
+        maps = stats.row_matrices(bias_compensation)[0].reshape(-1, n, r)
+        parts = [map_products(block) for block in np.array_split(maps, min(MAP_FOLDS, len(maps)))]
+        lams = spec.lambdas()
+        errors = sum(_held_out_error(gram - part, part, kept, removed, lams, tol) for part in parts)
+        lam = float(lams[int(np.argmin(errors))])
+    return spec.correction(lam), lam
 
 
 def _held_out_error(
@@ -193,16 +196,16 @@ def _held_out_error(
 
 
 def channel_regression_anchor(
-    stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool
-) -> np.ndarray:
-    """W_S + (M kron I_block) W_R (len(kept) * block, m) with M from :func:`map_regression`;
-    W_S when every channel is kept."""
+    stats: ConsumerStats, kept: np.ndarray, *, bias_compensation: bool, lam: float | None = None
+) -> tuple[np.ndarray, float]:
+    """(W_S + (M kron I_block) W_R (len(kept) * block, m), lam) with M from
+    :func:`map_regression` at ``lam`` (None: chosen there); W_S when every channel is kept."""
     n, r, m = stats.n_channels, stats.block, stats.m
     kept = np.asarray(kept, dtype=np.int64)
     removed = np.setdiff1d(np.arange(n), kept)
     weight = stats.weight.reshape(n, r, m)
-    coef = map_regression(stats, kept, bias_compensation=bias_compensation)
-    return (weight[kept] + np.einsum("kc,com->kom", coef, weight[removed])).reshape(kept.size * r, m)
+    coef, lam = map_regression(stats, kept, bias_compensation=bias_compensation, lam=lam)
+    return (weight[kept] + np.einsum("kc,com->kom", coef, weight[removed])).reshape(kept.size * r, m), lam
 
 
 def default_anchor(stats: ConsumerStats) -> str:
@@ -212,11 +215,39 @@ def default_anchor(stats: ConsumerStats) -> str:
 
 def anchor_weight(stats: ConsumerStats, kept: np.ndarray, anchor: str, *, bias_compensation: bool) -> np.ndarray:
     """The anchor W0 (len(kept) * block, m) named ``anchor`` (one of :data:`ANCHORS`)."""
+    return _anchor(stats, kept, anchor, bias_compensation, None)[0]
+
+
+def _anchor(stats: ConsumerStats, kept: np.ndarray, anchor: str, bias_compensation: bool,
+            map_lam: float | None) -> tuple[np.ndarray, float | None]:
+    """(W0, the channel regression's lam or None): :func:`anchor_weight`, the channel regression
+    at ``map_lam`` when given."""
     if anchor == "original":
-        return stats.weight[kept_columns(stats, kept)]
+        return stats.weight[kept_columns(stats, kept)], None
     if anchor == "channel-regression":
-        return channel_regression_anchor(stats, kept, bias_compensation=bias_compensation)
+        return channel_regression_anchor(stats, kept, bias_compensation=bias_compensation, lam=map_lam)
     raise ValueError(f"unknown anchor {anchor!r}; expected one of {', '.join(ANCHORS)}")
+
+
+def correction_at(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, lam: float, *,
+                  bias_compensation: bool) -> np.ndarray:
+    """D(lam) (len(kept) * block, m) = argmin ||B_S D - R||^2 + lam ||D||^2, R = Y - B_S W0, by
+    one solve: the normal equations (Cholesky; the minimum-norm pseudo-inverse when singular),
+    or in the dual, D = B_S^T (B_S B_S^T + lam I)^+ R, for row-form statistics with more kept
+    columns than rows. The same D as :meth:`Spectrum.correction` without an eigendecomposition."""
+    if np.isinf(lam):
+        return np.zeros_like(anchor)
+    cols, centered = kept_columns(stats, kept), bias_compensation
+    tol = psd_tolerance(stats.gram_diag(centered))
+    if stats.is_row_form and cols.size > stats.n_rows:
+        design, targets = stats.row_matrices(centered, cols)
+        kernel = design @ design.T
+        kernel[np.diag_indices_from(kernel)] += lam
+        return design.T @ psd_solve(kernel, targets - design @ anchor, tol)
+    gram = stats.gram_matrix(centered, cols)
+    rhs = stats.cross_matrix(centered, cols) - gram @ anchor
+    gram[np.diag_indices_from(gram)] += lam
+    return psd_solve(gram, rhs, tol)
 
 
 def shrink_refit(
@@ -226,22 +257,37 @@ def shrink_refit(
     lam: float | None = None,
     anchor: str | None = None,
     bias_compensation: bool = True,
+    strength: Strength | None = None,
 ) -> Refit:
     """W' = argmin ||B_S W' (+ 1 b^T) - Y||^2 + lam ||W' - W0||^2 over the kept columns S.
 
     ``anchor``: the name of W0 (one of :data:`ANCHORS`; None: :func:`default_anchor`);
-    ``lam``: absolute strength in [0, inf] (None: chosen by GCV, ties to the larger lam). With
+    ``lam``: absolute strength in [0, inf] (None: chosen by GCV, ties to the larger lam).
+    ``strength``: instead of both, the :class:`~.refit.Strength` of another fit (its anchor, and
+    its lam and channel-regression lam scaled to these statistics' rows): how a
+    cross-validation fold is refitted as the whole set was, by one solve per consumer. With
     bias compensation ``bias_shift`` = ybar - W'^T mu_S (the intercept is not shrunk), else
-    zeros. ``weight`` (len(kept) * block, m).
+    zeros. ``weight`` (len(kept) * block, m); the returned ``strength`` is the one used.
     """
     if lam is not None and not lam >= 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     cols = kept_columns(stats, kept)
-    w0 = anchor_weight(stats, kept, anchor or default_anchor(stats), bias_compensation=bias_compensation)
-    spec = spectrum(stats, kept, w0, bias_compensation=bias_compensation)
-    weight = w0 + spec.correction(spec.best_lambda() if lam is None else lam)
+    map_lam = None
+    if strength is not None:
+        scale = stats.n_rows / strength.rows
+        anchor, lam = strength.anchor, strength.lam * scale
+        map_lam = None if strength.map_lam is None else strength.map_lam * scale
+    anchor = anchor or default_anchor(stats)
+    w0, map_lam = _anchor(stats, kept, anchor, bias_compensation, map_lam)
+    if lam is None:
+        spec = spectrum(stats, kept, w0, bias_compensation=bias_compensation)
+        lam = spec.best_lambda()
+        weight = w0 + spec.correction(lam)
+    else:
+        weight = w0 + correction_at(stats, kept, w0, lam, bias_compensation=bias_compensation)
     if bias_compensation:
         bias_shift = stats.mean_y - weight.T @ stats.mean_b[cols]
     else:
         bias_shift = np.zeros(stats.m)
-    return Refit(weight=weight, bias_shift=bias_shift)
+    return Refit(weight=weight, bias_shift=bias_shift,
+                 strength=Strength(anchor=anchor, lam=lam, map_lam=map_lam, rows=stats.n_rows))

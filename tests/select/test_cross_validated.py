@@ -37,7 +37,7 @@ def test_matches_a_per_fold_lstsq_refit(form, bias_compensation):
     folds = np.array_split(rng.permutation(80), 4)
     stats = [[make_stats(form, b[f], y[f], w, BLOCK) for b, y, w in problems] for f in folds]
     fit = partial(fit_consumer, refit_weights=True, shrink="none", ridge=0.0, bias_compensation=bias_compensation)
-    got = cross_validated(stats, [KEPT, KEPT], fit)
+    got = cross_validated(stats, [KEPT, KEPT], [fit, fit])
     assert got == pytest.approx(_naive(problems, folds, bias_compensation), rel=1e-9)
     whole = [make_stats(form, b, y, w, BLOCK) for b, y, w in problems]
     in_sample = 1 - sum(residual_energy(s, KEPT, fit(s, KEPT)) for s in whole) / sum(s.y_sq for s in whole)
@@ -47,4 +47,4 @@ def test_matches_a_per_fold_lstsq_refit(form, bias_compensation):
 def test_needs_two_folds():
     b, y, w = random_problem(np.random.default_rng(0), 8, BLOCK, 20, 2)
     with pytest.raises(ValueError, match="at least 2 folds"):
-        cross_validated([[make_stats("gram", b, y, w, BLOCK)]], [KEPT], partial(refit, ridge=0.0))
+        cross_validated([[make_stats("gram", b, y, w, BLOCK)]], [KEPT], [partial(refit, ridge=0.0)])

@@ -299,3 +299,32 @@ def test_auto_ranks_starved_groups_by_weight_norm():
     assert not data_starved(fed)
     np.testing.assert_array_equal(select_group(fed, 4, method="asym", shrink="auto").order,
                                   greedy_select(fed, 4, anchored=True).order)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("bias_compensation", [True, False])
+@pytest.mark.parametrize("rows", [150, 4])
+def test_a_fit_at_anothers_strength(problem, form, bias_compensation, rows):
+    """A refit with the strength another chose (``strength``, how cross-validation folds are
+    refitted) is that fit at the lam both it and its channel regression chose, scaled to the
+    rows: on the same statistics it is the same fit; on the samples repeated twice (twice the
+    rows, the same least-squares problem) it is the same fit too."""
+    b, y, w = problem
+    b, y = b[:rows], y[:rows]
+    stats = make_stats(form, b, y, w, BLOCK)
+    twice = make_stats(form, np.vstack([b, b]), np.vstack([y, y]), w, BLOCK)
+    for name in ("original", "channel-regression"):
+        chosen = shrink_refit(stats, KEPT, anchor=name, bias_compensation=bias_compensation)
+        assert chosen.strength.anchor == name and chosen.strength.rows == rows
+        assert (chosen.strength.map_lam is None) == (name == "original")
+        for other in (stats, twice):
+            again = shrink_refit(other, KEPT, bias_compensation=bias_compensation, strength=chosen.strength)
+            np.testing.assert_allclose(again.weight, chosen.weight, rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(again.bias_shift, chosen.bias_shift, rtol=1e-6, atol=1e-8)
+
+
+def test_map_products_is_the_sum_over_rows_and_offsets():
+    from onnx_subprune.select.stats import map_products
+
+    maps = np.random.default_rng(3).standard_normal((7, 5, 4))
+    np.testing.assert_allclose(map_products(maps), np.einsum("kir,kjr->ij", maps, maps), rtol=1e-12)
