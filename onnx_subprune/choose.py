@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from .calibrate import GroupStats
 from .config import PruneConfig
 from .rewrite import channel_masks
-from .select import GroupSelection, cross_validated, fit_consumer, select_group
+from .select import GroupSelection, cross_validated, cross_validated_choice, fit_consumer, select_group
 from .select.coupling import consumer_kept, restrict, select_coupled
 from .types import ChannelGroup, GroupPlan
 
@@ -88,5 +88,20 @@ def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     consumers = stats.calibration
     kept = ([chosen.kept] * len(consumers) if positions is None
             else [consumer_kept(c, p, chosen.kept) for c, p in zip(consumers, positions)])
+    if config.shrink == "cv" and fitting["refit_weights"]:
+        return _cross_validated_refit(chosen, consumers, stats.folds, kept, fitting)
     fits = [partial(fit_consumer, **fitting, like=fit) for fit in chosen.fits]
     return replace(chosen, explained_holdout=cross_validated(stats.folds, kept, fits))
+
+
+def _cross_validated_refit(chosen: GroupSelection, consumers, folds, kept, fitting: dict) -> GroupSelection:
+    """``chosen`` with each consumer refitted by least squares or shrunk, whichever the folds
+    score better (``shrink`` "cv"; ``chosen.fits`` are the least-squares ones)."""
+    shrunk = dict(fitting, shrink="refit")
+    candidates = []
+    for stats, channels, plain in zip(consumers, kept, chosen.fits):
+        alternative = fit_consumer(stats, channels, **shrunk)
+        candidates.append([(plain, partial(fit_consumer, **fitting)),
+                           (alternative, partial(fit_consumer, **shrunk, like=alternative))])
+    fits, explained, held_out = cross_validated_choice(consumers, folds, kept, candidates)
+    return replace(chosen, fits=fits, explained=explained, explained_holdout=held_out)

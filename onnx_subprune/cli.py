@@ -337,7 +337,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--no-bias-compensation", is_flag=True, help="Fit without an intercept (the paper's exact objective).")
 @click.option("--ridge", default=DEFAULTS.ridge, show_default=True, type=float, help="Ridge, relative to the mean diagonal of the Gram matrix, for selection and refit.")
 @click.option("--shrink", default=DEFAULTS.shrink, show_default=True, type=click.Choice(SHRINK),
-              help="Refit with few calibration samples: none (least squares, --ridge toward zero), refit (shrunk toward the original weights or, for Conv/Flatten consumers, a channel-map regression, strength by cross-validation) or auto (that refit, and a selection that leans on the original weights where samples are fewer than channels).")
+              help="Refit with few calibration samples: cv (per consumer, none or refit, whichever the cross-validation folds score better; folds exist below 128 samples with --holdout auto, else none), none (least squares, --ridge toward zero), refit (shrunk toward the original weights or, for Conv/Flatten consumers, a channel-map regression, strength by generalized cross-validation) or auto (that refit, and a selection that leans on the original weights where samples are fewer than channels).")
 @click.option("--holdout", default=DEFAULTS.holdout, show_default=True, type=_Holdout(),
               help=HOLDOUT_HELP + f" The held-out samples also verify the pruned model and, when at least {MIN_HELD_OUT}, "
                                    "measure the sensitivity curves; else the calibration samples do (in-sample).")

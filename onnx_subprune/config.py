@@ -30,11 +30,14 @@ class PruneConfig:
     refit: re-fit consumer weights by least squares (else keep their original kept rows).
     bias_compensation: fit an intercept (consumer bias absorbs removed channels' means).
     ridge: ridge relative to the mean diagonal of the Gram matrix, for selection and refit.
-    shrink: none (least-squares refit with the ridge toward zero) | refit (refit shrunk toward
-        the kept channels' original weights, or for Conv and Flatten consumers their channel-map
-        regression, strength chosen per consumer by generalized cross-validation; METHOD.md
-        sec. 9) | auto (that refit; the greedy's ridge pulls toward the original weights, and a
-        group whose consumers have fewer rows than channels is ranked by weight norm).
+    shrink: cv (per consumer, whichever of the next two the cross-validation folds score
+        better, where the statistics come in folds: below 128 samples with holdout "auto";
+        else none) | none (least-squares refit with the ridge toward zero) | refit (refit shrunk
+        toward the kept channels' original weights, or for Conv and Flatten consumers their
+        channel-map regression, strength chosen per consumer by generalized cross-validation;
+        METHOD.md sec. 9) | auto (that refit; the greedy's ridge pulls toward the original
+        weights, and a group whose consumers have fewer rows than channels is ranked by weight
+        norm).
     holdout: fraction of calibration samples kept out of the statistics, to report held-out
         explained variance and verify the pruned model on them; "auto": below 128 samples none
         is held out, every sample informs the fit and the held-out explained variance is
@@ -78,7 +81,7 @@ class PruneConfig:
     refit: bool = True
     bias_compensation: bool = True
     ridge: float = 1e-3
-    shrink: str = "none"
+    shrink: str = "cv"
     holdout: float | str = "auto"
     augment: tuple[str, ...] = ()
     batch_size: int = 32

@@ -169,10 +169,13 @@ def test_a_group_keeping_every_channel_leaves_its_consumers_as_they_are(name):
 
 def test_default_on_few_samples_fits_on_all_and_cross_validates():
     """Below 128 samples the default holds none out: the fit is the one on every sample (as with
-    holdout 0) and each group reports the 4-fold cross-validated explained variance."""
+    holdout 0) and each group reports the 4-fold cross-validated explained variance. (With the
+    least-squares refit: the default shrink "cv" chooses per consumer only where there are folds,
+    test_default_refit_is_the_cross_validated_choice.)"""
     model = builders.matmul_gelu_matmul()
     feeds = random_feeds(model, 40)
-    auto, everything = (prune(model, feeds, PruneConfig(keep=0.5, **CPU, **more)) for more in ({}, {"holdout": 0}))
+    auto, everything = (prune(model, feeds, PruneConfig(keep=0.5, shrink="none", **CPU, **more))
+                        for more in ({}, {"holdout": 0}))
     assert auto.report.samples == {"calibration": 40, "holdout": 0, "holdout_kind": "cv-4"}
     assert everything.report.samples["holdout_kind"] == "none"
     assert auto.report.verified_on == {"samples": 40, "set": "calibration"}
@@ -207,3 +210,22 @@ def test_an_error_bound_is_checked_on_held_out_samples_at_any_count(lenet):
     report = prune(model, few, PruneConfig(keep=0.9, max_error=10.0, **CPU)).report
     assert report.samples == {"calibration": 32, "holdout": 8, "holdout_kind": "fixed"}
     assert report.verified_on == {"samples": 8, "set": "held-out"}
+
+
+def test_default_refit_is_the_cross_validated_choice(lenet):
+    """shrink "cv" (the default): with folds (below 128 samples), each group's cross-validated
+    explained variance is at least that of the least-squares and of the shrunk refit, since each
+    consumer keeps the better of the two (layer: every group sees the original activations, so
+    the three runs choose the same channels); with a fixed holdout it is the least-squares refit."""
+    model, feeds = lenet
+    few = {name: array[:24] for name, array in feeds.items()}
+    assert PruneConfig().shrink == "cv"
+    runs = {shrink: prune(model, few, PruneConfig(keep=0.25, method="layer", shrink=shrink, **CPU)).report
+            for shrink in ("cv", "none", "refit")}
+    assert runs["cv"].samples["holdout_kind"] == "cv-4"
+    for chosen, plain, shrunk in zip(*(runs[s].groups for s in ("cv", "none", "refit"))):
+        assert chosen.kept == plain.kept == shrunk.kept
+        assert chosen.explained_holdout >= max(plain.explained_holdout, shrunk.explained_holdout) - 1e-9
+    fixed = [prune(model, feeds, PruneConfig(keep=0.25, shrink=s, holdout=0.2, **CPU)).model.SerializeToString()
+             for s in ("cv", "none")]
+    assert fixed[0] == fixed[1]

@@ -23,9 +23,11 @@ A target that the groups cannot reach gives an error row (the tool's one-line me
 
 Variants (onnx_subprune.pipeline.prune, device cpu; every variant uses all the calibration images,
 ``holdout=0``, unless its name says otherwise):
-  asym/default            the default configuration (holdout auto, shrink none): below 128 images
-                          all of them fit, with a 4-fold cross-validated explained variance
-  asym/holdout-0.2        a fixed 20% holdout (the default before holdout auto)
+  asym/default            the default configuration (holdout auto, shrink cv): below 128 images
+                          all of them fit, in 4 folds whose cross-validation chooses, per
+                          consumer, the least-squares or the shrunk refit (rows before 2026-11-26:
+                          shrink none, the default then)
+  asym/holdout-0.2        a fixed 20% holdout (the default before holdout auto), shrink none
   asym                    shrink none (least-squares refit, ridge 1e-3 toward zero)
   asym+shrink-refit       shrink refit: refit shrunk toward an anchor chosen with its strength by GCV
   asym+shrink             shrink auto: that refit and the greedy's ridge toward the original weights
@@ -81,7 +83,7 @@ from common import CALIB, MODELS, ROOT, TEST, calibration_subset, markdown_table
 # variant -> PruneConfig options (besides device, seed, target_params, allocation)
 VARIANTS: dict[str, dict] = {
     "asym/default": dict(method="asym"),
-    "asym/holdout-0.2": dict(method="asym", holdout=0.2),
+    "asym/holdout-0.2": dict(method="asym", holdout=0.2, shrink="none"),
     "asym": dict(method="asym", holdout=0.0),
     "asym+shrink-refit": dict(method="asym", holdout=0.0, shrink="refit"),
     "asym+shrink": dict(method="asym", holdout=0.0, shrink="auto"),

@@ -22,7 +22,7 @@ from .refit import (
     residual_energy,
 )
 from .rankers import METHODS, RANKERS, RankOptions, Ranker, schedule_of
-from .shrink import SHRINK, shrink_refit
+from .shrink import SHRINK, SHRUNK, shrink_refit
 from .stats import ConsumerStats, check_k, group_channels, sum_stats
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Refit",
     "activation_norm_order",
     "cross_validated",
+    "cross_validated_choice",
     "explained",
     "greedy_select",
     "keep_weights",
@@ -95,15 +96,46 @@ def cross_validated(
     kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``) are not chosen
     again per fold: the estimate is held out for the fit, and in-sample for those choices.
     """
+    residual = sum(_cv_residual(folds, c, channels, fit) for c, (channels, fit) in enumerate(zip(kept, fits)))
+    return explained_fraction(residual, sum(held[c].y_sq for held in folds for c in range(len(kept))))
+
+
+def _cv_residual(folds: Sequence[Sequence[ConsumerStats]], c: int, kept: np.ndarray,
+                 fit: Callable[[ConsumerStats, np.ndarray], Refit]) -> float:
+    """Consumer ``c``'s residual energy summed over the folds, each fold scored with ``fit`` on
+    the sum of the others' statistics."""
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
-    residual = energy = 0.0
+    residual = 0.0
     for f, held in enumerate(folds):
-        for c, (stats, channels) in enumerate(zip(held, kept)):
-            train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
-            residual += residual_energy(stats, channels, fits[c](train, channels))
-            energy += stats.y_sq
-    return explained_fraction(residual, energy)
+        train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
+        residual += residual_energy(held[c], kept, fit(train, kept))
+    return residual
+
+
+def cross_validated_choice(
+    consumers: Sequence[ConsumerStats],
+    folds: Sequence[Sequence[ConsumerStats]],
+    kept: Sequence[np.ndarray],
+    candidates: Sequence[Sequence[tuple[Refit, Callable[[ConsumerStats, np.ndarray], Refit]]]],
+) -> tuple[tuple[Refit, ...], float, float]:
+    """Per consumer, the candidate fit with the lowest cross-validated residual.
+
+    ``consumers``: the statistics of all samples; ``folds`` and ``kept`` as in
+    :func:`cross_validated`; ``candidates``: per consumer, (fit on all samples, how to fit a
+    fold) pairs, the first winning ties. Returns (the chosen fits, their in-sample explained
+    variance, their cross-validated explained variance: the choice itself is in-sample).
+    """
+    chosen, cv_residual, residual = [], 0.0, 0.0
+    for c, (stats, channels, options) in enumerate(zip(consumers, kept, candidates)):
+        scores = [_cv_residual(folds, c, channels, fitter) for _, fitter in options]
+        best = int(np.argmin(scores))
+        chosen.append(options[best][0])
+        cv_residual += scores[best]
+        residual += residual_energy(stats, channels, options[best][0])
+    cv_energy = sum(held[c].y_sq for held in folds for c in range(len(consumers)))
+    return (tuple(chosen), explained_fraction(residual, sum(c.y_sq for c in consumers)),
+            explained_fraction(cv_residual, cv_energy))
 
 
 def _check_holdout(consumers: Sequence[ConsumerStats], holdout: Sequence[ConsumerStats]) -> None:
@@ -157,7 +189,7 @@ def fit_consumer(
     with the strength of fit ``like`` instead, when it has one)."""
     if not refit_weights:
         return keep_weights(stats, kept)
-    if shrink != "none":
+    if shrink in SHRUNK:
         strength = None if like is None else like.strength
         return shrink_refit(stats, kept, bias_compensation=bias_compensation, strength=strength)
     return refit(stats, kept, ridge=ridge, bias_compensation=bias_compensation)

@@ -45,11 +45,16 @@ from .linalg import psd_solve, psd_tolerance
 from .refit import Refit, Strength, kept_columns
 from .stats import ConsumerStats, map_products
 
-SHRINK = ("none", "refit", "auto")
+SHRINK = ("cv", "none", "refit", "auto")
 """Refit modes: ``none``: least squares with the ridge toward zero (:func:`~.refit.refit`);
 ``refit``: shrunk toward an anchor, strength chosen by GCV (:func:`shrink_refit`);
 ``auto``: that refit, a greedy whose ridge pulls toward the original weights, and groups with
-fewer samples than channels ranked by weight norm (``select_group``)."""
+fewer samples than channels ranked by weight norm (``select_group``); ``cv``: per consumer,
+``none`` or ``refit``, whichever has the lower cross-validated residual where the statistics
+come in folds (:func:`~onnx_subprune.select.cross_validated_choice`), else ``none``."""
+
+SHRUNK = ("refit", "auto")
+"""The modes whose refit is :func:`shrink_refit`."""
 
 ANCHORS = ("original", "channel-regression")
 """What the refit is shrunk toward (see the module docstring)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from select_helpers import FORMS, columns, make_stats, random_problem
 
-from onnx_subprune.select import cross_validated, fit_consumer, refit, residual_energy
+from onnx_subprune.select import cross_validated, cross_validated_choice, fit_consumer, refit, residual_energy
 
 BLOCK, KEPT = 3, np.array([1, 2, 5, 7])
 
@@ -48,3 +48,26 @@ def test_needs_two_folds():
     b, y, w = random_problem(np.random.default_rng(0), 8, BLOCK, 20, 2)
     with pytest.raises(ValueError, match="at least 2 folds"):
         cross_validated([[make_stats("gram", b, y, w, BLOCK)]], [KEPT], [partial(refit, ridge=0.0)])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_choice_takes_each_consumers_lower_cross_validated_residual(form):
+    """Per consumer, cross_validated_choice keeps the candidate whose per-fold refits leave the
+    smaller held-out residual (here: the least-squares refit against the original rows, which
+    is far worse on these problems), and reports that choice's in-sample and cross-validated
+    explained variance."""
+    rng = np.random.default_rng(8)
+    problems = [random_problem(rng, 8, BLOCK, 60, m, mixing=1.0) for m in (3, 2)]
+    folds = np.array_split(rng.permutation(60), 4)
+    stats = [[make_stats(form, b[f], y[f], w, BLOCK) for b, y, w in problems] for f in folds]
+    whole = [make_stats(form, b, y, w, BLOCK) for b, y, w in problems]
+    fit = partial(fit_consumer, refit_weights=True, shrink="none", ridge=0.0, bias_compensation=True)
+    keep = partial(fit_consumer, refit_weights=False, shrink="none", ridge=0.0, bias_compensation=True)
+    # consumer 0 offers (original rows, refit), consumer 1 (refit, original rows)
+    candidates = [[(keep(whole[0], KEPT), keep), (fit(whole[0], KEPT), fit)],
+                  [(fit(whole[1], KEPT), fit), (keep(whole[1], KEPT), keep)]]
+    fits, explained, held_out = cross_validated_choice(whole, stats, [KEPT, KEPT], candidates)
+    assert fits[0] is candidates[0][1][0] and fits[1] is candidates[1][0][0]
+    assert held_out == pytest.approx(cross_validated(stats, [KEPT, KEPT], [fit, fit]), rel=1e-12)
+    in_sample = 1 - sum(residual_energy(s, KEPT, f) for s, f in zip(whole, fits)) / sum(s.y_sq for s in whole)
+    assert explained == pytest.approx(in_sample, rel=1e-12)
