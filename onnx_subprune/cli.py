@@ -22,6 +22,7 @@ from .pipeline import MIN_HELD_OUT
 from .plans import parse_group_keep, read_plan
 from .report import LARGE_ERROR, verified_text
 from .runtime import DEVICES
+from .verify import mixed_scale
 from .select import METHODS, RANKERS
 from .augment import AUGMENTATIONS
 from .select.shrink import SHRINK
@@ -430,6 +431,8 @@ def _prune_summary(report: dict, output: str) -> str:
     verified = report["verified_on"]
     lines += [
         f"  relative output error on {verified_text(verified)}: {report['output_error']:.4f}"
+        + ("  (channel-balanced: " + ", ".join(mixed_scale(report["outputs"])) + " mixes scales)"
+           if mixed_scale(report["outputs"]) else "")
         + ("  (large: see the warning below)" if report["warnings"] and report["output_error"] >= LARGE_ERROR else ""),
         "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
     ]
@@ -559,7 +562,9 @@ def evaluate_cmd(original, pruned, data, labels, device, batch_size, as_json) ->
     lines = []
     for name, out in result["outputs"].items():
         agree = f", top-1 agreement {out['top1_agreement']:.1%}" if "top1_agreement" in out else ""
-        lines.append(f"output {name}: relative error {out['relative_error']:.4f}, cosine {out['cosine']:.4f}{agree}")
+        balanced = (f", channel-balanced error {out['balanced_error']:.4f} (its channels differ in scale)"
+                    if "balanced_error" in out else "")
+        lines.append(f"output {name}: relative error {out['relative_error']:.4f}{balanced}, cosine {out['cosine']:.4f}{agree}")
     if "accuracy" in result:
         acc = result["accuracy"]
         lines.append(f"accuracy: original {acc['original']:.2%}, pruned {acc['pruned']:.2%}")

@@ -31,7 +31,7 @@ from .report import GroupReport, PlannedGroupReport, PlanReport, PruneReport, Se
 from .shapes import check_pinned, keep_interface, open_dims_note, pin_shapes
 from .select import schedule_of
 from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
-from .verify import fidelity, predict
+from .verify import fidelity, output_error, predict
 
 Log = Callable[[str], None]
 
@@ -168,7 +168,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         macs=macs,
         target=_target_report(config, allocation, params, macs, predicted),
         outputs=outputs,
-        output_error=max(o["relative_error"] for o in outputs.values()),
+        output_error=max(output_error(o) for o in outputs.values()),
         verified_on={"samples": int(len(verified)), "set": verified_on},
         seconds={k: round(v, 4) for k, v in timings.items()},
     )

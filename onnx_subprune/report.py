@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import quote
 from .types import Skipped
+from .verify import SCALE_SPREAD, mixed_scale
 
 LARGE_ERROR = 0.25
 """Relative output error from which the pruned model is flagged as far from the original."""
@@ -157,7 +159,11 @@ class PruneReport(_Json):
         lines = []
         error, verified = self.output_error, self.verified_on
         if error >= LARGE_ERROR:
-            lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} (relative error "
+            mixed = mixed_scale(self.outputs)
+            what = ("relative error" if not mixed else
+                    f"channel-balanced relative error of {', '.join(map(quote, mixed))}, whose channels differ "
+                    f"in scale by over {SCALE_SPREAD:g}x, so the small ones (scores) are weighed alike")
+            lines.append(f"the pruned model's outputs differ from the original's by {error:.3f} ({what} "
                          f"on {verified_text(verified)}): it may be unusable; "
                          f"keep more, or check that the calibration data looks like deployment inputs")
         overfit = [g for g in self.groups if self.samples.get("holdout_kind", "").startswith("cv")

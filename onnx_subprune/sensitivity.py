@@ -31,7 +31,7 @@ from .files import write_atomic
 from .masked import MaskedRunner
 from .select import RANKERS, greedy_select, refit
 from .types import ChannelGroup, ConsumerUpdate, GroupPlan
-from .verify import fidelity, predict
+from .verify import fidelity, output_error as one_output_error, predict
 
 _TINY = 1e-12
 
@@ -128,8 +128,9 @@ def group_plan(group: ChannelGroup, stats: GroupStats, order: np.ndarray, k: int
 
 
 def output_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
-    """Root mean square over outputs of the relative error ||c - r|| / ||r||."""
-    errors = [output["relative_error"] for output in fidelity(reference, candidate).values()]
+    """Root mean square over outputs of their error (:func:`verify.output_error`: the relative
+    error ||c - r|| / ||r||, channel-balanced where an output mixes scales)."""
+    errors = [one_output_error(output) for output in fidelity(reference, candidate).values()]
     return float(np.sqrt(np.mean(np.square(errors))))
 
 

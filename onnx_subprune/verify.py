@@ -30,9 +30,55 @@ def predict_with(sess, feeds: dict[str, np.ndarray], batch_size: int,
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+SCALE_SPREAD = 100.0
+"""Ratio of the largest to the smallest channel norm (axis 1) of an output from which it is
+*mixed-scale*: its overall relative error is then dominated by the large channels (a YOLO
+output's box coordinates in pixels next to its 0-1 class scores), and the channel-balanced
+error is reported too."""
+
+
+def balanced_error(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Root mean square over the channels j of ||c_j - r_j|| / ||r_j||, for a float output of
+    rank 3 or more whose channel axis (axis 1, or the last axis: (samples, anchors, 4 + classes)
+    heads) has channel norms ||r_j|| spanning at least :data:`SCALE_SPREAD` (channels that are
+    zero in the reference left out); the larger where both axes do; else None. Each channel
+    counts alike, so small-scale channels that carry the decision (class scores) are not
+    drowned by large-scale ones (box coordinates)."""
+    if reference.ndim < 3 or reference.dtype.kind != "f":
+        return None
+    errors = [error for axis in sorted({1, reference.ndim - 1})
+              if (error := _channel_balanced(reference, candidate, axis)) is not None]
+    return max(errors) if errors else None
+
+
+def _channel_balanced(reference: np.ndarray, candidate: np.ndarray, axis: int) -> float | None:
+    """:func:`balanced_error` with the channels on ``axis``."""
+    flat_r = np.moveaxis(reference, axis, 0).reshape(reference.shape[axis], -1).astype(np.float64)
+    flat_c = np.moveaxis(candidate, axis, 0).reshape(reference.shape[axis], -1).astype(np.float64)
+    norms = np.linalg.norm(flat_r, axis=1)
+    live = norms > 0
+    if live.sum() < 2 or norms[live].max() < SCALE_SPREAD * norms[live].min():
+        return None
+    errors = np.linalg.norm(flat_c[live] - flat_r[live], axis=1) / norms[live]
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def output_error(entry: dict) -> float:
+    """The error of one output's :func:`fidelity` entry: its relative error, or its
+    channel-balanced error when that is larger (mixed-scale outputs)."""
+    return max(entry["relative_error"], entry.get("balanced_error", 0.0))
+
+
+def mixed_scale(outputs: dict[str, dict]) -> list[str]:
+    """The outputs of a :func:`fidelity` result whose channel-balanced error exceeds their
+    relative error (the one :func:`output_error` then gives)."""
+    return [name for name, o in outputs.items() if o.get("balanced_error", 0.0) > o["relative_error"]]
+
+
 def fidelity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Per output: relative error ||c - r|| / ||r||, mean per-sample cosine similarity, and
-    top-1 agreement for classifier-shaped outputs (samples x classes).
+    """Per output: relative error ||c - r|| / ||r||, mean per-sample cosine similarity,
+    top-1 agreement for classifier-shaped outputs (samples x classes), and for mixed-scale
+    outputs the channel-balanced error (:func:`balanced_error`).
 
     A one-line :class:`SubpruneError` when the models' outputs differ in name or shape, or one
     holds NaN or Inf (no error is defined then)."""
@@ -55,6 +101,9 @@ def fidelity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray])
         norms = np.linalg.norm(flat_r, axis=1) * np.linalg.norm(flat_c, axis=1)
         cosine = float(np.mean(np.sum(flat_r * flat_c, axis=1) / np.maximum(norms, 1e-30)))
         entry = {"relative_error": error, "cosine": cosine}
+        balanced = balanced_error(ref64, cand64)
+        if balanced is not None:
+            entry["balanced_error"] = balanced
         if is_classifier(ref):
             entry["top1_agreement"] = float(np.mean(ref.argmax(1) == candidate[name].argmax(1)))
         result[name] = entry

@@ -18,7 +18,8 @@ at every size); the evaluation set is fixed, ``zoo.feeds(entry, --eval, 0, "eval
 held-out inputs, the same for every run). The "test accuracy" column holds the zoo's task metric
 of the pruned model against the original on it (``top1``: agreement of the arg-max with the
 original's; ``embedding_cosine``: mean cosine of the embeddings; others through ``zoo.metric``),
-the error column the largest relative L2 error over the float outputs (as tools/bench_zoo.py).
+the error column the largest relative L2 error over the float outputs, channel-balanced where an
+output mixes scales (as tools/bench_zoo.py).
 A target that the groups cannot reach gives an error row (the tool's one-line message).
 
 Variants (onnx_subprune.pipeline.prune, device cpu; every variant uses all the calibration images,
@@ -196,13 +197,11 @@ class Zoo:
         return dict(zip(names, self.zoo.run_model(sess, feeds, self.entry)))
 
     def error(self, reference: dict, outputs: dict) -> float:
-        """Largest relative L2 error over the float outputs (bench_zoo.output_error)."""
-        errors = []
-        for name, a in reference.items():
-            b = outputs.get(name)
-            if b is not None and a.dtype.kind == "f" and a.shape == b.shape:
-                a64, b64 = a.astype(np.float64), b.astype(np.float64)
-                errors.append(float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30)))
+        """Largest error over the float outputs (bench_zoo.relative_error)."""
+        from bench_zoo import relative_error
+
+        errors = [relative_error(a, outputs[name]) for name, a in reference.items()
+                  if name in outputs and a.dtype.kind == "f" and a.shape == outputs[name].shape]
         return max(errors) if errors else math.nan
 
     def _metric(self, model, outputs: dict) -> float:
