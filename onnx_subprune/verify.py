@@ -41,9 +41,9 @@ def balanced_error(reference: np.ndarray, candidate: np.ndarray) -> float | None
     """Root mean square over the channels j of ||c_j - r_j|| / ||r_j||, for a float output of
     rank 3 or more whose channel axis (axis 1, or the last axis: (samples, anchors, 4 + classes)
     heads) has channel norms ||r_j|| spanning at least :data:`SCALE_SPREAD` (channels that are
-    zero in the reference left out); the larger where both axes do; else None. Each channel
-    counts alike, so small-scale channels that carry the decision (class scores) are not
-    drowned by large-scale ones (box coordinates)."""
+    zero in the reference left out, and not a softmax axis); the larger where both axes do;
+    else None. Each channel counts alike, so small-scale channels that carry the decision
+    (class scores) are not drowned by large-scale ones (box coordinates)."""
     if reference.ndim < 3 or reference.dtype.kind != "f":
         return None
     errors = [error for axis in sorted({1, reference.ndim - 1})
@@ -52,7 +52,11 @@ def balanced_error(reference: np.ndarray, candidate: np.ndarray) -> float | None
 
 
 def _channel_balanced(reference: np.ndarray, candidate: np.ndarray, axis: int) -> float | None:
-    """:func:`balanced_error` with the channels on ``axis``."""
+    """:func:`balanced_error` with the channels on ``axis``; None where the reference is a
+    probability distribution over them (softmax: classes compete, and the rare ones' tiny
+    probabilities are not scores of their own)."""
+    if reference.min() >= 0 and np.allclose(reference.sum(axis=axis), 1.0, atol=1e-3):
+        return None
     flat_r = np.moveaxis(reference, axis, 0).reshape(reference.shape[axis], -1).astype(np.float64)
     flat_c = np.moveaxis(candidate, axis, 0).reshape(reference.shape[axis], -1).astype(np.float64)
     norms = np.linalg.norm(flat_r, axis=1)

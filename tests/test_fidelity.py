@@ -64,3 +64,15 @@ def test_heads_with_channels_last_and_dead_channels_are_balanced_too():
     candidate = reference.copy()
     candidate[:, :, 4:6] = 0.0
     assert balanced_error(reference, candidate) == pytest.approx(np.sqrt(2 / 6), rel=1e-6)
+
+
+def test_a_softmax_over_many_classes_is_not_balanced():
+    """A recognizer's per-step class distribution: rare classes have tiny probabilities whose
+    relative changes are noise, not lost scores."""
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((4, 10, 300)) * 3
+    logits[..., 0] += 12
+    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    reference, candidate = softmax(logits), softmax(logits * 0.7)
+    assert balanced_error(reference, candidate) is None
+    assert "balanced_error" not in fidelity({"p": reference}, {"p": candidate})["p"]
