@@ -258,20 +258,6 @@ class _Budget(Exception):
     """An onnxsim variant that misses the params budget."""
 
 
-def _bisect(peer, ranking: str, budget: int) -> tuple[float, bool]:
-    """Smallest sparsity at which onnxsim's ``ranking`` ("l2" or "wanda") leaves at most ``budget``
-    params; (0.999, False) when even that misses it. Bisected per ranking: at one sparsity wanda
-    can keep more params than l2 (LeNet-5 at 0.85: 8545 vs 7775), not depending on the data."""
-    params = lambda s: peer.count(peer._prune(ranking, s))
-    if params(0.999) > budget:
-        return 0.999, False
-    low, high = 0.0, 0.999
-    for _ in range(12):
-        middle = (low + high) / 2
-        low, high = (low, middle) if params(middle) <= budget else (middle, high)
-    return high, True
-
-
 def peer_bases(bench) -> list[tuple[str, object]]:
     """The models onnxsim prunes: the original and, when it has BatchNormalization, the original
     with BN folded into the Conv by ``onnxsim.simplify`` (its Conv chains need that: unfolded,
@@ -309,7 +295,7 @@ def prune_peer(bench, calib: dict, calib_reference: dict, ratio: float, sparsiti
                 key = (ratio, mode, ranking)
                 if key not in sparsities:  # bisected on two samples: the params do not depend on them
                     small = Peer(base, {k: v[:2] for k, v in calib.items()})
-                    sparsity, met = _bisect(small, ranking, budget)
+                    sparsity, met = small.sparsity_for(budget, ranking)
                     sparsities[key] = sparsity, None if met else small.count(small._prune(ranking, sparsity))
                 sparsity, left = sparsities[key]
                 if left is not None:

@@ -143,10 +143,11 @@ class Peer:
             self.model, calibration_data=self.batches, num_samples=len(self.batches), sparsity=sparsity,
             providers=CPU)
 
-    def sparsity_for(self, budget: int) -> tuple[float, bool]:
-        """Smallest sparsity whose model has at most ``budget`` params (the params do not depend
-        on the ranking); (0.999, False) when even that misses it."""
-        params = lambda s: self.count(self.pruning.apply_structured_pruning(self.model, sparsity=s))
+    def sparsity_for(self, budget: int, ranking: str = "l2") -> tuple[float, bool]:
+        """Smallest sparsity at which ``ranking`` ("l2" or "wanda") leaves at most ``budget``
+        params; (0.999, False) when even that misses it. Per ranking: at one sparsity wanda can
+        keep more params than l2 (LeNet-5 at 0.85: 8545 vs 7775); the data do not change them."""
+        params = lambda s: self.count(self._prune(ranking, s))
         if params(0.999) > budget:
             return 0.999, False
         low, high = 0.0, 0.999
@@ -221,20 +222,21 @@ def _peer_row(entry, path, model, calib, evaluation, budget, base, target, tmp, 
     clock = time.perf_counter()
     try:
         peer = Peer(model, calib)
-        sparsity, met = peer.sparsity_for(budget)
+        found = {ranking: peer.sparsity_for(budget, ranking) for ranking in ("l2", "wanda")}
         best = None
         for name in PEER_VARIANTS:
+            sparsity, met = found["l2" if name == "l2" else "wanda"]
             pruned = peer.variant(name, sparsity)
             out = os.path.join(tmp, f"peer_{name}.onnx")
             onnx.save(pruned, out)
             error = output_error(entry, path, out, evaluation)
             if best is None or error < best[0]:
-                best = (error, name, pruned, out)
+                best = (error, name, pruned, out, sparsity, met)
     except Exception as exc:
         row.update(status="failed", note=_one_line(exc))
         print(f"{entry['name']} {target} onnxsim: {row['note']}", file=sys.stderr)
         return row
-    _, name, pruned, _ = best
+    _, name, pruned, _, sparsity, met = best
     out = str(kept_model(entry["name"], target, "onnxsim"))
     onnx.save(pruned, out)
     row.update(_measure(entry, path, out, model, pruned, evaluation, args), status="ok",
