@@ -184,7 +184,9 @@ def fit_consumer(
     like: Refit | None = None,
 ) -> Refit:
     """New weights of one consumer on its ``kept`` channels: the original rows (no refit), the
-    least-squares refit with a ridge toward zero (``shrink`` "none"), or the refit shrunk toward
+    least-squares refit with a ridge toward zero (``shrink`` "none", and "cv", whose choice
+    between it and the shrunk refit is made over folds by :func:`cross_validated_choice`), or
+    the refit shrunk toward
     an anchor with a data-chosen strength (``shrink`` "refit" or "auto", :func:`shrink_refit`;
     with the strength of fit ``like`` instead, when it has one)."""
     if not refit_weights:
