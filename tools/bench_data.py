@@ -65,7 +65,7 @@ good as no refit and as onnxsim's best. Keep runs short by splitting the grid (-
 
 Usage: python tools/bench_data.py [--models lenet5 vgg_bn ppocr_cls] [--ratios 4 8]
            [--sizes 8 16 32 64 128 512] [--seeds 5] [--first-seed 0] [--eval 128] [--variants ...]
-           [--csv PATH] [--out PATH] [--render-only]
+           [--csv PATH] [--out PATH] [--plot PNG] [--render-only]
 """
 
 from __future__ import annotations
@@ -557,6 +557,46 @@ def render(rows: list[dict]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+PLOT_VARIANTS = ("asym/default", "default+augment", "asym", "asym/no-refit", PEER)
+"""The curves of the plot: the default, with augmentation, least squares, no refit, onnxsim."""
+
+
+def plot(rows: list[dict], path: Path, ratio: float = GOAL_RATIO) -> None:
+    """Accuracy (task metric) vs calibration images at 1/``ratio`` of the params, one panel per
+    model, mean and sample std over the seeds, for :data:`PLOT_VARIANTS`; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows)
+    models = sorted({k[0] for k in summary if k[1] == ratio and k[3] in PLOT_VARIANTS})
+    if not models:
+        return
+    figure, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        for index, variant in enumerate(PLOT_VARIANTS):
+            points = sorted((k[2], v["test_acc"]) for k, v in summary.items()
+                            if k[0] == model and k[1] == ratio and k[3] == variant)
+            if not points:
+                continue
+            sizes = [size for size, _ in points]
+            mean = np.array([100 * values.mean() for _, values in points])
+            spread = np.array([100 * values.std(ddof=1) if len(values) > 1 else 0.0 for _, values in points])
+            axis.errorbar(sizes, mean, yerr=spread, marker="o", markersize=3, capsize=2, linewidth=1.2,
+                          color=f"C{index}", label=variant)
+        axis.set_xscale("log", base=2)
+        axis.set_title(model, fontsize=10)
+        axis.set_xlabel("calibration images")
+        axis.set_ylim(0, 102)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"test accuracy / task metric (%) at 1/{ratio:g} params")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -571,12 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "results" / "data_efficiency.csv")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "data_efficiency.md")
     parser.add_argument("--render-only", action="store_true", help="only rewrite --out from --csv")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "data_efficiency.png",
+                        help="PNG of accuracy vs images at 1/8 of the params (needs matplotlib)")
     args = parser.parse_args(argv)
     new = [] if args.render_only else [row for name in args.models for row in run_model(name, args)]
     rows = merge(args.csv, new)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(rows))
-    print(f"wrote {args.csv} and {args.out}", file=sys.stderr)
+    plot(rows, args.plot)
+    print(f"wrote {args.csv}, {args.out} and {args.plot}", file=sys.stderr)
     return 0
 
 
