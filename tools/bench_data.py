@@ -611,13 +611,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, default=ROOT / "docs" / "results" / "data_efficiency.csv")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "data_efficiency.md")
     parser.add_argument("--render-only", action="store_true", help="only rewrite --out from --csv")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "data_efficiency.png",
-                        help="PNG of accuracy vs images at 1/8 of the params (needs matplotlib)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG of accuracy vs images at 1/8 of the params (needs matplotlib); default "
+                             "docs/data_efficiency.png with the default --out, else --out's name with .png")
     args = parser.parse_args(argv)
     new = [] if args.render_only else [row for name in args.models for row in run_model(name, args)]
     rows = merge(args.csv, new)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(rows))
+    if args.plot is None:
+        default_out = args.out.resolve() == (ROOT / "docs" / "results" / "data_efficiency.md").resolve()
+        args.plot = ROOT / "docs" / "data_efficiency.png" if default_out else args.out.with_suffix(".png")
     plot(rows, args.plot)
     print(f"wrote {args.csv}, {args.out} and {args.plot}", file=sys.stderr)
     return 0
