@@ -428,11 +428,10 @@ def _prune_summary(report: dict, output: str) -> str:
             f"  params {params['before']:,} -> {params['after']:,} ({achieved['params']:.2%}{wanted(target['params'])})",
             f"  MACs   {macs['before']:,} -> {macs['after']:,} ({achieved['macs']:.2%}{wanted(target['flops'])})",
         ]
-    verified = report["verified_on"]
+    verified, mixed = report["verified_on"], mixed_scale(report["outputs"])
     lines += [
         f"  relative output error on {verified_text(verified)}: {report['output_error']:.4f}"
-        + ("  (channel-balanced: " + ", ".join(mixed_scale(report["outputs"])) + " mixes scales)"
-           if mixed_scale(report["outputs"]) else "")
+        + (f"  (channel-balanced: {', '.join(mixed)} mixes scales)" if mixed else "")
         + ("  (large: see the warning below)" if report["warnings"] and report["output_error"] >= LARGE_ERROR else ""),
         "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()),
     ]
