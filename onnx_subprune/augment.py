@@ -31,6 +31,15 @@ COPIES = {"shift": len(SHIFTS), "hflip": 1}
 """Copies of each sample per kind."""
 
 
+def check_augmentations(kinds: Sequence[str]) -> None:
+    """:class:`ConfigError` unless ``kinds`` are distinct names of :data:`AUGMENTATIONS`."""
+    for kind in kinds:
+        if kind not in AUGMENTATIONS:
+            raise ConfigError("augment", f"{kind!r} is unknown (choose from {', '.join(AUGMENTATIONS)})")
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError("augment", f"lists a transformation twice: {', '.join(kinds)}")
+
+
 def spatial_axes(shape: Sequence[int]) -> tuple[int, int] | None:
     """(height axis, width axis) of a 4-D image batch ``shape``: the channel axis is axis 1
     (NCHW) or 3 (NHWC), whichever is shorter, with at most 4 entries; None when neither is."""
@@ -71,12 +80,10 @@ def augment(feeds: dict[str, np.ndarray], kinds: Sequence[str]) -> tuple[dict[st
 
     Returns the augmented feeds (input -> (N * (1 + copies), ...); the first N rows are the
     originals) and ``source`` (N * (1 + copies),): the original sample each row comes from.
-    Raises :class:`ConfigError` for an unknown kind or when no input is a 4-D float image batch
-    with a recognizable channel axis.
+    Raises :class:`ConfigError` for unknown or repeated kinds (:func:`check_augmentations`) or
+    when no input is a 4-D float image batch with a recognizable channel axis.
     """
-    for kind in kinds:
-        if kind not in AUGMENTATIONS:
-            raise ConfigError("augment", f"{kind!r} is unknown (choose from {', '.join(AUGMENTATIONS)})")
+    check_augmentations(kinds)
     axes = {name: spatial_axes(x.shape) if x.ndim == 4 and np.issubdtype(x.dtype, np.floating) else None
             for name, x in feeds.items()}
     if kinds and not any(axes.values()):

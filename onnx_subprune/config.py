@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 from .select.rankers import METHODS
-from .augment import AUGMENTATIONS
+from .augment import check_augmentations
 from .select.shrink import SHRINK
 
 ALLOCATIONS = ("sensitivity", "uniform", "marginal")
@@ -122,11 +122,7 @@ class PruneConfig:
             raise ConfigError("method", f"{self.method!r} is unknown (choose from {', '.join(METHODS)})")
         if self.shrink not in SHRINK:
             raise ConfigError("shrink", f"{self.shrink!r} is unknown (choose from {', '.join(SHRINK)})")
-        for kind in self.augment:
-            if kind not in AUGMENTATIONS:
-                raise ConfigError("augment", f"{kind!r} is unknown (choose from {', '.join(AUGMENTATIONS)})")
-        if len(set(self.augment)) != len(self.augment):
-            raise ConfigError("augment", f"lists a transformation twice: {', '.join(self.augment)}")
+        check_augmentations(self.augment)
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
             raise ConfigError("ridge", f"must be a finite number >= 0, got {self.ridge}")
         if isinstance(self.holdout, str):

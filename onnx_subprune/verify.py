@@ -31,9 +31,9 @@ def predict_with(sess, feeds: dict[str, np.ndarray], batch_size: int,
 
 
 SCALE_SPREAD = 100.0
-"""Ratio of the largest to the smallest channel norm (axis 1) of an output from which it is
-*mixed-scale*: its overall relative error is then dominated by the large channels (a YOLO
-output's box coordinates in pixels next to its 0-1 class scores), and the channel-balanced
+"""Ratio of the largest to the smallest channel norm (axis 1 or the last) of an output from
+which it is *mixed-scale*: its overall relative error is then dominated by the large channels (a
+YOLO output's box coordinates in pixels next to its 0-1 class scores), and the channel-balanced
 error is reported too."""
 
 
