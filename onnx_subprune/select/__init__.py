@@ -96,21 +96,22 @@ def cross_validated(
     kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``) are not chosen
     again per fold: the estimate is held out for the fit, and in-sample for those choices.
     """
-    residual = sum(_cv_residual(folds, c, channels, fit) for c, (channels, fit) in enumerate(zip(kept, fits)))
+    residual = sum(_cv_residuals(folds, c, channels, [fit])[0] for c, (channels, fit) in enumerate(zip(kept, fits)))
     return explained_fraction(residual, sum(held[c].y_sq for held in folds for c in range(len(kept))))
 
 
-def _cv_residual(folds: Sequence[Sequence[ConsumerStats]], c: int, kept: np.ndarray,
-                 fit: Callable[[ConsumerStats, np.ndarray], Refit]) -> float:
-    """Consumer ``c``'s residual energy summed over the folds, each fold scored with ``fit`` on
-    the sum of the others' statistics."""
+def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], c: int, kept: np.ndarray,
+                  fits: Sequence[Callable[[ConsumerStats, np.ndarray], Refit]]) -> list[float]:
+    """Per fit of ``fits``, consumer ``c``'s residual energy summed over the folds, each fold
+    scored with the fit on the sum of the others' statistics (summed once per fold for all)."""
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
-    residual = 0.0
+    residuals = [0.0] * len(fits)
     for f, held in enumerate(folds):
         train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
-        residual += residual_energy(held[c], kept, fit(train, kept))
-    return residual
+        for i, fit in enumerate(fits):
+            residuals[i] += residual_energy(held[c], kept, fit(train, kept))
+    return residuals
 
 
 def cross_validated_choice(
@@ -128,7 +129,7 @@ def cross_validated_choice(
     """
     chosen, cv_residual, residual = [], 0.0, 0.0
     for c, (stats, channels, options) in enumerate(zip(consumers, kept, candidates)):
-        scores = [_cv_residual(folds, c, channels, fitter) for _, fitter in options]
+        scores = _cv_residuals(folds, c, channels, [fitter for _, fitter in options])
         best = int(np.argmin(scores))
         chosen.append(options[best][0])
         cv_residual += scores[best]
