@@ -257,6 +257,34 @@ def paddle_style() -> onnx.ModelProto:
     return build(text, {"w1": (6, 3, 3, 3), "w2": (5, 6, 3, 3), "b2": (5,), "w3": (4, 5), "b3": (4,)})
 
 
+def ctc_head() -> onnx.ModelProto:
+    """A text recognizer's neck and CTC head as paddle2onnx writes PP-OCRv5's: Conv -> Relu ->
+    AveragePool -> Unsqueeze(0) -> Add 0 -> Squeeze(0) -> 1x3 Conv and a Concat with another
+    branch -> 1x3 Conv -> Relu -> Squeeze of the height axis 2 -> Transpose [0, 2, 1] -> MatMul
+    with a constant weight -> Softmax over the classes."""
+    text = header("float[N,3,2,16] x", "float[N,16,7] y") + """ {
+        a = Conv <kernel_shape = [1, 1]> (x, w1, b1)
+        b = Relu (a)
+        c = AveragePool <kernel_shape = [2, 1], strides = [2, 1]> (b)
+        zero = Constant <value = int64[1] {0}> ()
+        d = Unsqueeze (c, zero)
+        e = Add (d, nil)
+        f = Squeeze (e, zero)
+        g = Conv <kernel_shape = [1, 3], pads = [0, 1, 0, 1]> (f, w2, b2)
+        h = Relu (g)
+        i = Concat <axis = 1> (f, h)
+        j = Conv <kernel_shape = [1, 3], pads = [0, 1, 0, 1]> (i, w3, b3)
+        k = Relu (j)
+        height = Constant <value = int64[1] {2}> ()
+        l = Squeeze (k, height)
+        m = Transpose <perm = [0, 2, 1]> (l)
+        n = MatMul (m, w4)
+        y = Softmax <axis = 2> (n)
+    }"""
+    return build(text, {"w1": (8, 3, 1, 1), "b1": (8,), "nil": np.zeros(1, np.float32),
+                        "w2": (4, 8, 1, 3), "b2": (4,), "w3": (6, 12, 1, 3), "b3": (6,), "w4": (6, 7)})
+
+
 def _bn(rng, n: int, tag: str) -> dict:
     return {f"s{tag}": rng.uniform(0.5, 1.5, n).astype(np.float32), f"o{tag}": (n,), f"m{tag}": (n,),
             f"v{tag}": rng.uniform(0.5, 2, n).astype(np.float32)}

@@ -12,6 +12,8 @@ from onnx_subprune.config import PruneConfig
 from onnx_subprune.frontier import Cache
 from onnx_subprune.rewrite import rewrite
 
+import builders
+
 ARCH = Path(__file__).resolve().parent.parent / "models" / "arch"
 MODELS = ["resnet_mixed", "csp_split_concat", "densenet_block", "mobilenetv3_se", "bert_layer",
           "bert_encoder_const", "resnext_grouped", "nhwc_cnn"]
@@ -49,7 +51,8 @@ def _assert_same(got, want, label):
             assert a.y_sq == pytest.approx(b.y_sq, rel=1e-5), label
 
 
-def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2048, model=None, **extra):
+def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2048, model=None, feeds=None,
+             **extra):
     """Prune ``name`` (or ``model`` on its calibration inputs) with frontier capture while
     checking every step against recapture; the steps compared and the result."""
     steps = []
@@ -64,7 +67,7 @@ def _compare(monkeypatch, name, method, samples=24, batch_size=5, cache_memory=2
     monkeypatch.setattr(pipeline, "_capture_step", checked)
     config = PruneConfig(method=method, keep=0.5, batch_size=batch_size, cache_memory=cache_memory, **extra)
     model = onnx.load(ARCH / f"{name}.onnx") if model is None else model
-    result = pipeline.prune(model, _feeds(name, samples), config)
+    result = pipeline.prune(model, _feeds(name, samples) if feeds is None else feeds, config)
     return steps, result
 
 
@@ -78,6 +81,15 @@ def test_asym_frontier_equals_per_group_recapture(monkeypatch, name):
 def test_seq_frontier_equals_per_group_recapture(monkeypatch, name):
     steps, result = _compare(monkeypatch, name, "seq")
     assert len(steps) == len(result.report.groups)
+
+
+def test_asym_frontier_through_squeeze_and_unsqueeze(monkeypatch):
+    """PP-OCRv5's neck and CTC head: groups cross Unsqueeze/Squeeze round trips and a Squeeze
+    of the height axis."""
+    model = builders.ctc_head()
+    feeds = {"x": np.random.default_rng(0).standard_normal((24, 3, 2, 16)).astype(np.float32)}
+    steps, result = _compare(monkeypatch, "ctc_head", "asym", model=model, feeds=feeds)
+    assert len(steps) == len(result.report.groups) == 3
 
 
 def test_cached_tensors_spill_to_a_file_that_is_removed(monkeypatch, tmp_path):

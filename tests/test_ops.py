@@ -120,6 +120,27 @@ def test_transpose_moves_the_channel_axis_both_ways():
         _through(_node("Transpose", [_var("x")]), Layout(channels=4, axis=-1, rank=None))
 
 
+def test_squeeze_and_unsqueeze_renumber_the_channel_axis_both_ways():
+    x = _var("x")
+    squeeze = _node("Squeeze", [x, _const("axes", np.array([2]))])  # N x C x 1 x W -> N x C x W
+    moved, params = _through(squeeze, NCHW)
+    assert (moved.axis, moved.rank, params) == (-2, 3, ())
+    assert THROUGH["Squeeze"].upstream(squeeze, moved) == NCHW
+    unsqueeze = _node("Unsqueeze", [x, _const("axes", np.array([0, -1]))])  # N x C -> 1 x N x C x 1
+    moved, _ = _through(unsqueeze, LAST)
+    assert (moved.axis, moved.rank) == (-2, 4)
+    assert THROUGH["Unsqueeze"].upstream(unsqueeze, moved) == LAST
+    old = _node("Squeeze", [_var("x", shape=[1, 4, 1, 5])])  # no axes: every static 1 (0 and 2)
+    assert _through(old, NCHW)[0] == Layout(channels=4, axis=-2, rank=2)
+    assert _through(_node("Unsqueeze", [x], axes=[1]), LAST)[0] == Layout(channels=4, axis=-1, rank=3)
+    with pytest.raises(NotChannelWise, match="removes the channel axis"):
+        _through(_node("Squeeze", [x, _const("axes", np.array([1]))]), NCHW)
+    with pytest.raises(NotChannelWise, match="computed axes"):
+        _through(_node("Squeeze", [x, _var("axes")]), NCHW)
+    with pytest.raises(NotChannelWise, match="unknown shape"):
+        _through(_node("Squeeze", [x]), NCHW)
+
+
 def test_depthwise_conv_is_channel_wise_and_rewrites_its_group_count():
     weight = _const("w", np.ones((4, 1, 3, 3)))
     node = _node("Conv", [_var("x"), weight, _const("b", np.zeros(4))], group=4)

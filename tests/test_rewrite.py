@@ -15,7 +15,7 @@ from helpers import masked, random_feeds, run
 MODELS = ["conv_bn_pool_conv", "conv_flatten_gemm", "gemm_gemm", "matmul_gelu_matmul", "residual_se_block",
           "csp_split_concat", "dense_block", "channel_slice", "csp_residual", "paddle_style",
           "grouped_bottleneck", "depthwise_multiplier", "chained_grouped", "grouped_residual",
-          "concat_depthwise_multiplier"]
+          "concat_depthwise_multiplier", "ctc_head"]
 
 
 def _kept(channels: int, seed: int) -> tuple[int, ...]:

@@ -363,6 +363,55 @@ def _transpose(node: gs.Node, layout: Layout, group: set[str] | None):
     return replace(layout, axis=moved - layout.rank), ()
 
 
+def _squeezed_axes(node: gs.Node, count_rank: int, inserts: bool) -> list[int]:
+    """The axes (0-based, sorted) that a Squeeze removes or an Unsqueeze inserts: its ``axes``
+    attribute (before opset 13) or constant input, taken modulo the rank they index (``inserts``:
+    the output's, ``count_rank`` plus their number; else ``count_rank``). A Squeeze without axes
+    removes every dim of static size 1."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        axes = const_value(node.inputs[1])
+        if axes is None:
+            raise NotChannelWise(f"{node.op} {node.name} has computed axes")
+    if axes is None:
+        shape = node.inputs[0].shape if node.op == "Squeeze" else None
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            raise NotChannelWise(f"{node.op} {node.name} without axes on a tensor of unknown shape")
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    axes = [int(a) for a in np.ravel(axes)]
+    rank = count_rank + len(axes) if inserts else count_rank
+    return sorted(a % rank for a in axes)
+
+
+def _squeeze_move(node: gs.Node, layout: Layout, removes: bool) -> Layout:
+    """The layout after the node's axes are removed (``removes``: Squeeze going down, Unsqueeze
+    going up) or inserted (Unsqueeze going down, Squeeze going up) around the channel axis."""
+    if layout.rank is None:
+        raise NotChannelWise(f"{node.op} {node.name} of a tensor of unknown rank")
+    position = layout.rank + layout.axis
+    axes = _squeezed_axes(node, layout.rank, inserts=not removes)
+    if removes:
+        if position in axes:
+            raise NotChannelWise(f"{node.op} {node.name} removes the channel axis")
+        rank = layout.rank - len(axes)
+        position -= sum(a < position for a in axes)
+    else:
+        rank = layout.rank + len(axes)
+        position = [i for i in range(rank) if i not in axes][position]
+    return replace(layout, axis=position - rank, rank=rank)
+
+
+def _squeeze(node: gs.Node, layout: Layout, group: set[str] | None):
+    """Squeeze/Unsqueeze of axes other than the channel axis: the channels stay, on an axis
+    renumbered for the new rank."""
+    _only_first_output(node)
+    return _squeeze_move(node, layout, removes=node.op == "Squeeze"), ()
+
+
+def _squeeze_upstream(node: gs.Node, output: Layout) -> Layout:
+    return _squeeze_move(node, output, removes=node.op == "Unsqueeze")
+
+
 def _conv_groups(node: gs.Node, layout: Layout | None) -> tuple[str, int, int]:
     """(kind, a, b) of a Conv with group g > 1 and a constant weight (g*b, a, *kernel): conv group
     j reads input channels [j*a, (j+1)*a) and writes outputs [j*b, (j+1)*b). With ``layout`` (of
@@ -517,5 +566,7 @@ THROUGH: dict[str, OpRule] = {
     "MatMul": OpRule(through=_batched_matmul),
     "Shape": OpRule(inspect=_shape_of),
     "Transpose": OpRule(through=_transpose, upstream=_transpose_upstream),
+    "Squeeze": OpRule(through=_squeeze, upstream=_squeeze_upstream, data=1),
+    "Unsqueeze": OpRule(through=_squeeze, upstream=_squeeze_upstream, data=1),
 }
 """Channel-wise op type -> its rule."""
