@@ -327,7 +327,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @click.option("--target-flops", type=float, metavar="RATIO",
               help="Keep this fraction of the model's MACs (0 < RATIO <= 1); may be combined with --target-params. Not with --keep.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS),
-              help="How a target is split over groups: sensitivity (equal loss on measured per-group output-error curves), marginal (same curves, least squared loss per param saved) or uniform (one keep fraction).  [default: sensitivity]")
+              help="How a target is split over groups: sensitivity (equal loss on measured per-group output-error curves), marginal (same curves, least squared loss per param saved) or uniform (one keep fraction). Groups measured alone need not add up, so sensitivity and marginal also prune the whole model to the uniform allocation and write whichever has the lower output error (a dry run shows the measured allocation).  [default: sensitivity]")
 @click.option("--min-keep", type=float, metavar="FRACTION",
               help="Fewest channels any group keeps, as a fraction (rounded up, at least 1).  [default: 1/16 with a target, else 1 channel]")
 @click.option("--round-to", type=click.IntRange(min=1), metavar="N",
@@ -428,6 +428,10 @@ def _prune_summary(report: dict, output: str) -> str:
             f"  params {params['before']:,} -> {params['after']:,} ({achieved['params']:.2%}{wanted(target['params'])})",
             f"  MACs   {macs['before']:,} -> {macs['after']:,} ({achieved['macs']:.2%}{wanted(target['flops'])})",
         ]
+        if target.get("compared"):
+            errors = ", ".join(f"{name} {error:.4f}" for name, error in target["compared"].items())
+            lines.append(f"  allocation checked on the whole pruned model: output error {errors}; "
+                         f"the {target['allocation']} one is written")
     verified, mixed = report["verified_on"], mixed_scale(report["outputs"])
     lines += [
         f"  relative output error on {verified_text(verified)}: {report['output_error']:.4f}"

@@ -58,8 +58,10 @@ class PruneConfig:
     Compression targets (``keep`` is then ignored):
     target_params / target_flops: fraction of the model's float params / MACs to keep, in (0, 1]
         (either or both); per-group counts come from ``allocation``.
-    allocation: sensitivity (equal loss on label-free per-group output-error curves) | uniform
-        (one keep fraction for all groups).
+    allocation: sensitivity (equal loss on label-free per-group output-error curves) | marginal
+        (the same curves, least loss per param saved) | uniform (one keep fraction for all
+        groups). A measured allocation is checked on the whole model: the model is also pruned
+        to the uniform allocation, and the one with the lower output error is kept.
     min_keep: fewest channels a group keeps, as a fraction (rounded up, at least 1 channel);
         None: 1/16 under a target, 1 channel with ``keep``.
     round_to: kept counts are multiples of this in groups with at least that many channels

@@ -131,19 +131,19 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     target, else ``config.kept_count``; ``config.group_keep`` overrides any of them.
     """
     budget = _budget(model, feeds, config, progress, log, counts, plan, start=True)
-    run, size, counts, allocation, curves = budget.run, budget.size, budget.counts, budget.allocation, budget.curves
+    run, size, allocation, curves = budget.run, budget.size, budget.allocation, budget.curves
     groups, timings, original = run.groups, run.timings, model
-    plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
-    clock = time.perf_counter()
-    pruned = keep_interface(rewrite(run.model, plans), original)
-    check_onnx(pruned)
-    timings["rewrite"] = time.perf_counter() - clock
-    clock = time.perf_counter()
     verified, verified_on = _verify_indices(run.split, config.verify_samples)
     verify_feeds = {name: array[verified] for name, array in feeds.items()}
-    outputs = fidelity(predict(run.model, verify_feeds, run.providers, run.batch_size),
-                       predict(pruned, verify_feeds, run.providers, run.batch_size))
-    timings["verify"] = time.perf_counter() - clock
+    reference = predict(run.model, verify_feeds, run.providers, run.batch_size)
+    chosen = _pruned(run, budget, budget.counts, original, verify_feeds, reference)
+    compared, used = None, None
+    if budget.alternative is not None and budget.alternative.counts != budget.counts:
+        other = _pruned(run, budget, budget.alternative.counts, original, verify_feeds, reference)
+        compared = {config.allocation: chosen.error, "uniform": other.error}
+        if other.error < chosen.error:
+            chosen, allocation, used = other, budget.alternative, "uniform"
+    counts, plans, entries, pruned, outputs = chosen.counts, chosen.plans, chosen.entries, chosen.model, chosen.outputs
     params = {"before": count_params(run.model), "after": count_params(pruned)}
     macs = {"before": budget.macs, "after": count_macs(pin_input_dims(pruned, feeds))}
     # a model whose groups all keep every channel is left as it is (see _select), with no new biases
@@ -166,9 +166,9 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         skipped=list(run.analysis.skipped),
         params=params,
         macs=macs,
-        target=_target_report(config, allocation, params, macs, predicted),
+        target=_target_report(config, allocation, params, macs, predicted, compared, used),
         outputs=outputs,
-        output_error=max(output_error(o) for o in outputs.values()),
+        output_error=chosen.error,
         verified_on={"samples": int(len(verified)), "set": verified_on},
         seconds={k: round(v, 4) for k, v in timings.items()},
     )
@@ -176,6 +176,36 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     if config.max_error is not None and report.output_error > config.max_error:
         raise QualityError(report.too_large(config.max_error))
     return PruneResult(pruned, report)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """The model pruned to one allocation's counts, with its plans, group entries and its
+    outputs' fidelity on the verification samples (``error``: the report's output error)."""
+
+    counts: tuple[int, ...]
+    plans: list[GroupPlan]
+    entries: list[GroupReport]
+    model: onnx.ModelProto
+    outputs: dict
+    error: float
+
+
+def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onnx.ModelProto,
+            verify_feeds: dict[str, np.ndarray], reference: list[np.ndarray]) -> _Candidate:
+    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls)."""
+    spent = {key: run.timings.get(key, 0.0) for key in ("capture", "select", "rewrite", "verify")}
+    plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
+    clock = time.perf_counter()
+    pruned = keep_interface(rewrite(run.model, plans), original)
+    check_onnx(pruned)
+    run.timings["rewrite"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    outputs = fidelity(reference, predict(pruned, verify_feeds, run.providers, run.batch_size))
+    run.timings["verify"] = time.perf_counter() - clock
+    for key, before in spent.items():
+        run.timings[key] += before
+    return _Candidate(counts, plans, entries, pruned, outputs, max(output_error(o) for o in outputs.values()))
 
 
 @dataclass
@@ -196,6 +226,7 @@ class _Budget:
     curves: list[Curve] | None = None
     initial: list[GroupStats] | None = None
     run: _Run | None = None
+    alternative: Allocation | None = None
 
 
 def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config: PruneConfig,
@@ -246,6 +277,7 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
         clock = time.perf_counter()
         if measured:
             budget.allocation, budget.curves, budget.initial = _allocate(run, size, grids, limits)
+            budget.alternative = allocate_uniform(size, grids, limits)
         else:
             budget.allocation = allocate_uniform(size, grids, limits)
         counts = budget.allocation.counts
@@ -353,19 +385,23 @@ def _add_budget(entry: GroupReport, size: SizeModel, counts: Sequence[int], inde
 
 
 def _target_report(config: PruneConfig, allocation: Allocation | None, params: dict, macs: dict,
-                   predicted: tuple[int, int]) -> TargetReport | None:
+                   predicted: tuple[int, int], compared: dict | None = None,
+                   used: str | None = None) -> TargetReport | None:
+    """The report's target section; ``compared``: the output error of the model pruned to each
+    candidate allocation, ``used``: the one written (default: the configured one)."""
     if not config.has_target:
         return None
     return TargetReport(
         params=config.target_params,
         flops=config.target_flops,
-        allocation=config.allocation,
+        allocation=used or config.allocation,
         min_keep=config.floor_fraction,
         round_to=config.round_to,
         achieved={"params": params["after"] / params["before"], "macs": macs["after"] / max(macs["before"], 1)},
         predicted={"params": predicted[0], "macs": predicted[1]},
         tolerated_loss=None if allocation is None else allocation.tolerance,
         uniform_fraction=None if allocation is None else allocation.fraction,
+        compared=compared,
     )
 
 

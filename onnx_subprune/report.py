@@ -98,7 +98,10 @@ class GroupReport(_Json):
 @dataclass
 class TargetReport(_Json):
     """A params/FLOPs target and how it was met (``achieved``: ratios of the written model,
-    ``predicted``: the size model's params and MACs)."""
+    ``predicted``: the size model's params and MACs). ``allocation``: the allocation of the
+    written model; ``compared``: allocation -> output error of the whole model pruned to it,
+    when a measured allocation was checked against the uniform one (the lower error is
+    written; None otherwise)."""
 
     params: float | None
     flops: float | None
@@ -109,6 +112,7 @@ class TargetReport(_Json):
     predicted: dict
     tolerated_loss: float | None
     uniform_fraction: float | None
+    compared: dict | None = None
 
 
 def verified_text(verified: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from onnx_subprune.errors import SubpruneError
 from onnx_subprune.graph import load_model, name_nodes
 from onnx_subprune.pipeline import prune
 from onnx_subprune.select import select_group
-from onnx_subprune import runtime
+from onnx_subprune import pipeline, runtime
 from onnx_subprune.sensitivity import ranking
 
 CPU = dict(device="cpu")
@@ -56,15 +57,49 @@ def test_lenet_params_target_met(lenet, allocation, round_to):
     _check_met(model, report, config)
     assert report.keep is None
     target = report.target
-    assert target.params == 0.25 and target.allocation == allocation and target.round_to == round_to
+    assert target.params == 0.25 and target.round_to == round_to
+    if allocation == "uniform":
+        assert target.allocation == "uniform" and target.compared is None
+    elif target.compared is not None:  # checked against uniform: the lower output error is written
+        assert set(target.compared) == {allocation, "uniform"}
+        assert target.allocation == min(target.compared, key=target.compared.get)
+        assert report.output_error == target.compared[target.allocation]
     for group in report.groups:
         assert group.k == len(group.kept) and group.fraction == group.k / group.channels
         assert group.params > 0 and group.macs > 0
         assert (group.predicted_loss is None) == (allocation == "uniform")
-    if allocation == "sensitivity":
+    if target.allocation == "sensitivity":
         assert target.tolerated_loss > 0
         assert all(len(g.curve["k"]) == len(g.curve["error"]) > 0 for g in report.groups)
     assert report.seconds["allocation"] >= 0
+
+
+def test_measured_allocation_is_checked_against_uniform_on_the_whole_model(lenet, monkeypatch):
+    """Groups measured alone need not add up: the model is also pruned to the uniform
+    allocation and the lower output error is written; equal counts are pruned once."""
+    model, feeds = lenet
+    config = PruneConfig(target_params=0.25, allocation="sensitivity", **CPU)
+    equal_loss = pipeline.allocate_equal_loss
+
+    def lopsided(size, grids, losses, limits):  # the budget taken from the first group alone
+        fair = equal_loss(size, grids, losses, limits)
+        counts = list(fair.counts)
+        counts[0] = int(grids[0][0])
+        return replace(fair, counts=tuple(counts))
+
+    monkeypatch.setattr(pipeline, "allocate_equal_loss", lopsided)
+    report = prune(model, feeds, config).report
+    assert report.target.allocation == "uniform"
+    assert report.target.compared["uniform"] == report.output_error < report.target.compared["sensitivity"]
+    assert report.groups[0].k > report.groups[0].channels * 0.0625
+
+    monkeypatch.setattr(pipeline, "allocate_equal_loss", lambda size, grids, losses, limits: replace(
+        pipeline.allocate_uniform(size, grids, limits), tolerance=0.5))
+    calls = []
+    pruned = pipeline._pruned
+    monkeypatch.setattr(pipeline, "_pruned", lambda *a: calls.append(1) or pruned(*a))
+    report = prune(model, feeds, config).report
+    assert report.target.allocation == "sensitivity" and report.target.compared is None and len(calls) == 1
 
 
 @pytest.mark.parametrize("name", ["gemm_gemm", "conv_flatten_gemm", "residual_se_block"])
@@ -192,7 +227,8 @@ def test_cli_prune_target_text_and_json(calib64, tmp_path):
                     "--target-params", "0.25", "--round-to", "4", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    assert "sensitivity allocation" in out and "target 25.00%" in out
+    assert ("sensitivity allocation" in out or "uniform allocation" in out) and "target 25.00%" in out
+    assert "allocation checked on the whole pruned model: output error sensitivity" in out
     assert "pred. loss" in out and "/fc1/Gemm" in out
     result = invoke("prune", MODELS / "lenet5.onnx", "-o", output, "--calib", calib64, "--json",
                     "--target-flops", "0.5", "--allocation", "uniform", "--device", "cpu", "--quiet")
