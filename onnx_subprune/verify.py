@@ -54,17 +54,23 @@ def balanced_error(reference: np.ndarray, candidate: np.ndarray) -> float | None
 def _channel_balanced(reference: np.ndarray, candidate: np.ndarray, axis: int) -> float | None:
     """:func:`balanced_error` with the channels on ``axis``; None where the reference is a
     probability distribution over them (softmax: classes compete, and the rare ones' tiny
-    probabilities are not scores of their own)."""
-    if reference.min() >= 0 and np.allclose(reference.sum(axis=axis), 1.0, atol=1e-3):
+    probabilities are not scores of their own). Whether an axis qualifies depends on the
+    reference alone, so the candidate is read only where it does; sums are float64, with no
+    float64 copy of the arrays."""
+    others = tuple(i for i in range(reference.ndim) if i != axis)
+    if reference.min() >= 0 and np.allclose(reference.sum(axis=axis, dtype=np.float64), 1.0, atol=1e-3):
         return None
-    flat_r = np.moveaxis(reference, axis, 0).reshape(reference.shape[axis], -1).astype(np.float64)
-    flat_c = np.moveaxis(candidate, axis, 0).reshape(reference.shape[axis], -1).astype(np.float64)
-    norms = np.linalg.norm(flat_r, axis=1)
+    norms = np.sqrt(_square_sum(reference, others))
     live = norms > 0
     if live.sum() < 2 or norms[live].max() < SCALE_SPREAD * norms[live].min():
         return None
-    errors = np.linalg.norm(flat_c[live] - flat_r[live], axis=1) / norms[live]
+    errors = np.sqrt(_square_sum(candidate - reference, others)[live]) / norms[live]
     return float(np.sqrt(np.mean(np.square(errors))))
+
+
+def _square_sum(values: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """Sum of squares over ``axes`` (all: None), accumulated in float64 without a float64 copy."""
+    return np.sum(np.square(values), axis=axes, dtype=np.float64)
 
 
 def output_error(entry: dict) -> float:
@@ -99,13 +105,16 @@ def fidelity(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray])
                                     f"(overflow, or non-finite weights)")
     result = {}
     for name, ref in reference.items():
-        ref64, cand64 = ref.astype(np.float64), candidate[name].astype(np.float64)
-        error = float(np.linalg.norm(cand64 - ref64) / max(np.linalg.norm(ref64), 1e-30))
-        flat_r, flat_c = ref64.reshape(len(ref64), -1), cand64.reshape(len(cand64), -1)
-        norms = np.linalg.norm(flat_r, axis=1) * np.linalg.norm(flat_c, axis=1)
-        cosine = float(np.mean(np.sum(flat_r * flat_c, axis=1) / np.maximum(norms, 1e-30)))
+        cand = candidate[name]
+        if ref.dtype not in (np.float32, np.float64):  # integers, and float16 whose squares overflow
+            ref, cand = ref.astype(np.float64), cand.astype(np.float64)
+        error = float(np.sqrt(_square_sum(cand - ref)) / max(np.sqrt(_square_sum(ref)), 1e-30))
+        flat_r, flat_c = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
+        norms = np.sqrt(_square_sum(flat_r, (1,)) * _square_sum(flat_c, (1,)))
+        dots = np.sum(flat_r * flat_c, axis=1, dtype=np.float64)
+        cosine = float(np.mean(dots / np.maximum(norms, 1e-30)))
         entry = {"relative_error": error, "cosine": cosine}
-        balanced = balanced_error(ref64, cand64)
+        balanced = balanced_error(ref, cand)
         if balanced is not None:
             entry["balanced_error"] = balanced
         if is_classifier(ref):

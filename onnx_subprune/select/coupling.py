@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import GroupSelection, fit_consumer, residual_energy, select_group
-from .linalg import psd_solve, psd_tolerance
+from .linalg import project_off, psd_solve, psd_tolerance
 from .refit import explained_fraction
 from .stats import ConsumerStats
 
@@ -50,9 +50,7 @@ def condition(stats: ConsumerStats, positions: np.ndarray, *, bias_compensation:
         rows, targets = stats.row_matrices(centered)
         part, base = rows[:, j_cols], targets
         if fixed.size:
-            basis = rows[:, f_cols]
-            coef = np.linalg.lstsq(basis, np.hstack([part, base]), rcond=None)[0]
-            residual = np.hstack([part, base]) - basis @ coef
+            residual = project_off(rows[:, f_cols], np.hstack([part, base]))
             part, base = residual[:, : part.shape[1]], residual[:, part.shape[1] :]
         padded = np.zeros((stats.n_rows, n * r))
         padded[:, slots] = part
