@@ -192,7 +192,7 @@ class _Candidate:
 
 
 def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onnx.ModelProto,
-            verify_feeds: dict[str, np.ndarray], reference: list[np.ndarray]) -> _Candidate:
+            verify_feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> _Candidate:
     """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls)."""
     spent = {key: run.timings.get(key, 0.0) for key in ("capture", "select", "rewrite", "verify")}
     plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
