@@ -238,6 +238,10 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
     clock = time.perf_counter()
     model = pin_shapes(model, config.input_shapes)
     if feeds is not None:
+        for name, array in feeds.items():
+            if np.ndim(array) == 0:
+                raise SubpruneError(f"calibration input {name!r} is a scalar; calibration data stacks samples on "
+                                    f"the first axis of every input, so this model cannot be calibrated")
         check_pinned(feeds, config.input_shapes, "calibration data")
     model, analysis = _analyzed(model, config)
     groups = analysis.groups

@@ -229,3 +229,15 @@ def test_default_refit_is_the_cross_validated_choice(lenet):
     fixed = [prune(model, feeds, PruneConfig(keep=0.25, shrink=s, holdout=0.2, **CPU)).model.SerializeToString()
              for s in ("cv", "none")]
     assert fixed[0] == fixed[1]
+
+
+def test_a_scalar_calibration_input_is_refused_in_one_line():
+    """A model input that is not per sample (silero-vad's sample rate) cannot be calibrated:
+    the Python API says so instead of failing while batching."""
+    from onnx_subprune.errors import SubpruneError
+
+    model = builders.gemm_gemm()
+    feeds = random_feeds(model, 8)
+    feeds["sr"] = np.array(16000, dtype=np.int64)
+    with pytest.raises(SubpruneError, match="'sr' is a scalar"):
+        prune(model, feeds, PruneConfig(target_params=0.75, device="cpu"))
