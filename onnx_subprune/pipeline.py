@@ -143,7 +143,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         compared = {config.allocation: chosen.error, "uniform": other.error}
         if other.error < chosen.error:
             chosen, allocation, used = other, budget.alternative, "uniform"
-    counts, plans, entries, pruned, outputs = chosen.counts, chosen.plans, chosen.entries, chosen.model, chosen.outputs
+    counts, entries, pruned, outputs = chosen.counts, chosen.entries, chosen.model, chosen.outputs
     params = {"before": count_params(run.model), "after": count_params(pruned)}
     macs = {"before": budget.macs, "after": count_macs(pin_input_dims(pruned, feeds))}
     # a model whose groups all keep every channel is left as it is (see _select), with no new biases
@@ -180,11 +180,10 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
 
 @dataclass(frozen=True)
 class _Candidate:
-    """The model pruned to one allocation's counts, with its plans, group entries and its
-    outputs' fidelity on the verification samples (``error``: the report's output error)."""
+    """The model pruned to one allocation's counts, with its group entries and its outputs'
+    fidelity on the verification samples (``error``: the report's output error)."""
 
     counts: tuple[int, ...]
-    plans: list[GroupPlan]
     entries: list[GroupReport]
     model: onnx.ModelProto
     outputs: dict
@@ -205,7 +204,7 @@ def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onn
     run.timings["verify"] = time.perf_counter() - clock
     for key, before in spent.items():
         run.timings[key] += before
-    return _Candidate(counts, plans, entries, pruned, outputs, max(output_error(o) for o in outputs.values()))
+    return _Candidate(counts, entries, pruned, outputs, max(output_error(o) for o in outputs.values()))
 
 
 @dataclass
