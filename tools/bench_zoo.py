@@ -52,6 +52,8 @@ PEER_VARIANTS = ("l2", "wanda", "wanda+ridge")
 QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "round_to", "status", "groups", "params_in_groups",
                   "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better",
                   "output_error", "latency_ratio", "seconds", "unpruned", "note", "calib", "allocation"]
+CALIB = 16
+"""Calibration inputs of an entry without its own ``calib`` in models/zoo.toml."""
 LATENCY_FIELDS = ["model", "keep", "round_to", "params_ratio", "macs_ratio", "latency_ratio"]
 
 
@@ -186,7 +188,7 @@ def quality(args) -> None:
         reach = coverage(ready, analysis)
         base = dict(model=entry["name"], exporter=entry["exporter"], task=entry["task"],
                     groups=len(analysis.groups), params_in_groups=round(reach["fraction"], 4))
-        samples = args.calib or int(entry.get("calib", 16))
+        samples = args.calib or int(entry.get("calib", CALIB))
         calib = zoo.feeds(entry, samples, args.seed, "calib")
         evaluation = zoo.feeds(entry, args.eval, args.seed, "eval")
         base["calib"] = samples
@@ -395,7 +397,8 @@ def _quality_tables(rows: list[dict]) -> list[str]:
 
 
 def _calib(row: dict) -> str:
-    return row.get("calib") or "16"
+    """Rows written before the calib column were calibrated on the default count."""
+    return row.get("calib") or str(CALIB)
 
 
 def _allocation_cell(row: dict) -> str:
