@@ -223,7 +223,7 @@ def evaluate_files(original_path: str | Path, pruned_path: str | Path, data_path
         log(f"note: {source}: ignoring arrays that are not model inputs: {', '.join(map(quote, ignored))}")
     samples = len(next(iter(feeds.values())))
     truth = check_labels(arrays[labels], samples, source) if labels is not None else None
-    batch = runtime.batch_size_for(original, batch_size)
+    batch = runtime.batch_size_for(original, batch_size, feeds)
     providers, note = runtime.choose_providers(device)
     if log:
         log(note)

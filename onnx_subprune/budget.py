@@ -45,8 +45,8 @@ import numpy as np
 import onnx
 
 from .errors import SubpruneError
-from .graph import proto_attrs
-from .metrics import FLOAT_TYPES, count_params, layer_macs as macs_of_layers
+from .graph import proto_attrs, subgraph_reads
+from .metrics import FLOAT_TYPES, count_params, graph_params, layer_macs as macs_of_layers
 from .ops import LAYERS, bias_add_name
 from .types import ChannelGroup
 
@@ -248,8 +248,12 @@ def _build_terms(model: onnx.ModelProto, groups: Sequence[ChannelGroup], new_bia
             origin = source(name) if name else None
             if origin is not None:
                 readers.setdefault(origin, []).append((node.name, index))
+    for name in subgraph_reads(graph.node):  # outer constants an If / Loop body reads: kept whole
+        origin = source(name)
+        if origin is not None:
+            readers.setdefault(origin, []).append(("", -1))
     terms: list[_Term] = []
-    fixed_params = 0
+    fixed_params = graph_params(graph) - graph_params(graph, nested=False)  # the bodies' own
     sliced_sources = set()
     for (node, index), (name, shape, axes) in slots.items():
         sliced_sources.add(name)

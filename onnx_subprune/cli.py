@@ -162,7 +162,7 @@ def _parsed(parser):
 
 _CALIBRATION_OPTIONS = [
     click.option("--calib", type=click.Path(), metavar="FILE|DIR|GLOB",
-                 help="Calibration inputs: .npz with one array per model input (first axis = samples), .npy for a single-input model, or a folder or quoted glob ('photos/*.jpg') of images for a single image input (needs Pillow: pip install 'onnx-subprune[images]').  [required unless --calib-script]"),
+                 help="Calibration inputs: .npz with one array per model input (first axis = samples, then the input's shape without its batch axis; a scalar input such as a sample rate: one 0-d array), .npy for a single-input model, or a folder or quoted glob ('photos/*.jpg') of images for a single image input (needs Pillow: pip install 'onnx-subprune[images]').  [required unless --calib-script]"),
     click.option("--calib-script", metavar="FILE.py[:FUNC]",
                  help=f"Python script whose function (default {sources.DEFAULT_FUNCTION}) returns an iterable of feed dicts {{input name: array}}, each with a batch of samples on the first axis (Polygraphy's data loader convention)."),
     click.option("--image-size", callback=_parsed(sources.parse_size), metavar="HxW",

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError, quote
-from .graph import static_dim
+from .graph import sample_axis, static_dim
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -112,14 +112,27 @@ def check_inputs(arrays: dict[str, np.ndarray], model: onnx.ModelProto, source: 
     feeds = {}
     for info in inputs:
         feeds[info.name] = _check_one(arrays[info.name], info, source)
-    counts = {len(a) for a in feeds.values()}
-    if len(counts) != 1:
-        raise SubpruneError(f"{source}: inputs have different numbers of samples: {sorted(counts)}")
-    samples = counts.pop()
+    feeds = share_scalars(feeds, source)
+    samples = len(next(iter(feeds.values())))
     if samples == 0:
         raise SubpruneError(f"{source}: no samples")
     _check_fixed_batch(inputs, feeds, samples, source)
     return feeds
+
+
+def share_scalars(feeds: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """``feeds`` with every 0-d array (a model input that is one value for the whole batch, such
+    as an audio model's sample rate) broadcast to the samples of the others, (n,) without a copy:
+    every array then has samples on its first axis, and the runs feed the value back as a
+    scalar (:func:`runtime.run`). Refuses inputs with different numbers of samples."""
+    counts = {len(a) for a in feeds.values() if np.ndim(a) > 0}
+    if not counts:
+        raise SubpruneError(f"{source}: every input is a scalar, so there are no samples to calibrate on "
+                            f"(stack samples on the first axis of the per-sample inputs)")
+    if len(counts) != 1:
+        raise SubpruneError(f"{source}: inputs have different numbers of samples: {sorted(counts)}")
+    samples = counts.pop()
+    return {name: np.broadcast_to(a, (samples,)) if np.ndim(a) == 0 else a for name, a in feeds.items()}
 
 
 MAX_PADDED_BATCH_BYTES = 1 << 30
@@ -130,15 +143,30 @@ def _check_fixed_batch(inputs: list[onnx.ValueInfoProto], feeds: dict[str, np.nd
                        source: str) -> None:
     """A model that fixes its batch at B gets every run padded to B samples: refuse a B whose
     padded batch would not fit in memory."""
-    fixed = [(static_dim(info.type.tensor_type.shape.dim[0]), info.name) for info in inputs]
-    fixed = [(size, name) for size, name in fixed if size is not None]
+    fixed = fixed_batches(inputs, feeds)
     if not fixed:
         return
     batch, name = min(fixed)
     need = batch * sum(array[:1].nbytes for array in feeds.values())
     if batch > samples and need > MAX_PADDED_BATCH_BYTES:
-        raise SubpruneError(f"{source}: the model fixes its batch at {batch:,} samples (first dim of input "
+        raise SubpruneError(f"{source}: the model fixes its batch at {batch:,} samples (sample axis of input "
                             f"{quote(name)}); padding {samples} samples to it would need {need / 2**30:,.1f} GiB")
+
+
+def fixed_batches(inputs: list[onnx.ValueInfoProto], feeds: dict[str, np.ndarray]) -> list[tuple[int, str]]:
+    """(size, input name) of every input that fixes the size of its sample axis
+    (:func:`graph.sample_axis` for the arrays of ``feeds``, the first axis where they do not
+    fit); scalars and inputs without an array are left out."""
+    fixed = []
+    for info in inputs:
+        dims = [static_dim(d) for d in info.type.tensor_type.shape.dim]
+        if not dims or info.name not in feeds:
+            continue
+        axis = sample_axis(dims, feeds[info.name].shape[1:])
+        size = dims[0 if axis is None else axis]
+        if size is not None:
+            fixed.append((size, info.name))
+    return fixed
 
 
 def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.ndarray:
@@ -153,19 +181,19 @@ def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.
                             f"(the model expects {expected})")
     dims = [static_dim(d) for d in tensor_type.shape.dim]
     if not dims:
-        raise SubpruneError(f"{source}: model input {info.name!r} is a scalar; calibration data stacks "
-                            f"samples on the first axis of every input, so this model cannot be calibrated")
-    if array.ndim != len(dims):
+        array = _shared_scalar(array, info.name, source)
+    elif array.ndim != len(dims):
         raise SubpruneError(
             f"{source}: input {info.name!r} has rank {array.ndim}, the model expects rank {len(dims)} "
             f"(shape {_shape_text(dims)}, first axis = samples)"
         )
-    for axis, (got, want) in enumerate(zip(array.shape, dims)):
-        if axis > 0 and want is not None and got != want:
-            raise SubpruneError(
-                f"{source}: input {info.name!r} has shape {list(array.shape)}, the model expects "
-                f"{_shape_text(dims)} (axis {axis})"
-            )
+    elif sample_axis(dims, array.shape[1:]) is None:
+        wrong = [axis for axis, (got, want) in enumerate(zip(array.shape, dims)) if axis and want not in (None, got)]
+        raise SubpruneError(
+            f"{source}: input {info.name!r} has shape {list(array.shape)}, the model expects "
+            f"{_shape_text(dims)} (axis {wrong[0]}; first axis = samples, then the model's shape without its "
+            f"batch axis)"
+        )
     floating = np.issubdtype(array.dtype, np.floating)
     if array.dtype != expected and not (floating and np.issubdtype(expected, np.floating)):
         raise SubpruneError(f"{source}: input {info.name!r} has dtype {array.dtype}, the model expects {expected}")
@@ -176,6 +204,17 @@ def _check_one(array: np.ndarray, info: onnx.ValueInfoProto, source: str) -> np.
             array = array.astype(expected)
         if not np.isfinite(array).all():
             raise SubpruneError(f"{source}: input {info.name!r} has values out of the range of {expected}")
+    return array
+
+
+def _shared_scalar(array: np.ndarray, name: str, source: str) -> np.ndarray:
+    """The one value of a scalar model input: given as a 0-d array, or once per sample when
+    every sample has the same."""
+    if array.ndim == 1 and len(array) and (array == array[0]).all():
+        return array[0, ...]
+    if array.ndim:
+        raise SubpruneError(f"{source}: model input {name!r} is a scalar, one value for the whole batch; give it "
+                            f"as a 0-d array (got shape {list(array.shape)}, which is not one repeated value)")
     return array
 
 

@@ -359,21 +359,42 @@ def static_dim(dim: onnx.TensorShapeProto.Dimension) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
+def sample_axis(dims: list[int | None], per_sample: tuple[int, ...]) -> int | None:
+    """The axis of a model input declared ``dims`` (None: dynamic) that holds the samples of
+    arrays shaped (n, *per_sample): calibration data stacks samples on its first axis, and an
+    input may keep them elsewhere (a recurrent state [2, batch, 128]). The first axis whose
+    removal leaves a shape that ``per_sample`` fits, a dynamic axis before a static one; None
+    when no axis fits (or ``dims`` is a scalar's)."""
+    fits = [axis for axis in range(len(dims))
+            if len(per_sample) == len(dims) - 1
+            and all(want is None or want == got for want, got in zip(dims[:axis] + dims[axis + 1:], per_sample))]
+    dynamic = [axis for axis in fits if dims[axis] is None]
+    return (dynamic or fits or [None])[0]
+
+
 def pin_input_dims(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of ``model`` whose dynamic input dims take the sizes of the arrays in ``feeds``
-    (first axis = samples, pinned to 1), so that MACs are counted at the size the model runs
-    at; ``model`` itself when no input has a dynamic dim past the batch axis."""
-    inputs = [value for value in model.graph.input if value.name in feeds]
-    if not any(static_dim(dim) is None for value in inputs for dim in value.type.tensor_type.shape.dim[1:]):
+    (first axis = samples; the input's sample axis, :func:`sample_axis`, is pinned to 1), so
+    that MACs are counted at the size the model runs at; ``model`` itself when no input has a
+    dynamic dim besides its sample axis."""
+    pins = {}
+    for value in model.graph.input:
+        if value.name not in feeds:
+            continue
+        dims = [static_dim(dim) for dim in value.type.tensor_type.shape.dim]
+        per_sample = feeds[value.name].shape[1:]
+        axis = sample_axis(dims, per_sample)
+        if axis is None:
+            continue
+        sizes = [*per_sample[:axis], 1, *per_sample[axis:]]
+        pins[value.name] = {i: int(size) for i, (dim, size) in enumerate(zip(dims, sizes)) if dim is None and i != axis}
+    if not any(pins.values()):
         return model
     pinned = onnx.ModelProto()
     pinned.CopyFrom(model)
     for value in pinned.graph.input:
-        if value.name not in feeds:
-            continue
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if axis and static_dim(dim) is None and axis < feeds[value.name].ndim:
-                dim.dim_value = int(feeds[value.name].shape[axis])
+        for axis, size in pins.get(value.name, {}).items():
+            value.type.tensor_type.shape.dim[axis].dim_value = size
     return pinned
 
 

@@ -12,13 +12,24 @@ from .ops import LAYERS
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of float entries in initializers and Constant nodes."""
-    tensors = list(model.graph.initializer)
+    """Number of float entries in initializers and Constant nodes, those of subgraphs (If and
+    Loop bodies) included: onnx-graphsurgeon moves an outer initializer that only a branch reads
+    into that branch."""
+    return graph_params(model.graph)
+
+
+def graph_params(graph: onnx.GraphProto, nested: bool = True) -> int:
+    """:func:`count_params` of one graph; ``nested``: with its subgraphs' (recursively)."""
+    tensors = list(graph.initializer)
     tensors += [
-        attr.t for node in model.graph.node if node.op_type == "Constant"
+        attr.t for node in graph.node if node.op_type == "Constant"
         for attr in node.attribute if attr.name == "value"
     ]
-    return sum(math.prod(int(d) for d in t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
+    own = sum(math.prod(int(d) for d in t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
+    if not nested:
+        return own
+    return own + sum(graph_params(inner) for node in graph.node for attr in node.attribute
+                     for inner in ([attr.g] if attr.HasField("g") else list(attr.graphs)))
 
 
 def count_macs(model: onnx.ModelProto) -> int:

@@ -18,6 +18,7 @@ from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
 )
 from .config import PruneConfig
+from .data import share_scalars
 from .frontier import Cache, Frontier
 from .errors import InternalError, QualityError, SubpruneError, UnsupportedPattern
 from .graph import check_onnx, pin_input_dims, prepare, proto_attrs, read_constants
@@ -104,7 +105,7 @@ def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarr
     return _Run(
         model=model, analysis=analysis, feeds=feeds, config=config,
         split=split,
-        batch_size=runtime.batch_size_for(model, config.batch_size), providers=providers,
+        batch_size=runtime.batch_size_for(model, config.batch_size, feeds), providers=providers,
         weights=consumer_weights(model, analysis.groups),
         original=runtime.session(model, providers, inputs), progress=progress,
     )
@@ -130,6 +131,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     too, where it lists them) when given, else allocated to meet ``config``'s params/FLOPs
     target, else ``config.kept_count``; ``config.group_keep`` overrides any of them.
     """
+    feeds = share_scalars(feeds, "calibration data")
     budget = _budget(model, feeds, config, progress, log, counts, plan, start=True)
     run, size, allocation, curves = budget.run, budget.size, budget.allocation, budget.curves
     groups, timings, original = run.groups, run.timings, model
@@ -237,10 +239,6 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
     clock = time.perf_counter()
     model = pin_shapes(model, config.input_shapes)
     if feeds is not None:
-        for name, array in feeds.items():
-            if np.ndim(array) == 0:
-                raise SubpruneError(f"calibration input {name!r} is a scalar; calibration data stacks samples on "
-                                    f"the first axis of every input, so this model cannot be calibrated")
         check_pinned(feeds, config.input_shapes, "calibration data")
     model, analysis = _analyzed(model, config)
     groups = analysis.groups
@@ -296,6 +294,7 @@ def dry_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
     """What :func:`prune` would keep, without pruning: every group's kept count and the size
     model's predicted params and MACs (a dry run). ``feeds`` are needed only when the
     allocation measures sensitivity curves (and size the MACs of symbolic input dims)."""
+    feeds = share_scalars(feeds, "calibration data") if feeds is not None else None
     budget = _budget(model, feeds, config, progress, log, counts, plan, start=False)
     size, counts = budget.size, budget.counts
     entries = []
@@ -428,7 +427,7 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial,
         all_stats = initial if initial is not None else run.capture(groups, run.original, None)
     timings["capture"] += time.perf_counter() - clock
     plans, entries = [], []
-    fixed = runtime.fixed_batch(run.model)
+    fixed = runtime.fixed_batch(run.model, run.feeds)
     with Cache(config.cache_memory << 20) as cache:
         pruned_side = Frontier(cache, "pruned", run.providers, fixed)
         original_side = Frontier(cache, "original", run.providers, fixed) if schedule == "asym" else None
@@ -565,6 +564,7 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
     """Per-group sensitivity curves of ``model`` (what the ``sensitivity`` allocation measures):
     the report and the :class:`Curve` objects."""
     clock = time.perf_counter()
+    feeds = share_scalars(feeds, "calibration data")
     check_pinned(feeds, config.input_shapes, "calibration data")
     model, analysis = _analyzed(pin_shapes(model, config.input_shapes), config)
     run = _start(model, analysis, feeds, config, progress, log)

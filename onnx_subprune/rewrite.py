@@ -150,6 +150,31 @@ def _slice_last(graph, node: gs.Node, index: int, kept: np.ndarray, channels: in
         set_const_value(graph, node, index, np.take(value, kept, axis=-1))
 
 
+def _hoist_outer_initializers(model: onnx.ModelProto, outer: set[str]) -> None:
+    """Move back to the main graph the initializers ``outer`` (the original's) that export put
+    into subgraphs: onnx-graphsurgeon gives every If / Loop body that reads an outer weight its
+    own copy, which would store a weight read by two branches twice."""
+    kept = {init.name for init in model.graph.initializer}
+
+    def hoist(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type != onnx.AttributeProto.GRAPH:
+                    continue
+                inner = attr.g.initializer
+                moved = [init for init in inner if init.name in outer]
+                for init in moved:
+                    if init.name not in kept:
+                        model.graph.initializer.append(init)
+                        kept.add(init.name)
+                remaining = [init for init in inner if init.name not in outer]
+                del inner[:]
+                inner.extend(remaining)
+                hoist(attr.g)
+
+    hoist(model.graph)
+
+
 def unit_columns(kept: Sequence[int] | np.ndarray, block: int) -> np.ndarray:
     """Indices of the ``block`` consecutive entries owned by each kept channel."""
     kept = np.asarray(kept, dtype=np.int64)
@@ -164,6 +189,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
             tensor.shape = None
     graph.cleanup().toposort()
     model = gs.export_onnx(graph)
+    _hoist_outer_initializers(model, {init.name for init in original.graph.initializer})
     model.ir_version = original.ir_version
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)

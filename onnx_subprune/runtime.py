@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import weakref
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -10,7 +12,7 @@ import onnx
 from onnx import helper
 
 from .errors import SubpruneError
-from .graph import is_huge, on_disk, shape_info, static_dim, subgraph_reads
+from .graph import is_huge, on_disk, sample_axis, shape_info, static_dim, subgraph_reads
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -80,11 +82,78 @@ def session(model: onnx.ModelProto, providers: list[str], capture: tuple[str, ..
     ort.set_default_logger_severity(4)
     try:
         if not is_huge(model):
-            return ort.InferenceSession(model.SerializeToString(), _options(), providers=providers)
-        with on_disk(model) as path:  # beyond protobuf's limit: from a file with external data
-            return ort.InferenceSession(str(path), _options(), providers=providers)
+            sess = ort.InferenceSession(model.SerializeToString(), _options(), providers=providers)
+        else:
+            with on_disk(model) as path:  # beyond protobuf's limit: from a file with external data
+                sess = ort.InferenceSession(str(path), _options(), providers=providers)
     except Exception as exc:
         raise SubpruneError(f"onnxruntime cannot load the model: {' '.join(str(exc).split())[:300]}") from None
+    _DECLARED[sess] = _Declared.of(model)
+    return sess
+
+
+Dims = list[int | str | None]
+"""A declared shape: a static size, a symbolic name, or None (dynamic without a name)."""
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """A session's graph inputs and outputs as the model declares them (name -> dims; a name
+    left out: declared without a shape, as the parts of a model that :mod:`frontier` runs).
+
+    Calibration arrays hold samples on their first axis; :meth:`sample_axis` says where the
+    model wants them (an RNN state [2, batch, 128] on axis 1, a scalar once for all), and
+    outputs whose batch axis is not first are given back with samples first."""
+
+    inputs: dict[str, Dims]
+    outputs: dict[str, Dims]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> _Declared:
+        def dims(values) -> dict[str, Dims]:
+            return {value.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                                 for d in value.type.tensor_type.shape.dim]
+                    for value in values if value.type.tensor_type.HasField("shape")}
+
+        return cls(dims(model.graph.input), dims(model.graph.output))
+
+    def sample_axis(self, name: str, value: np.ndarray) -> int:
+        """Where input ``name`` takes the samples of ``value`` (n, ...): an axis, or -1 for a
+        scalar fed once (``value`` repeats it per sample); 0 where the declaration does not say."""
+        dims = self.inputs.get(name)
+        if dims is None:
+            return 0
+        if not dims:
+            return -1
+        axis = sample_axis([d if isinstance(d, int) else None for d in dims], value.shape[1:])
+        return 0 if axis is None else axis
+
+    def fixed_batch(self, axes: dict[str, int]) -> int | None:
+        sizes = [self.inputs[name][axis] for name, axis in axes.items()
+                 if axis >= 0 and name in self.inputs and isinstance(self.inputs[name][axis], int)]
+        return min(sizes) if sizes else None
+
+    def samples_first(self, name: str, value: np.ndarray, axes: dict[str, int]) -> np.ndarray:
+        """Output ``name`` with its samples on the first axis: the axis declared with the same
+        symbolic dim as an input's sample axis, when that is not the first."""
+        batch = {self.inputs[n][a] for n, a in axes.items() if a >= 0 and n in self.inputs} - {None}
+        dims = self.outputs.get(name)
+        if not dims or value.ndim != len(dims) or dims[0] in batch:
+            return value
+        moved = [axis for axis, dim in enumerate(dims) if isinstance(dim, str) and dim in batch]
+        return np.moveaxis(value, moved[0], 0) if moved else value
+
+
+_DECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Session -> its :class:`_Declared` inputs and outputs (sessions made by :func:`session`)."""
+
+
+def _placed(value: np.ndarray, axis: int) -> np.ndarray:
+    """A batch (samples first) as the model takes it: the samples moved to ``axis``, or the one
+    value of a scalar input (``axis`` -1)."""
+    if axis < 0:
+        return np.asarray(value[0])
+    return np.ascontiguousarray(np.moveaxis(value, 0, axis)) if axis else value
 
 
 def _dynamic_batch_dims(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -129,22 +198,20 @@ def with_outputs(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelPr
     return copy
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size the model's inputs fix on their first axis (None: dynamic).
+def fixed_batch(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
+    """The batch size the model's inputs fix on their sample axis for ``feeds`` (first axis =
+    samples; None: dynamic). A dim that is symbolic, unset, 0 or -1 (as some exporters write a
+    dynamic dim) is dynamic; a positive value is a fixed batch."""
+    from .data import fixed_batches, model_inputs
 
-    A first dim that is symbolic, unset, 0 or -1 (as some exporters write a dynamic dim) is
-    dynamic; a positive value is a fixed batch.
-    """
-    from .data import model_inputs
-
-    sizes = {static_dim(dim) for inp in model_inputs(model) for dim in inp.type.tensor_type.shape.dim[:1]} - {None}
-    return min(sizes) if sizes else None
+    sizes = fixed_batches(model_inputs(model), feeds)
+    return min(sizes)[0] if sizes else None
 
 
-def batch_size_for(model: onnx.ModelProto, requested: int) -> int:
+def batch_size_for(model: onnx.ModelProto, requested: int, feeds: dict[str, np.ndarray]) -> int:
     """``requested`` unless the model fixes its batch axis. A last batch smaller than a fixed
     batch is padded by :func:`run` (the padded rows are dropped from its results)."""
-    return fixed_batch(model) or requested
+    return fixed_batch(model, feeds) or requested
 
 
 def batches(feeds: dict[str, np.ndarray], indices: np.ndarray, size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -159,6 +226,8 @@ def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None,
     """Run a session and return the requested outputs (all when None) by name. ``extra``:
     inputs that are not per sample (weights fed as inputs), passed as they are.
 
+    ``feeds`` hold samples on their first axis; each goes to the model on the axis it declares
+    for them (see :class:`_Declared`), and outputs come back with samples first.
     When the model fixes its batch at B and the feeds hold n < B samples, the feeds are padded
     to B (by repeating the last sample) and every output is cut back to the rows of the n real
     samples (the first n/B of its first axis).
@@ -166,11 +235,16 @@ def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None,
     names = names or [out.name for out in sess.get_outputs()]
     extra = extra or {}
     samples = len(next(iter(feeds.values())))
-    fixed = _session_batch(sess)
-    if fixed is None or samples >= fixed:
-        return dict(zip(names, _checked_run(sess, names, feeds, extra)))
-    padded = {name: pad(value, fixed) for name, value in feeds.items()}
-    outputs = _checked_run(sess, names, padded, extra)
+    declared = _DECLARED.get(sess, _Declared({}, {}))
+    axes = {name: declared.sample_axis(name, value) for name, value in feeds.items()}
+    fixed = declared.fixed_batch(axes)
+    padded = fixed is not None and samples < fixed
+    if padded:
+        feeds = {name: pad(value, fixed) for name, value in feeds.items()}
+    outputs = _checked_run(sess, names, {name: _placed(value, axes[name]) for name, value in feeds.items()}, extra)
+    outputs = [declared.samples_first(name, value, axes) for name, value in zip(names, outputs)]
+    if not padded:
+        return dict(zip(names, outputs))
     return {name: real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
 
 
@@ -184,12 +258,6 @@ def _checked_run(sess, names: list[str], feeds: dict[str, np.ndarray],
         shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
         raise SubpruneError(f"onnxruntime cannot run the model on inputs {shapes}: "
                             f"{' '.join(str(exc).split())[:300]}") from None
-
-
-def _session_batch(sess) -> int | None:
-    dims = [inp.shape[0] for inp in sess.get_inputs() if inp.shape]
-    fixed = [d for d in dims if isinstance(d, int) and d > 0]
-    return min(fixed) if fixed else None
 
 
 def pad(array: np.ndarray, size: int) -> np.ndarray:

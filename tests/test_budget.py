@@ -260,3 +260,45 @@ def test_allocation_is_deterministic():
     first = allocate_equal_loss(size, grids, _fake_losses(grids, 5), limits)
     second = allocate_equal_loss(size, grids, _fake_losses(grids, 5), limits)
     assert first == second
+
+
+def _branching() -> onnx.ModelProto:
+    """x [N,10] -> Gemm -> Relu -> Gemm -> c [N,3], then If (flag, a scalar input, as silero-vad's
+    sample rate): y = c + w3 or c - w3, w3 an outer initializer only the branches read."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,), "w3": (3,)}
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()]
+
+    def branch(op: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node(op, ["c", "w3"], [f"{op}_out"])], f"{op}_branch", [],
+                                 [helper.make_tensor_value_info(f"{op}_out", TensorProto.FLOAT, None)])
+
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["a"], transB=1, name="g1"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["c"], transB=1, name="g2"),
+             helper.make_node("If", ["flag"], ["y"], then_branch=branch("Add"), else_branch=branch("Sub"), name="if")]
+    graph = helper.make_graph(nodes, "branching",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10]),
+                               helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_weights_read_only_inside_if_branches_are_counted_and_stay_in_the_main_graph():
+    """silero-vad keeps its LSTM weights outside the If branches that read them: the size model
+    counts them (else a params target looks met with nothing pruned), and the rewrite keeps them
+    in the main graph (onnx-graphsurgeon would copy them into every branch)."""
+    from onnx_subprune.config import PruneConfig
+    from onnx_subprune.pipeline import prune
+
+    model = _branching()
+    assert count_params(model) == 6 * 10 + 6 + 3 * 6 + 3 + 3
+    x = np.random.default_rng(1).normal(size=(24, 10)).astype(np.float32)
+    result = prune(model, {"x": x, "flag": np.array(True)}, PruneConfig(keep=0.5, device="cpu"))
+    pruned = result.model
+    assert count_params(pruned) == result.report.params["after"] == 3 * 10 + 3 + 3 * 3 + 3 + 3
+    assert "w3" in {init.name for init in pruned.graph.initializer}
+    assert all(len(attr.g.initializer) == 0 for node in pruned.graph.node for attr in node.attribute
+               if attr.type == onnx.AttributeProto.GRAPH)

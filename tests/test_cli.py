@@ -753,18 +753,28 @@ def test_large_error_and_inactive_channels_are_flagged(tmp_path):
     assert "warning: the pruned model's outputs differ from the original's" in result.stderr
 
 
-def test_scalar_model_input_is_one_line(tmp_path):
-    """An input without a sample axis (silero-vad's sample rate) cannot take stacked samples."""
+def test_scalar_model_input_is_fed_once_for_every_batch(tmp_path):
+    """An input without a sample axis (silero-vad's sample rate) takes one value: a 0-d array,
+    or the same value once per sample; different values per sample are refused in one line."""
     text = builders.header("float[N,10] x, int64 sr", "float[N,3] y") + """ {
         a = Gemm <transB = 1> (x, w1, b1)
         b = Relu (a)
-        y = Gemm <transB = 1> (b, w2, b2)
+        s = Cast <to = 1> (sr)
+        c = Mul (b, s)
+        y = Gemm <transB = 1> (c, w2, b2)
     }"""
     model = _save(tmp_path / "m.onnx", builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)}))
-    calib = _npz(tmp_path / "c.npz", x=np.ones((8, 10), np.float32), sr=np.array(16000, np.int64))
-    result = invoke("prune", model, "-o", tmp_path / "p.onnx", "--calib", calib, *FAST)
-    assert_user_error(result, "is a scalar")
-    assert not (tmp_path / "p.onnx").exists()
+    x = np.random.default_rng(0).normal(size=(24, 10)).astype(np.float32)
+    for index, sr in enumerate((np.array(2, np.int64), np.full(24, 2, np.int64))):
+        out = tmp_path / f"p{index}.onnx"
+        result = invoke("prune", model, "-o", out, "--calib", _npz(tmp_path / f"c{index}.npz", x=x, sr=sr),
+                        "--keep", "1.0", *FAST)
+        assert result.exit_code == 0, result.stderr
+        assert out.exists()
+    calib = _npz(tmp_path / "bad.npz", x=x, sr=np.arange(24))
+    result = invoke("prune", model, "-o", tmp_path / "bad.onnx", "--calib", calib, *FAST)
+    assert_user_error(result, "'sr' is a scalar, one value for the whole batch")
+    assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_onnxruntime_failure_while_running_is_one_line(tmp_path):

@@ -263,7 +263,7 @@ MODEL_CASES = {
     "sequence-input": Case(_gemm_case(lambda d: _save(d / "m.onnx", _sequence_input())), "is not a tensor"),
     "scalar-input": Case(_gemm_case(lambda d: _save(d / "m.onnx", builders.build(
         _gemm_text("float[N,10] x, int64 sr"), GEMM_WEIGHTS)),
-        lambda d: _npz(d / "c.npz", x=_gemm_x(), sr=np.array(16000))), "is a scalar"),
+        lambda d: _npz(d / "c.npz", x=_gemm_x(), sr=np.array([16000, 8000]))), "one value for the whole batch"),
     "newline-in-weight-name": Case(_gemm_case(lambda d: _save(d / "m.onnx", _with_initializer(
         _renamed(_gemm(), "w1", "w1\nError: fake"), "w1\nError: fake", _set((0, 0), np.nan)))),
         "weight 'w1\\nError: fake' contains NaN"),

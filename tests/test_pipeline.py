@@ -231,13 +231,17 @@ def test_default_refit_is_the_cross_validated_choice(lenet):
     assert fixed[0] == fixed[1]
 
 
-def test_a_scalar_calibration_input_is_refused_in_one_line():
-    """A model input that is not per sample (silero-vad's sample rate) cannot be calibrated:
-    the Python API says so instead of failing while batching."""
-    from onnx_subprune.errors import SubpruneError
-
-    model = builders.gemm_gemm()
-    feeds = random_feeds(model, 8)
-    feeds["sr"] = np.array(16000, dtype=np.int64)
-    with pytest.raises(SubpruneError, match="'sr' is a scalar"):
-        prune(model, feeds, PruneConfig(target_params=0.75, device="cpu"))
+def test_a_scalar_calibration_input_is_fed_as_one_value():
+    """A model input that is not per sample (silero-vad's sample rate) is given once, as a 0-d
+    array, through the Python API too: every batch gets the value."""
+    text = builders.header("float[N,10] x, float sr", "float[N,3] y") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        c = Mul (b, sr)
+        y = Gemm <transB = 1> (c, w2, b2)
+    }"""
+    model = builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)})
+    x = np.random.default_rng(0).normal(size=(20, 10)).astype(np.float32)
+    result = prune(model, {"x": x, "sr": np.array(3.0, np.float32)}, PruneConfig(keep=1.0, device="cpu", batch_size=8))
+    assert result.report.output_error < 1e-5
+    assert result.report.samples["calibration"] == 20

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
+import builders
+
 from onnx_subprune import runtime
 from onnx_subprune.errors import SubpruneError
 
@@ -55,8 +57,6 @@ def test_cli_device_cuda_is_one_line_exit_1(tmp_path):
 
 def _gemm_chain(batch_dim) -> onnx.ModelProto:
     """Gemm -> Relu -> Gemm whose input declares ``batch_dim`` (int dim_value or str dim_param)."""
-    import builders
-
     text = builders.header("float[N,10] x", "float[N,3] y") + """ {
         a = Gemm <transB = 1> (x, w1, b1)
         b = Relu (a)
@@ -78,9 +78,9 @@ def test_minus_one_zero_and_symbolic_batch_dims_are_dynamic(batch_dim):
     from onnx_subprune.pipeline import prune
 
     model = _gemm_chain(batch_dim)
-    assert runtime.fixed_batch(model) is None
-    assert runtime.batch_size_for(model, 32) == 32
     x = np.random.default_rng(0).normal(size=(40, 10)).astype(np.float32)
+    assert runtime.fixed_batch(model, {"x": x}) is None
+    assert runtime.batch_size_for(model, 32, {"x": x}) == 32
     result = prune(model, {"x": x}, PruneConfig(keep=0.5, device="cpu", holdout=0.2))
     assert result.report.samples == {"calibration": 32, "holdout": 8, "holdout_kind": "fixed"}
     assert result.report.groups[0].rows == 32
@@ -88,10 +88,60 @@ def test_minus_one_zero_and_symbolic_batch_dims_are_dynamic(batch_dim):
 
 def test_fixed_batch_pads_the_last_batch_and_drops_the_padded_rows():
     model = _gemm_chain(4)
-    assert runtime.fixed_batch(model) == 4 and runtime.batch_size_for(model, 32) == 4
-    sess = runtime.session(model, [runtime.CPU], ("b", "y"))
     x = np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32)
+    assert runtime.fixed_batch(model, {"x": x}) == 4 and runtime.batch_size_for(model, 32, {"x": x}) == 4
+    sess = runtime.session(model, [runtime.CPU], ("b", "y"))
     padded = runtime.run(sess, {"x": np.concatenate([x, x[-1:]])})
     short = runtime.run(sess, {"x": x})
     assert short["y"].shape == (3, 3) and short["b"].shape == (3, 6)
     np.testing.assert_allclose(short["y"], padded["y"][:3], rtol=1e-6)
+
+
+def _stateful(batch: str) -> onnx.ModelProto:
+    """x [B,10] -> Gemm -> Relu -> Gemm -> y [B,3], with a recurrent-style state [2,B,4] that
+    keeps its samples on axis 1 (as silero-vad's) and comes back doubled as stateN [2,B,4]."""
+    text = builders.header(f"float[{batch},10] x, float[2,{batch},4] state",
+                           f"float[{batch},3] y, float[2,{batch},4] stateN") + """ {
+        a = Gemm <transB = 1> (x, w1, b1)
+        b = Relu (a)
+        y = Gemm <transB = 1> (b, w2, b2)
+        stateN = Add (state, state)
+    }"""
+    return builders.build(text, {"w1": (6, 10), "b1": (6,), "w2": (3, 6), "b2": (3,)})
+
+
+@pytest.mark.parametrize("batch", ["N", "1"])
+def test_an_input_with_its_samples_on_another_axis_is_fed_there(batch):
+    """Calibration arrays stack samples first (state as (n, 2, 4)); the model gets them on the
+    axis it declares for them (dynamic, or fixed at 1 as in the spox export), and an output
+    with its batch on axis 1 comes back with samples first, also across unequal batches."""
+    from onnx_subprune.config import PruneConfig
+    from onnx_subprune.data import check_inputs
+    from onnx_subprune.pipeline import prune
+
+    model = _stateful(batch)
+    rng = np.random.default_rng(0)
+    feeds = check_inputs({"x": rng.normal(size=(10, 10)).astype(np.float32),
+                          "state": rng.normal(size=(10, 2, 4)).astype(np.float32)}, model, "calib")
+    expected = 1 if batch == "1" else None
+    assert runtime.fixed_batch(model, feeds) == expected
+    sess = runtime.session(model, [runtime.CPU])
+    n = expected or 3
+    outputs = runtime.run(sess, {name: value[:n] for name, value in feeds.items()})
+    # a symbolic batch axis comes back first; a static one stays where the model declares it
+    state = feeds["state"][:n] if batch == "N" else np.moveaxis(feeds["state"][:n], 0, 1)
+    np.testing.assert_allclose(outputs["stateN"], 2 * state)
+    result = prune(model, feeds, PruneConfig(keep=0.5, device="cpu", batch_size=4))
+    assert result.report.groups[0].rows == 10
+    assert result.report.output_error < 1.0
+
+
+def test_sample_axis_prefers_a_dynamic_axis_and_says_when_none_fits():
+    from onnx_subprune.graph import sample_axis
+
+    assert sample_axis([None, 3, 8], (3, 8)) == 0
+    assert sample_axis([2, None, 128], (2, 128)) == 1
+    assert sample_axis([2, 1, 128], (2, 128)) == 1
+    assert sample_axis([None, None], (7,)) == 0
+    assert sample_axis([1, 3, 8], (3, 9)) is None
+    assert sample_axis([], ()) is None

@@ -47,7 +47,7 @@ def test_zoo_model_analyzes_and_prunes(name, tmp_path):
     assert result.exit_code == 0 and result.exception is None, result.output
     feeds = zoo.feeds(entry, 16, 0, "calib")
     calib = tmp_path / "calib.npz"
-    np.savez(calib, **feeds)
+    np.savez(calib, **zoo.samples_first(entry, feeds))
     out = tmp_path / "pruned.onnx"
     result = runner.invoke(main, ["prune", str(path), "-o", str(out), "--calib", str(calib),
                                   "--target-params", "0.75", "--device", "cpu", "--quiet"])

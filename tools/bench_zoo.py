@@ -199,7 +199,7 @@ def quality(args) -> None:
                 row = dict(base, target=target, method="ours", round_to=args.round_to or "default")
                 clock = time.perf_counter()
                 try:
-                    pruned, report = prune_ours(model, calib, target, args)
+                    pruned, report = prune_ours(model, zoo.samples_first(entry, calib), target, args)
                 except Exception as exc:  # a failure is a row of the benchmark, never its end
                     row.update(status="failed", note=_one_line(exc))
                     rows_out(row)

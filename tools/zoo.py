@@ -271,6 +271,13 @@ def batch_axis(entry: dict, name: str) -> int:
     return int(entry.get("batch_axis", {}).get(name, 0))
 
 
+def samples_first(entry: dict, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A recipe's feed (model layout) as onnx-subprune's calibration data takes it: samples on
+    the first axis of every batched input (a state [2, n, 128] becomes (n, 2, 128)); a scalar
+    input stays its one value."""
+    return {k: np.moveaxis(v, batch_axis(entry, k), 0) if batch_axis(entry, k) > 0 else v for k, v in feed.items()}
+
+
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64,
            "int32": np.int32, "uint8": np.uint8}
 
