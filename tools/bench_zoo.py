@@ -78,8 +78,7 @@ def output_error(entry: dict, original: str, pruned: str, feed: dict) -> float:
 
 def latency_ratio(entry: dict, original: str, pruned: str, feed: dict, rounds: int = 5, repeats: int = 15) -> float:
     """Median batch-1 latency of ``pruned`` over ``original`` on CPU, runs alternating."""
-    one = {k: (v if zoo.batch_axis(entry, k) < 0 else np.take(v, [0], axis=zoo.batch_axis(entry, k)))
-           for k, v in feed.items()}
+    one = zoo.single_samples(entry, feed)[0]
     sessions = [zoo.make_session(original), zoo.make_session(pruned)]
     for sess in sessions:
         for _ in range(3):
@@ -128,7 +127,7 @@ def prune_ours(model: onnx.ModelProto, calib: dict, target: float, args) -> tupl
 class Peer:
     """onnxsim 0.8.1's structured pruning brought to a params budget (bisection on its sparsity)."""
 
-    def __init__(self, model: onnx.ModelProto, calib: dict):
+    def __init__(self, model: onnx.ModelProto, calib: dict, entry: dict | None = None):
         from onnxsim import finetune, pruning
 
         from onnx_subprune.metrics import count_params
@@ -136,7 +135,8 @@ class Peer:
         self.pruning, self.finetune, self.count = pruning, finetune, count_params
         self.model = model
         samples = len(next(iter(calib.values())))
-        self.batches = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(samples)]
+        self.batches = zoo.single_samples(entry, calib) if entry is not None else [
+            {k: v[i:i + 1] for k, v in calib.items()} for i in range(samples)]
 
     def _prune(self, ranking: str, sparsity: float):
         if ranking == "l2":
@@ -233,7 +233,7 @@ def _peer_row(entry, path, model, calib, evaluation, budget, base, target, tmp, 
     row = dict(base, target=target, method="onnxsim")
     clock = time.perf_counter()
     try:
-        peer = Peer(model, calib)
+        peer = Peer(model, calib, entry)
         found = {ranking: peer.sparsity_for(budget, ranking) for ranking in ("l2", "wanda")}
         best = None
         for name in PEER_VARIANTS:

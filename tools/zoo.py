@@ -278,6 +278,14 @@ def samples_first(entry: dict, feed: dict[str, np.ndarray]) -> dict[str, np.ndar
     return {k: np.moveaxis(v, batch_axis(entry, k), 0) if batch_axis(entry, k) > 0 else v for k, v in feed.items()}
 
 
+def single_samples(entry: dict, feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """A recipe's feed (model layout) as one feed per sample, each sliced on its input's batch
+    axis (a scalar input given whole to each)."""
+    n = next(v.shape[batch_axis(entry, k)] for k, v in feed.items() if batch_axis(entry, k) >= 0)
+    return [{k: v if batch_axis(entry, k) < 0 else np.take(v, [i], axis=batch_axis(entry, k))
+             for k, v in feed.items()} for i in range(n)]
+
+
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64,
            "int32": np.int32, "uint8": np.uint8}
 
