@@ -23,6 +23,8 @@ from onnx import helper
 from . import runtime
 from .errors import InternalError
 from .graph import shape_info, subgraph_reads
+from .rewrite import rewrite_part
+from .types import GroupPlan
 
 Key = Hashable
 """Names one batch of samples: the same batches are fed at every step."""
@@ -142,6 +144,7 @@ class Frontier:
         self.final: set[str] = set()
         self.stored: dict[str, int] = {}  # name -> onnx element type
         self.types: dict[str, int] = {}
+        self.infos: dict[str, onnx.ValueInfoProto] = {}  # inferred in the unpruned model
         self._session = None
         self._fed: list[str] = []
         self._loaded: list[str] = []
@@ -151,10 +154,12 @@ class Frontier:
         self._dtypes: dict[str, np.dtype] = {}
 
     def step(self, model: onnx.ModelProto, wanted: Sequence[str], changing: Iterable[str],
-             later: Iterable[str] = ()) -> None:
-        """Prepare the run that gives ``wanted`` in ``model``; ``changing``: names of the
-        producer nodes that later plans (and this step's) will prune; ``later``: tensors later
-        steps will want (kept when this run computes them final)."""
+             later: Iterable[str] = (), plans: Sequence[GroupPlan] = ()) -> None:
+        """Prepare the run that gives ``wanted`` in ``model`` pruned by ``plans``; ``changing``:
+        names of the producer nodes that later plans (and this step's) will prune; ``later``:
+        tensors later steps will want (kept when this run computes them final). Only the part
+        of ``model`` that the run needs is pruned (:func:`rewrite.rewrite_part`), so a step
+        costs the size of that part, not of the model."""
         wiring = _Wiring(model)
         volatile = wiring.volatile(changing)
         nodes, fed, loaded, served = self._needed(wiring, wanted)
@@ -174,8 +179,15 @@ class Frontier:
         self.final = final
         self._types(model, [*wanted, *kept])
         outputs = [name for name in dict.fromkeys([*wanted, *kept]) if name not in served]
-        self._session = runtime.session(self._submodel(model, wiring, nodes, fed, loaded, outputs), self.providers) \
-            if outputs else None
+        self._session = None
+        if outputs:
+            part = self._submodel(model, wiring, nodes, fed, loaded, outputs, shaped=bool(plans))
+            if plans:
+                part = rewrite_part(part, plans)
+                for value in [*part.graph.input, *part.graph.output]:  # kept and wanted: pruned channels
+                    if value.name in loaded or value.name in outputs:
+                        value.type.tensor_type.ClearField("shape")
+            self._session = runtime.session(part, self.providers)
         self._fed, self._loaded, self._kept, self._served = fed, loaded, kept, served
 
     def _needed(self, wiring: _Wiring, wanted: Sequence[str]):
@@ -209,15 +221,19 @@ class Frontier:
         for info in [*inferred.value_info, *inferred.output, *inferred.input]:
             if info.type.HasField("tensor_type"):
                 self.types.setdefault(info.name, info.type.tensor_type.elem_type)
+                self.infos.setdefault(info.name, info)
         for name in names:  # what inference could not tell is taken as float
             self.types.setdefault(name, onnx.TensorProto.FLOAT)
 
     def _submodel(self, model: onnx.ModelProto, wiring: _Wiring, nodes: set[int], fed: list[str],
-                  loaded: list[str], outputs: list[str]) -> onnx.ModelProto:
-        """The part of ``model`` from the fed and kept tensors to ``outputs``."""
+                  loaded: list[str], outputs: list[str], shaped: bool = False) -> onnx.ModelProto:
+        """The part of ``model`` from the fed and kept tensors to ``outputs``; ``shaped``: the
+        kept tensors declared with their shapes in ``model`` (when known), as the rewrite of
+        the part wants them."""
         reads = set().union(*(wiring.reads[i] for i in nodes)) if nodes else set()
         inputs = [wiring.inputs[name] for name in fed]
-        inputs += [helper.make_tensor_value_info(name, self.stored[name], None) for name in loaded]
+        inputs += [self.infos[name] if shaped and name in self.infos
+                   else helper.make_tensor_value_info(name, self.stored[name], None) for name in loaded]
         graph = helper.make_graph(
             [wiring.nodes[i] for i in sorted(nodes)], f"{model.graph.name}-part",
             inputs,

@@ -460,13 +460,12 @@ def _capture_step(run: _Run, groups: Sequence[ChannelGroup], index: int, plans: 
     names = tuple(c.input for c in group.consumers)
     changing = [p.node for later in groups[index:] for p in later.producers]
     later = [c.input for later in groups[index + 1:] for c in later.consumers]
-    pruned = rewrite(run.model, plans) if plans else run.model
-    pruned_side.step(pruned, names, changing, later)
+    pruned_side.step(run.model, names, changing, later, plans)
     reference = None
     if original_side is not None and plans:
         original_side.step(run.model, names, (), later)
         reference = original_side
-    mine, targets = _current_matrices(pruned, group, run.weights, plans) if plans else (run.weights, None)
+    mine, targets = _current_matrices(run.model, group, run.weights, plans) if plans else (run.weights, None)
     stats = run.capture([group], pruned_side, reference, mine, targets if reference is not None else None)[0]
     for side in (pruned_side, reference):
         if side is not None:
@@ -531,15 +530,16 @@ def inactive_channels(group: ChannelGroup, stats: GroupStats, plans: Sequence[Gr
     return int(np.sum(energy <= INACTIVE_ENERGY * max(float(energy.mean()), 1e-300)))
 
 
-def _current_matrices(pruned: onnx.ModelProto, group: ChannelGroup, weights: dict[str, np.ndarray],
+def _current_matrices(model: onnx.ModelProto, group: ChannelGroup, weights: dict[str, np.ndarray],
                       plans: Sequence[GroupPlan]):
-    """Consumer weights as they are in ``pruned`` (the model pruned by ``plans``) for consumers
-    whose input an earlier group already shrank (after a Concat), and their original weights as
-    the targets' weights; (``weights``, None) when no consumer was touched."""
+    """Consumer weights as they are in ``model`` pruned by ``plans`` for consumers whose input
+    an earlier group already shrank (after a Concat), and their original weights as the
+    targets' weights; (``weights``, None) when no consumer was touched."""
     masks = channel_masks(plans)
     touched = [c for c in group.consumers if c.input in masks and not masks[c.input].all()]
     if not touched:
         return weights, None
+    pruned = rewrite(model, plans)
     nodes = {node.name: node for node in pruned.graph.node}
     names = {nodes[c.node].input[1] for c in touched}
     values = read_constants(pruned, names)

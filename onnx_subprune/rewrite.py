@@ -35,10 +35,20 @@ def rewrite(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelPro
     return infer_shapes_in_place(pruned)
 
 
-def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
-    """The pruned model as graphsurgeon exports it (see :func:`rewrite`), shapes not inferred."""
+def rewrite_part(part: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelProto:
+    """``part``, some of a model's nodes with their own graph inputs and outputs (as
+    :mod:`frontier` runs them), pruned by ``plans``: each node of the plans that ``part`` holds
+    changes exactly as :func:`rewrite` changes it in the whole model; shapes are not inferred.
+    ``part``'s inputs must be declared with the shapes they have in the unpruned model."""
+    return _pruned(part, plans, partial=True)
+
+
+def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan], partial: bool = False) -> onnx.ModelProto:
+    """The pruned model as graphsurgeon exports it (see :func:`rewrite`), shapes not inferred;
+    ``partial``: the plans' nodes that ``model`` lacks are left out."""
     graph = import_graph(model)
     nodes = {node.name: node for node in graph.nodes}
+    here = (lambda name: name in nodes) if partial else (lambda name: True)
     masks = channel_masks(plans)
     latest: dict[str, tuple[Consumer, ConsumerUpdate]] = {}
     for plan in plans:
@@ -47,15 +57,16 @@ def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan]) -> onnx.ModelPro
             latest[consumer.node] = (consumer, updates.get(consumer.node, ConsumerUpdate(consumer.node)))
     added_bias: dict[str, gs.Node] = {}
     for consumer, update in latest.values():
-        _update_consumer(graph, nodes, consumer, update, masks[consumer.input], added_bias)
+        if here(consumer.node):
+            _update_consumer(graph, nodes, consumer, update, masks[consumer.input], added_bias)
     sliced: set[str] = set()
     for plan in plans:
         for producer in plan.group.producers:
-            if producer.node not in sliced:
+            if producer.node not in sliced and here(producer.node):
                 sliced.add(producer.node)
                 _slice_producer(graph, nodes[producer.node], producer, masks[producer.output], added_bias)
         for passthrough in plan.group.passthrough:
-            if passthrough.node not in sliced:
+            if passthrough.node not in sliced and here(passthrough.node):
                 sliced.add(passthrough.node)
                 _slice_passthrough(graph, nodes[passthrough.node], passthrough, masks)
     return _export(graph, model)
@@ -92,6 +103,8 @@ def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
 def _shift_bias(graph, nodes, consumer: Consumer, shift: np.ndarray, added_bias) -> None:
     """Add ``shift`` (m,) to the consumer's bias, creating the bias where there is none."""
     if consumer.bias_node is not None:
+        if consumer.bias_node not in nodes:
+            return  # a part without the bias Add (rewrite_part): nothing it computes reads it
         add = nodes[consumer.bias_node]
         index = 0 if add.inputs[0].name == consumer.bias else 1
         set_const_value(graph, add, index, const_value(add.inputs[index]) + shift)

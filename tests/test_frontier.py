@@ -32,7 +32,7 @@ def _recaptured(run, groups, index, plans):
     names = tuple(c.input for c in group.consumers)
     pruned = rewrite(run.model, plans) if plans else run.model
     current = runtime.session(pruned, run.providers, names)
-    mine, targets = pipeline._current_matrices(pruned, group, run.weights, plans) if plans else (run.weights, None)
+    mine, targets = pipeline._current_matrices(run.model, group, run.weights, plans) if plans else (run.weights, None)
     if run.config.method == "asym" and plans:
         reference = runtime.session(run.model, run.providers, names)
         return run.capture([group], current, reference, mine, targets)[0]
