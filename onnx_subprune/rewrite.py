@@ -76,11 +76,14 @@ def channel_masks(plans: Sequence[GroupPlan]) -> dict[str, np.ndarray]:
     """Tensor name -> which positions of its channel axis survive (bool, one per position)."""
     masks: dict[str, np.ndarray] = {}
     for plan in plans:
+        chosen = np.asarray(plan.kept, dtype=np.int64)
         for name, layout in plan.group.tensors:
             mask = masks.setdefault(name, np.ones(layout.width, dtype=bool))
             where = layout.positions()
+            kept = np.zeros(max(layout.channels, int(chosen.max(initial=-1)) + 1), dtype=bool)
+            kept[chosen] = True
             seen = where >= 0
-            mask[where[seen]] = np.isin(np.flatnonzero(seen), plan.kept)
+            mask[where[seen]] = kept[: layout.channels][seen]
     return masks
 
 
