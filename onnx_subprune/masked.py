@@ -13,12 +13,14 @@ point).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import onnx
 from onnx import helper
 
 from . import runtime
-from .graph import proto_attrs, read_constants
+from .graph import proto_attrs, read_constants, shape_info, subgraph_reads
 from .ops import LAYERS
 from .ops.layers import BIAS, WEIGHT
 from .rewrite import channel_masks, unit_columns
@@ -32,15 +34,23 @@ class MaskedRunner:
     with the original values, or with one group's masked ones (:meth:`outputs`)."""
 
     def __init__(self, model: onnx.ModelProto, groups, providers: list[str]):
+        self.original, self.providers = model, providers
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
-        consumers = list({c.node: c for group in groups for c in group.consumers}.values())
-        self.values = read_constants(model, {c.weight for c in consumers} | {c.bias for c in consumers if c.bias})
+        self.consumers = list({c.node: c for group in groups for c in group.consumers}.values())
+        self.values = read_constants(model, {c.weight for c in self.consumers} | {c.bias for c in self.consumers if c.bias})
         nodes = {node.name: node for node in self.model.graph.node}
         self.defaults: dict[str, np.ndarray] = {}
-        for consumer in consumers:
+        for consumer in self.consumers:
             self._open(nodes, consumer)
-        self.session = runtime.session(self.model, providers)
+        self._session = None
+
+    @property
+    def session(self):
+        """The session of the whole model with the consumers' weights as inputs (made once)."""
+        if self._session is None:
+            self._session = runtime.session(self.model, self.providers)
+        return self._session
 
     def _open(self, nodes: dict, consumer: Consumer) -> None:
         """Make the consumer's weight and bias inputs ``<node>__weight`` / ``<node>__bias``."""
@@ -102,3 +112,84 @@ class MaskedRunner:
         (None: the original), run in batches and concatenated along axis 0."""
         inputs = {**self.defaults, **(self.plan_inputs(plan) if plan is not None else {})}
         return predict_with(self.session, feeds, batch_size, inputs)
+
+    def outputs_each(self, feeds: dict[str, np.ndarray], batch_size: int,
+                     plans: Sequence[GroupPlan]) -> list[dict[str, np.ndarray]]:
+        """:meth:`outputs` for each of ``plans``, computing what they share once: per batch, the
+        part of the model above the consumers (:class:`_Downstream`) runs once, and only the
+        part from the consumers on runs for every plan. A model that fixes its batch above 1
+        runs whole for each plan (its last batch would need padding inside the part)."""
+        if (runtime.fixed_batch(self.original, feeds) or 1) > 1:
+            return [self.outputs(feeds, batch_size, plan) for plan in plans]
+        split = _Downstream(self.original, self.model, self.consumers, self.providers)
+        inputs = [{**self.defaults, **self.plan_inputs(plan)} for plan in plans]
+        parts: list[dict[str, list[np.ndarray]]] = [{} for _ in plans]
+        samples = len(next(iter(feeds.values())))
+        for feed in runtime.batches(feeds, np.arange(samples), batch_size):
+            shared, boundary = split.upstream(feed)
+            for index, extra in enumerate(inputs):
+                values = {**shared, **split.downstream(boundary, extra)}
+                for value in self.model.graph.output:  # the model's order
+                    parts[index].setdefault(value.name, []).append(values[value.name])
+        return [{name: np.concatenate(values) for name, values in part.items()} for part in parts]
+
+
+class _Downstream:
+    """A model cut at the consumers of a masked group: the nodes that descend from them (the
+    part a mask changes) and the tensors they read from above (the boundary). The part above
+    runs on the original model, whose outputs the masks do not reach are taken from it."""
+
+    def __init__(self, original: onnx.ModelProto, opened: onnx.ModelProto, consumers: Sequence[Consumer],
+                 providers: list[str]):
+        graph = opened.graph
+        made = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+        starts = {c.node for c in consumers}
+        below: set[int] = set()
+        changed: set[str] = set()
+        for index, node in enumerate(graph.node):  # topological order
+            reads = set(node.input) | subgraph_reads([node])
+            if node.name in starts or reads & changed:
+                below.add(index)
+                changed.update(name for name in node.output if name)
+        constants = {init.name for init in graph.initializer}
+        fed = {value.name: value for value in graph.input}
+        reads = set().union(*(set(graph.node[i].input) | subgraph_reads([graph.node[i]]) for i in below)) - {""}
+        # Constant nodes the part reads come along with it
+        for name in sorted(reads):
+            index = made.get(name)
+            if index is not None and index not in below and graph.node[index].op_type == "Constant":
+                below.add(index)
+        weights = [value.name for value in graph.input if value.name not in {v.name for v in original.graph.input}]
+        boundary = sorted(name for name in reads if name not in changed and name not in constants
+                          and not (name in made and made[name] in below))
+        self.computed = [name for name in boundary if name in made]
+        self.given = [name for name in boundary if name not in made and name in fed and name not in weights]
+        outputs = [value.name for value in graph.output]
+        self.kept_outputs = [name for name in outputs if name not in changed]
+        self.part_outputs = [name for name in outputs if name in changed]
+        asked = tuple(dict.fromkeys([*self.computed, *self.kept_outputs]))
+        self.above = runtime.session(original, providers, asked) if asked else None
+        types = {value.name: value.type.tensor_type.elem_type for value in shape_info(original).graph.value_info
+                 if value.type.HasField("tensor_type")}
+        inputs = [fed[name] if name in fed else helper.make_tensor_value_info(
+            name, types.get(name, onnx.TensorProto.FLOAT), None) for name in [*self.given, *self.computed, *weights]]
+        part = helper.make_graph(
+            [graph.node[i] for i in sorted(below)], f"{graph.name}-below", inputs,
+            [value for value in graph.output if value.name in changed],
+            initializer=[init for init in graph.initializer if init.name in reads | subgraph_reads(
+                [graph.node[i] for i in below])],
+        )
+        model = helper.make_model(part, opset_imports=opened.opset_import, ir_version=opened.ir_version)
+        model.functions.extend(opened.functions)
+        self.below = runtime.session(model, providers)
+
+    def upstream(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """For one batch: the model outputs no mask reaches, and the boundary tensors."""
+        values = runtime.run(self.above, feed, [*self.computed, *self.kept_outputs]) if self.above else {}
+        boundary = {name: feed[name] for name in self.given}
+        boundary.update({name: values[name] for name in self.computed})
+        return {name: values[name] for name in self.kept_outputs}, boundary
+
+    def downstream(self, boundary: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """For one batch: the outputs the mask reaches, with the consumers' weights ``extra``."""
+        return runtime.run(self.below, boundary, self.part_outputs, extra=extra) if self.part_outputs else {}

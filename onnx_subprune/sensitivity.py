@@ -147,13 +147,11 @@ def measure_curves(model: onnx.ModelProto, groups: Sequence[ChannelGroup], stats
         with selection_threads():
             order, explained = ranking(group, group_stats, config)
         runner = MaskedRunner(model, [group], providers)  # the other layers' weights stay constants
-        errors = []
-        for k in points:
-            plan = group_plan(group, group_stats, order, k, config)
-            errors.append(output_error(reference, runner.outputs(feeds, batch_size, plan)))
-            done += 1
-            if progress:
-                progress("sensitivity", done, total)
+        plans = [group_plan(group, group_stats, order, k, config) for k in points]
+        errors = [output_error(reference, outputs) for outputs in runner.outputs_each(feeds, batch_size, plans)]
+        done += len(points)
+        if progress:
+            progress("sensitivity", done, total)
         curves.append(Curve(group.name, group.channels, order, explained, points, tuple(errors)))
     return curves
 
