@@ -122,20 +122,34 @@ class Spectrum:
         return float(lams[int(np.argmin(self.gcv(lams)))])
 
 
+def _squared_svd(design: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The singular triplets of ``design`` (N, s) whose squared singular value exceeds ``tol``:
+    (sigma^2 (r,), left vectors (N, r), right vectors (s, r)), from the eigen-decomposition of
+    the smaller of its two Gram matrices (the tolerance is on the squared scale anyway); several
+    times faster than a thin SVD when N and s are in the thousands (ResNet-50's last stage)."""
+    if design.shape[0] <= design.shape[1]:
+        values, left = np.linalg.eigh(design @ design.T)
+        keep = values > tol
+        values, left = values[keep], left[:, keep]
+        return values, left, (design.T @ left) / np.sqrt(values)
+    values, right = np.linalg.eigh(design.T @ design)
+    keep = values > tol
+    values, right = values[keep], right[:, keep]
+    return values, (design @ right) / np.sqrt(values), right
+
+
 def spectrum(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, *, bias_compensation: bool) -> Spectrum:
     """The :class:`Spectrum` of shrinking the ``kept`` channels' weights toward ``anchor``
-    (len(kept) * block, m), centered when ``bias_compensation``. Row form: thin SVD of B_S
-    (N, s); Gram form: eigh of G_SS."""
+    (len(kept) * block, m), centered when ``bias_compensation``. Row form: the SVD of B_S (N, s)
+    (:func:`_squared_svd`); Gram form: eigh of G_SS."""
     cols = kept_columns(stats, kept)
     centered = bias_compensation
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form:
         design, targets = stats.row_matrices(centered, cols)
         residual = targets - design @ anchor
-        left, sigma, right_t = np.linalg.svd(design, full_matrices=False)
-        keep = sigma * sigma > tol
-        values, basis = sigma[keep] ** 2, right_t[keep].T
-        proj = sigma[keep, None] * (left[:, keep].T @ residual)
+        values, left, basis = _squared_svd(design, tol)
+        proj = np.sqrt(values)[:, None] * (left.T @ residual)
         residual_sq = float(np.sum(residual * residual))
     else:
         gram, cross = stats.gram_matrix(centered, cols), stats.cross_matrix(centered, cols)
