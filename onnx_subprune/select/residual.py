@@ -145,19 +145,27 @@ class RowResidual(Residual):
             cross = rows.T @ compress_columns(targets)
         super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.rows = rows
+        self._products: tuple[int, np.ndarray | None] = (-1, None)  # (j, Bw^T Bw[:, J]) of the last column
 
     def column(self, j: int) -> np.ndarray:
         span = self._span(j)
-        g = self.rows.T @ np.ascontiguousarray(self.rows[:, span])
+        products = self.rows.T @ np.ascontiguousarray(self.rows[:, span])  # Bw^T Bw[:, J]
+        self._products = (j, products)
+        g = products.copy()
         g[span] += self.lam * np.eye(self.r)
         return g
 
     def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
         sigma_sq = w - self.lam
         keep = sigma_sq > self.tol
-        q = self.rows[:, self._span(j)] @ (e[:, keep] / np.sqrt(sigma_sq[keep]))
+        basis = e[:, keep] / np.sqrt(sigma_sq[keep])
+        q = self.rows[:, self._span(j)] @ basis
         shrink = 1.0 - np.sqrt(self.lam / w[keep])
-        subtract_product(self.rows, q * shrink, q.T @ self.rows)
+        picked, products = self._products  # commit(j) read column(j) just before
+        if picked != j:
+            raise ValueError(f"_extend({j}) after column({picked})")
+        # q^T Bw = basis^T Bw[:, J]^T Bw from the column's product: one pass over the rows fewer
+        subtract_product(self.rows, q * shrink, (products @ basis).T)
 
 
 def make_residual(
