@@ -91,16 +91,17 @@ class Residual(ABC):
         vb = v.reshape(self.n, self.r, -1)
         self.diag -= vb @ vb.transpose(0, 2, 1)
         subtract_product(self.cross, v, factor.T @ self.cross[span])
-        self._extend(j, v, w, e)
+        self._extend(j, g, v, w, e)
 
     @abstractmethod
     def column(self, j: int) -> np.ndarray:
         """Block column Gr[:, J] (d, r) of the current residual Gram matrix (with the ridge)."""
 
     @abstractmethod
-    def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
-        """Form-specific update after picking channel ``j``: ``v`` (d, r') is the factor
-        g E Lambda^{-1/2} and ``w`` (r,), ``e`` (r, r) the eigen-decomposition of Gr[J, J]."""
+    def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+        """Form-specific update after picking channel ``j``: ``g`` (d, r) is the block column
+        :meth:`column` gave, ``v`` (d, r') the factor g E Lambda^{-1/2} and ``w`` (r,), ``e`` (r, r)
+        the eigen-decomposition of Gr[J, J]."""
 
 
 class GramResidual(Residual):
@@ -129,7 +130,7 @@ class GramResidual(Residual):
         g -= done.T @ np.ascontiguousarray(done[:, span])  # BLAS gemv over a contiguous block
         return g
 
-    def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+    def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
         self.factor_t[self.rank : self.rank + v.shape[1]] = v.T
         self.rank += v.shape[1]
 
@@ -145,27 +146,24 @@ class RowResidual(Residual):
             cross = rows.T @ compress_columns(targets)
         super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.rows = rows
-        self._products: tuple[int, np.ndarray | None] = (-1, None)  # (j, Bw^T Bw[:, J]) of the last column
 
     def column(self, j: int) -> np.ndarray:
         span = self._span(j)
-        products = self.rows.T @ np.ascontiguousarray(self.rows[:, span])  # Bw^T Bw[:, J]
-        self._products = (j, products)
-        g = products.copy()
+        g = self.rows.T @ np.ascontiguousarray(self.rows[:, span])
         g[span] += self.lam * np.eye(self.r)
         return g
 
-    def _extend(self, j: int, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+    def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
+        span = self._span(j)
         sigma_sq = w - self.lam
         keep = sigma_sq > self.tol
         basis = e[:, keep] / np.sqrt(sigma_sq[keep])
-        q = self.rows[:, self._span(j)] @ basis
+        q = self.rows[:, span] @ basis
         shrink = 1.0 - np.sqrt(self.lam / w[keep])
-        picked, products = self._products  # commit(j) read column(j) just before
-        if picked != j:
-            raise ValueError(f"_extend({j}) after column({picked})")
-        # q^T Bw = basis^T Bw[:, J]^T Bw from the column's product: one pass over the rows fewer
-        subtract_product(self.rows, q * shrink, (products @ basis).T)
+        # q^T Bw = (Bw^T Bw[:, J] basis)^T, and Bw^T Bw[:, J] is g without its ridge: one pass over the rows fewer
+        across = g @ basis
+        across[span] -= self.lam * basis
+        subtract_product(self.rows, q * shrink, across.T)
 
 
 def make_residual(
