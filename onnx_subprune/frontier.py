@@ -87,7 +87,7 @@ class Cache:
             self._folder = None
 
 
-class _Wiring:
+class Wiring:
     """Who makes and who reads every tensor of a model's main graph."""
 
     def __init__(self, model: onnx.ModelProto):
@@ -160,7 +160,7 @@ class Frontier:
         tensors later steps will want (kept when this run computes them final). Only the part
         of ``model`` that the run needs is pruned (:func:`rewrite.rewrite_part`), so a step
         costs the size of that part, not of the model."""
-        wiring = _Wiring(model)
+        wiring = Wiring(model)
         volatile = wiring.volatile(changing)
         nodes, fed, loaded, served = self._needed(wiring, wanted)
         final = self.final | {name for i in nodes for name in wiring.outputs(i) if name not in volatile}
@@ -190,7 +190,7 @@ class Frontier:
             self._session = runtime.session(part, self.providers)
         self._fed, self._loaded, self._kept, self._served = fed, loaded, kept, served
 
-    def _needed(self, wiring: _Wiring, wanted: Sequence[str]):
+    def _needed(self, wiring: Wiring, wanted: Sequence[str]):
         """The nodes to run for ``wanted``; the graph inputs and the kept tensors they read; the
         wanted tensors that are kept already (served from the cache)."""
         served = [name for name in dict.fromkeys(wanted) if name in self.stored]
@@ -225,7 +225,7 @@ class Frontier:
         for name in names:  # what inference could not tell is taken as float
             self.types.setdefault(name, onnx.TensorProto.FLOAT)
 
-    def _submodel(self, model: onnx.ModelProto, wiring: _Wiring, nodes: set[int], fed: list[str],
+    def _submodel(self, model: onnx.ModelProto, wiring: Wiring, nodes: set[int], fed: list[str],
                   loaded: list[str], outputs: list[str], shaped: bool = False) -> onnx.ModelProto:
         """The part of ``model`` from the fed and kept tensors to ``outputs``; ``shaped``: the
         kept tensors declared with their shapes in ``model`` (when known), as the rewrite of

@@ -20,7 +20,8 @@ import onnx
 from onnx import helper
 
 from . import runtime
-from .graph import proto_attrs, read_constants, shape_info, subgraph_reads
+from .frontier import Wiring
+from .graph import proto_attrs, read_constants, shape_info
 from .ops import LAYERS
 from .ops.layers import BIAS, WEIGHT
 from .rewrite import channel_masks, unit_columns
@@ -141,43 +142,37 @@ class _Downstream:
 
     def __init__(self, original: onnx.ModelProto, opened: onnx.ModelProto, consumers: Sequence[Consumer],
                  providers: list[str]):
-        graph = opened.graph
-        made = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+        wiring = Wiring(opened)
         starts = {c.node for c in consumers}
         below: set[int] = set()
         changed: set[str] = set()
-        for index, node in enumerate(graph.node):  # topological order
-            reads = set(node.input) | subgraph_reads([node])
-            if node.name in starts or reads & changed:
+        for index, node in enumerate(wiring.nodes):  # topological order
+            if node.name in starts or wiring.reads[index] & changed:
                 below.add(index)
-                changed.update(name for name in node.output if name)
-        constants = {init.name for init in graph.initializer}
-        fed = {value.name: value for value in graph.input}
-        reads = set().union(*(set(graph.node[i].input) | subgraph_reads([graph.node[i]]) for i in below)) - {""}
-        # Constant nodes the part reads come along with it
-        for name in sorted(reads):
-            index = made.get(name)
-            if index is not None and index not in below and graph.node[index].op_type == "Constant":
-                below.add(index)
-        weights = [value.name for value in graph.input if value.name not in {v.name for v in original.graph.input}]
-        boundary = sorted(name for name in reads if name not in changed and name not in constants
-                          and not (name in made and made[name] in below))
-        self.computed = [name for name in boundary if name in made]
-        self.given = [name for name in boundary if name not in made and name in fed and name not in weights]
-        outputs = [value.name for value in graph.output]
+                changed.update(wiring.outputs(index))
+        reads = set().union(*(wiring.reads[i] for i in below))
+        below |= {wiring.made_by[name] for name in reads  # the Constant nodes the part reads come along
+                  if name in wiring.made_by and wiring.nodes[wiring.made_by[name]].op_type == "Constant"}
+        declared = {value.name for value in original.graph.input}
+        weights = [name for name in wiring.inputs if name not in declared]
+        boundary = sorted(name for name in reads - changed - wiring.initializers if wiring.made_by.get(name) not in below)
+        self.computed = [name for name in boundary if name in wiring.made_by]
+        self.given = [name for name in boundary if name in wiring.inputs and name not in weights]
+        outputs = [value.name for value in opened.graph.output]
         self.kept_outputs = [name for name in outputs if name not in changed]
         self.part_outputs = [name for name in outputs if name in changed]
         asked = tuple(dict.fromkeys([*self.computed, *self.kept_outputs]))
         self.above = runtime.session(original, providers, asked) if asked else None
         types = {value.name: value.type.tensor_type.elem_type for value in shape_info(original).graph.value_info
                  if value.type.HasField("tensor_type")}
-        inputs = [fed[name] if name in fed else helper.make_tensor_value_info(
+        inputs = [wiring.inputs[name] if name in wiring.inputs else helper.make_tensor_value_info(
             name, types.get(name, onnx.TensorProto.FLOAT), None) for name in [*self.given, *self.computed, *weights]]
+        graph = opened.graph
         part = helper.make_graph(
-            [graph.node[i] for i in sorted(below)], f"{graph.name}-below", inputs,
+            [wiring.nodes[i] for i in sorted(below)], f"{graph.name}-below", inputs,
             [value for value in graph.output if value.name in changed],
-            initializer=[init for init in graph.initializer if init.name in reads | subgraph_reads(
-                [graph.node[i] for i in below])],
+            initializer=[init for init in graph.initializer if init.name in reads],
+            sparse_initializer=[s for s in graph.sparse_initializer if s.values.name in reads],
         )
         model = helper.make_model(part, opset_imports=opened.opset_import, ir_version=opened.ir_version)
         model.functions.extend(opened.functions)
