@@ -133,10 +133,14 @@ class _Declared:
                  if axis >= 0 and name in self.inputs and isinstance(self.inputs[name][axis], int)]
         return min(sizes) if sizes else None
 
-    def samples_first(self, name: str, value: np.ndarray, axes: dict[str, int]) -> np.ndarray:
+    def batch_dims(self, axes: dict[str, int]) -> set[int | str]:
+        """The declared dims of the inputs' sample axes (``axes`` from :meth:`sample_axis`)."""
+        return {self.inputs[n][a] for n, a in axes.items() if a >= 0 and n in self.inputs} - {None}
+
+    def samples_first(self, name: str, value: np.ndarray, batch: set[int | str]) -> np.ndarray:
         """Output ``name`` with its samples on the first axis: the axis declared with the same
-        symbolic dim as an input's sample axis, when that is not the first."""
-        batch = {self.inputs[n][a] for n, a in axes.items() if a >= 0 and n in self.inputs} - {None}
+        symbolic dim as an input's sample axis (``batch``: :meth:`batch_dims`), when that is not
+        the first."""
         dims = self.outputs.get(name)
         if not dims or value.ndim != len(dims) or dims[0] in batch:
             return value
@@ -242,7 +246,8 @@ def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None,
     if padded:
         feeds = {name: pad(value, fixed) for name, value in feeds.items()}
     outputs = _checked_run(sess, names, {name: _placed(value, axes[name]) for name, value in feeds.items()}, extra)
-    outputs = [declared.samples_first(name, value, axes) for name, value in zip(names, outputs)]
+    batch = declared.batch_dims(axes)
+    outputs = [declared.samples_first(name, value, batch) for name, value in zip(names, outputs)]
     if not padded:
         return dict(zip(names, outputs))
     return {name: real_rows(value, samples, fixed) for name, value in zip(names, outputs)}
