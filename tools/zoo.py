@@ -278,12 +278,24 @@ def samples_first(entry: dict, feed: dict[str, np.ndarray]) -> dict[str, np.ndar
     return {k: np.moveaxis(v, batch_axis(entry, k), 0) if batch_axis(entry, k) > 0 else v for k, v in feed.items()}
 
 
+def sample_count(entry: dict, feed: dict[str, np.ndarray]) -> int:
+    """Samples in a recipe's feed (model layout): the size of a batched input's batch axis."""
+    return next(v.shape[batch_axis(entry, k)] for k, v in feed.items() if batch_axis(entry, k) >= 0)
+
+
+def chunks(entry: dict, feed: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    """A recipe's feed (model layout) in consecutive chunks of ``size`` samples, each input
+    sliced on its batch axis (a scalar input given whole to each chunk)."""
+    n = sample_count(entry, feed)
+    return [{k: v if batch_axis(entry, k) < 0 else np.take(v, np.arange(start, min(start + size, n)),
+                                                           axis=batch_axis(entry, k))
+             for k, v in feed.items()}
+            for start in range(0, n, size)]
+
+
 def single_samples(entry: dict, feed: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """A recipe's feed (model layout) as one feed per sample, each sliced on its input's batch
-    axis (a scalar input given whole to each)."""
-    n = next(v.shape[batch_axis(entry, k)] for k, v in feed.items() if batch_axis(entry, k) >= 0)
-    return [{k: v if batch_axis(entry, k) < 0 else np.take(v, [i], axis=batch_axis(entry, k))
-             for k, v in feed.items()} for i in range(n)]
+    """A recipe's feed as one feed per sample (:func:`chunks` of 1)."""
+    return chunks(entry, feed, 1)
 
 
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64,
@@ -867,22 +879,16 @@ def session_options(threads: int = 2):
 def run_model(path_or_session, feed: dict[str, np.ndarray], entry: dict) -> list[np.ndarray]:
     """Run on CPU; a model whose batch dim is fixed (e.g. 1) is run chunk by chunk."""
     sess = path_or_session if hasattr(path_or_session, "run") else make_session(path_or_session)
-    n = next(v.shape[batch_axis(entry, k)] for k, v in feed.items() if batch_axis(entry, k) >= 0)
+    n = sample_count(entry, feed)
     b = _fixed_batch(sess, entry) or n
     if n % b:
         raise ZooError(f"{entry['name']}: {n} samples do not split into the fixed batch {b}")
-    chunks = []
-    for s in range(0, n, b):
-        part = {}
-        for k, v in feed.items():
-            ax = batch_axis(entry, k)
-            part[k] = v if ax < 0 else np.take(v, np.arange(s, s + b), axis=ax)
-        chunks.append(sess.run(None, part))
-    if len(chunks) == 1:
-        return chunks[0]
+    results = [sess.run(None, part) for part in chunks(entry, feed, b)]
+    if len(results) == 1:
+        return results[0]
     names = [o.name for o in sess.get_outputs()]
     axes = entry.get("output_batch_axis", {})
-    return [np.concatenate([c[i] for c in chunks], axis=int(axes.get(names[i], 0)))
+    return [np.concatenate([c[i] for c in results], axis=int(axes.get(names[i], 0)))
             for i in range(len(names))]
 
 
