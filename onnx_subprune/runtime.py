@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Iterator
@@ -43,6 +45,7 @@ def _cuda_works() -> tuple[bool, str]:
 
     if CUDA not in ort.get_available_providers():
         return False, "this onnxruntime build has no CUDA provider"
+    _preload_cuda_libraries(ort)
     probe = helper.make_model(
         helper.make_graph(
             [helper.make_node("Relu", ["x"], ["y"])], "probe",
@@ -60,6 +63,21 @@ def _cuda_works() -> tuple[bool, str]:
     finally:
         ort.set_default_logger_severity(4)
     return ok, "" if ok else "its libraries did not load"
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages when they are installed
+    (``pip install onnxruntime-gpu[cuda,cudnn]``, or beside a CUDA PyTorch), so the CUDA provider
+    finds them without LD_LIBRARY_PATH; quietly nothing where they are missing (onnxruntime's
+    helper prints its own warnings, which are not this tool's to show)."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        try:
+            preload()
+        except Exception:  # a library that fails to load is the probe's to report
+            pass
 
 
 def _options():

@@ -74,7 +74,23 @@ def machine_line() -> str:
             f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, Python {env['python']}, "
             f"numpy {env['numpy']}, onnxruntime {onnxruntime.__version__}; load average at the end "
             f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min: other jobs share the machine, "
-            "so timings are noisy).")
+            f"so timings are noisy).{gpu_note()}")
+
+
+def gpu_note() -> str:
+    """' GPU: <name>.' where nvidia-smi answers, else ''."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return ""
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    names = [n.strip() for n in names if n.strip()]
+    return f" GPU: {', '.join(names)}." if names else ""
 
 
 def command_line(section: str, args, flags: list[str]) -> str:
@@ -247,11 +263,14 @@ def resnet50_shaped(seed: int = 0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def forward_seconds(path: Path, feeds: dict, batch: int = 64) -> float:
-    """Median of 3 runs of every sample of ``feeds`` through the model at ``path`` (CPU)."""
+def forward_seconds(path: Path, feeds: dict, batch: int = 64, device: str = "cpu") -> float:
+    """Median of 3 runs of every sample of ``feeds`` through the model at ``path`` (onnxruntime on
+    ``device``: cpu or cuda, as the prune command's --device picks it; host copies included)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from onnx_subprune.runtime import choose_providers
+
+    session = ort.InferenceSession(str(path), providers=choose_providers(device)[0])
     name, data = next(iter(feeds.items()))
     times = []
     for _ in range(4):
@@ -262,21 +281,23 @@ def forward_seconds(path: Path, feeds: dict, batch: int = 64) -> float:
     return statistics.median(times[1:])
 
 
-def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp: Path) -> list[dict]:
-    """Prune the model at ``path`` with each method in a fresh child process (keep 0.5, CPU,
-    calibration ``feeds``): one row each, with the seconds of one forward pass of ``feeds``."""
+def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp: Path,
+             device: str = "cpu") -> list[dict]:
+    """Prune the model at ``path`` with each method in a fresh child process (keep 0.5, onnxruntime
+    on ``device``, calibration ``feeds``): one row each, with the seconds of one forward pass of
+    ``feeds`` on the same device."""
     calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
     np.savez(calib, **feeds)
-    forward = forward_seconds(path, feeds)
+    forward = forward_seconds(path, feeds, device=device)
     rows = []
     for method in methods:
         report = tmp / "report.json"
         command = cli_command() + ["prune", str(path), "-o", str(tmp / "out.onnx"), "--calib", str(calib),
-                                   "--keep", "0.5", "--method", method, "--device", "cpu", "--quiet",
+                                   "--keep", "0.5", "--method", method, "--device", device, "--quiet",
                                    "--report", str(report)]
-        print(f"[depth] {name} {method} ...", file=sys.stderr, flush=True)
-        measure = run_measured(command, tmp, f"{name.replace(' ', '_')}_{method}")
-        row = {"model": name, "depth": depth or "", "method": method, "forward_s": forward}
+        print(f"[depth] {name} {method} on {device} ...", file=sys.stderr, flush=True)
+        measure = run_measured(command, tmp, f"{name.replace(' ', '_')}_{method}_{device}")
+        row = {"model": name, "depth": depth or "", "method": method, "device": device, "forward_s": forward}
         if measure["returncode"] != 0:
             row["error"] = measure.get("stderr", "")[-300:]
         else:
@@ -308,46 +329,69 @@ def cmd_depth(args) -> int:
             data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
             with np.load(ARCH / f"{data}.npz") as archive:
                 cases.append((name, None, ARCH / f"{name}.onnx", {"input": archive["input"][:args.depth_samples]}))
-        for name, depth, path, feeds in cases:
-            rows += _measure(name, depth, path, feeds, DEPTH_METHODS, tmp)
         if args.resnet50_samples:
             path = tmp / "resnet50.onnx"
             onnx.save(resnet50_shaped(args.seed), path)
             for samples in args.resnet50_samples:
                 feeds = {"input": rng.standard_normal((samples, 3, 224, 224)).astype(np.float32)}
                 methods = args.resnet50_methods if samples == min(args.resnet50_samples) else ["asym"]
-                rows += _measure(f"resnet50-shaped x{samples}", None, path, feeds, methods, tmp)
+                cases.append((f"resnet50-shaped x{samples}", None, path, feeds, methods))
+        for name, depth, path, feeds, *methods in cases:
+            for device in args.devices:
+                rows += _measure(name, depth, path, feeds, methods[0] if methods else DEPTH_METHODS, tmp, device)
     failed = any(r["error"] for r in rows)
     total = time.perf_counter() - started
-    header = ["model", "groups", "method", "forward s", "prune s", "capture s", "select s", "prune / forward",
-              "peak RSS MiB"]
-    table = [[r["model"], str(r.get("groups", "")), r["method"], f"{r['forward_s']:.3f}"] + (
+    devices = args.devices
+    header = ["model", "groups", "method"] + (["device"] if devices != ["cpu"] else []) + [
+        "forward s", "prune s", "capture s", "select s", "prune / forward", "peak RSS MiB"]
+    table = [[r["model"], str(r.get("groups", "")), r["method"]] + ([r["device"]] if devices != ["cpu"] else [])
+             + [f"{r['forward_s']:.3f}"] + (
         [f"{r['prune_s']:.1f}", f"{r['capture_s']:.1f}", f"{r['select_s']:.1f}", f"{r['passes']:.0f}",
          f"{r['peak_rss_mib']:.0f}"] if not r["error"] else ["FAILED"] * 5) for r in rows]
     growth = []
-    for method in DEPTH_METHODS:
-        by_depth = {r["depth"]: r["prune_s"] for r in rows if r["depth"] and r["method"] == method and not r["error"]}
-        if 16 in by_depth and 64 in by_depth:
-            growth.append(f"{method} {by_depth[64] / by_depth[16]:.1f}x")
+    for device in devices:
+        for method in DEPTH_METHODS:
+            by_depth = {r["depth"]: r["prune_s"] for r in rows
+                        if r["depth"] and r["method"] == method and r["device"] == device and not r["error"]}
+            if 16 in by_depth and 64 in by_depth:
+                growth.append(f"{method}{'' if devices == ['cpu'] else ' on ' + device} {by_depth[64] / by_depth[16]:.1f}x")
+    section = "depth" if devices == ["cpu"] else "depth_" + "_".join(devices)
+    plot = f"speed_{section}.png"
     text = "\n".join([
-        "### Prune time vs depth",
+        "### Prune time vs depth" + ("" if devices == ["cpu"] else f" ({' vs '.join(devices)})"),
         "",
-        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--resnet50-samples', '--resnet50-methods'])}` (took {total:.0f} s).",
-        f"`onnx-subprune prune MODEL --keep 0.5 --method M --device cpu` in a fresh process on {args.depth_samples} "
+        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--resnet50-samples', '--resnet50-methods', '--devices'])}` (took {total:.0f} s).",
+        f"`onnx-subprune prune MODEL --keep 0.5 --method M --device D` in a fresh process on {args.depth_samples} "
         f"random inputs ({args.chain_channels}-channel 3x3 Conv+Relu chains on {args.chain_size}x{args.chain_size} inputs; the architectures: their shipped calibration inputs); prune s = the report's stage seconds; "
-        "forward s = one pass of the same inputs through the original, batch 64. Depth 64 / depth 16: "
+        "forward s = one pass of the same inputs through the original on the same device, batch 64. Depth 64 / depth 16: "
         + (", ".join(growth) or "not measured") + ".",
+        *([_device_ratios(rows, devices)] if len(devices) > 1 else []),
         machine_line(),
         "",
-        markdown_table(header, table, right={1, 3, 4, 5, 6, 7, 8}),
+        markdown_table(header, table, right=set(range(len(header))) - {0, 2} - ({3} if devices != ["cpu"] else set())),
         "",
-        "![prune seconds vs depth](../speed_depth.png)",
+        f"![prune seconds vs depth](../{plot})",
         "",
     ])
     args.out.mkdir(parents=True, exist_ok=True)
-    _plot_depth(rows, args.out.parent / "speed_depth.png")
-    publish("depth", args, text, rows)
+    _plot_depth(rows, args.out.parent / plot)
+    publish(section, args, text, rows)
     return 1 if failed else 0
+
+
+def _device_ratios(rows: list[dict], devices: list[str]) -> str:
+    """One line: for each (model, method) measured on every device, the prune seconds on each later
+    device divided by those on the first (same run, same inputs)."""
+    first, *others = devices
+    seconds = {(r["model"], r["method"], r["device"]): r["prune_s"] for r in rows if not r["error"]}
+    parts = []
+    for (model, method, device), value in seconds.items():
+        if device != first:
+            continue
+        ratios = [f"{seconds[model, method, other] / value:.2f}" for other in others if (model, method, other) in seconds]
+        if ratios:
+            parts.append(f"{model} {method} {'/'.join(ratios)}")
+    return f"Prune seconds on {'/'.join(others)} divided by those on {first}: " + (", ".join(parts) or "none measured") + "."
 
 
 def _plot_depth(rows: list[dict], path: Path) -> None:
@@ -360,10 +404,14 @@ def _plot_depth(rows: list[dict], path: Path) -> None:
         print("[depth] matplotlib is not installed: no plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method in DEPTH_METHODS:
-        points = sorted((r["depth"], r["prune_s"]) for r in rows if r["depth"] and r["method"] == method and not r["error"])
-        if points:
-            ax.plot(*zip(*points), marker="o", label=method)
+    devices = sorted({r["device"] for r in rows})
+    for device in devices:
+        for method in DEPTH_METHODS:
+            points = sorted((r["depth"], r["prune_s"]) for r in rows
+                            if r["depth"] and r["method"] == method and r["device"] == device and not r["error"])
+            if points:
+                ax.plot(*zip(*points), marker="o", linestyle="-" if device == "cpu" else "--",
+                        label=method if len(devices) == 1 else f"{method} ({device})")
     ax.set_xlabel("Conv layers (groups)")
     ax.set_ylabel("prune seconds")
     ax.set_xscale("log", base=2)
@@ -567,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-samples", type=int, default=128, help="latency: calibration images")
     parser.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64], help="depth: chain lengths")
     parser.add_argument("--depth-samples", type=int, default=32, help="depth: calibration inputs")
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
+                        help="depth: prune (and time the forward pass) on each of these onnxruntime devices; "
+                             "more than one: section depth_<devices>, with the ratio of their prune seconds")
     parser.add_argument("--resnet50-samples", type=int, nargs="*", default=[],
                         help="depth: also prune a ResNet-50-shaped model (224x224) on these numbers of random inputs")
     parser.add_argument("--resnet50-methods", nargs="+", default=["asym", "layer"],
