@@ -307,6 +307,7 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
                        capture_s=seconds.get("capture", 0.0), select_s=seconds.get("select", 0.0),
                        peak_rss_mib=measure["peak_rss_mib"], error="")
             row["passes"] = row["prune_s"] / forward
+        print(f"[depth] row {json.dumps(row)}", file=sys.stderr, flush=True)  # kept even if a later case is cut off
         rows.append(row)
     return rows
 
@@ -370,7 +371,7 @@ def cmd_depth(args) -> int:
         "",
         markdown_table(header, table, right=set(range(len(header))) - {0, 2} - ({3} if devices != ["cpu"] else set())),
         "",
-        f"![prune seconds vs depth](../{plot})",
+        f"![prune seconds vs depth]({plot})",
         "",
     ])
     args.out.mkdir(parents=True, exist_ok=True)
