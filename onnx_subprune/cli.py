@@ -430,7 +430,8 @@ def _prune_summary(report: dict, output: str) -> str:
         ]
         if target.get("compared"):
             errors = ", ".join(f"{name} {error:.4f}" for name, error in target["compared"].items())
-            lines.append(f"  allocation checked on the whole pruned model: output error {errors}; "
+            on = f" on {target['compared_on']}" if target.get("compared_on") else ""
+            lines.append(f"  allocation checked on the whole pruned model: output error {errors}{on}; "
                          f"the {target['allocation']} one is written")
     verified, mixed = report["verified_on"], mixed_scale(report["outputs"])
     lines += [

@@ -28,7 +28,8 @@ from .rewrite import channel_masks, rewrite
 from .choose import choose, current_positions, original_to_current, selection_threads
 from .sensitivity import Curve, measure_curves
 from .plans import Plan, group_fractions
-from .report import GroupReport, PlannedGroupReport, PlanReport, PruneReport, SensitivityReport, TargetReport
+from .report import (GroupReport, PlannedGroupReport, PlanReport, PruneReport, SensitivityReport, TargetReport,
+                     verified_text)
 from .shapes import check_pinned, keep_interface, open_dims_note, pin_shapes
 from .select import schedule_of
 from .types import Analysis, ChannelGroup, ConsumerUpdate, GroupPlan
@@ -138,13 +139,25 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     verified, verified_on = _verify_indices(run.split, config.verify_samples)
     verify_feeds = {name: array[verified] for name, array in feeds.items()}
     reference = predict(run.model, verify_feeds, run.providers, run.batch_size)
-    chosen = _pruned(run, budget, budget.counts, original, verify_feeds, reference)
-    compared, used = None, None
-    if budget.alternative is not None and budget.alternative.counts != budget.counts:
-        other = _pruned(run, budget, budget.alternative.counts, original, verify_feeds, reference)
+    compared, compared_on, used = None, None, None
+    alternative = budget.alternative
+    if alternative is None or alternative.counts == budget.counts:
+        chosen = _pruned(run, budget, budget.counts, original, verify_feeds, reference)
+    elif verified_on == "held-out" or not run.split.folds:
+        # both final models, compared on the verification samples
+        chosen = _pruned(run, budget, budget.counts, original, verify_feeds, reference)
+        other = _pruned(run, budget, alternative.counts, original, verify_feeds, reference)
         compared = {config.allocation: chosen.error, "uniform": other.error}
+        compared_on = verified_text({"samples": len(verified), "set": verified_on})
         if other.error < chosen.error:
-            chosen, allocation, used = other, budget.alternative, "uniform"
+            chosen, allocation, used = other, alternative, "uniform"
+    else:
+        # every sample is in the fit: compare models fitted without one fold, on that fold
+        errors, compared_on = _fold_check(run, budget, (budget.counts, alternative.counts), original)
+        compared = {config.allocation: errors[0], "uniform": errors[1]}
+        if errors[1] < errors[0]:
+            allocation, used = alternative, "uniform"
+        chosen = _pruned(run, budget, allocation.counts, original, verify_feeds, reference)
     counts, entries, pruned, outputs = chosen.counts, chosen.entries, chosen.model, chosen.outputs
     params = {"before": count_params(run.model), "after": count_params(pruned)}
     macs = {"before": budget.macs, "after": count_macs(pin_input_dims(pruned, feeds))}
@@ -168,7 +181,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         skipped=list(run.analysis.skipped),
         params=params,
         macs=macs,
-        target=_target_report(config, allocation, params, macs, predicted, compared, used),
+        target=_target_report(config, allocation, params, macs, predicted, compared, used, compared_on),
         outputs=outputs,
         output_error=chosen.error,
         verified_on={"samples": int(len(verified)), "set": verified_on},
@@ -192,11 +205,34 @@ class _Candidate:
     error: float
 
 
+def _fold_check(run: _Run, budget: "_Budget", candidates: Sequence[tuple[int, ...]],
+                original: onnx.ModelProto) -> tuple[list[float], str]:
+    """Output error of the model pruned to each of ``candidates`` (kept counts) when fitted on
+    the calibration samples outside the first cross-validation fold, measured on that fold's
+    original samples, which neither fit saw; and those samples in words. In-sample, a group
+    whose refit overfits few samples looks better than it is, and the allocation that leans on
+    it wins the comparison it then loses on deployment inputs. The seconds count as allocation."""
+    split = run.split
+    check, rest = split.folds[0], split.folds[1:]
+    fit = replace(split, calibration=np.sort(np.concatenate(rest)), holdout=split.holdout[:0],
+                  folds=rest if len(rest) >= 2 else ())
+    held = check if split.originals is None else check[check < split.originals]
+    feeds = {name: array[held] for name, array in run.feeds.items()}
+    reference = predict(run.model, feeds, run.providers, run.batch_size)
+    checking = replace(run, split=fit, timings={})
+    errors = [_pruned(checking, budget, counts, original, feeds, reference, initial=None).error
+              for counts in candidates]
+    run.timings["allocation"] = run.timings.get("allocation", 0.0) + sum(checking.timings.values())
+    return errors, f"{len(held)} held-out calibration samples (the fits of this check left them out)"
+
+
 def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onnx.ModelProto,
-            verify_feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> _Candidate:
-    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls)."""
+            verify_feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+            initial: list[GroupStats] | None | str = "budget") -> _Candidate:
+    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls);
+    ``initial``: the original model's statistics to start from (default: the budget's)."""
     spent = {key: run.timings.get(key, 0.0) for key in ("capture", "select", "rewrite", "verify")}
-    plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
+    plans, entries = _prune_groups(run, counts, budget.initial if initial == "budget" else initial, budget.given)
     clock = time.perf_counter()
     pruned = keep_interface(rewrite(run.model, plans), original)
     check_onnx(pruned)
@@ -388,9 +424,10 @@ def _add_budget(entry: GroupReport, size: SizeModel, counts: Sequence[int], inde
 
 def _target_report(config: PruneConfig, allocation: Allocation | None, params: dict, macs: dict,
                    predicted: tuple[int, int], compared: dict | None = None,
-                   used: str | None = None) -> TargetReport | None:
+                   used: str | None = None, compared_on: str | None = None) -> TargetReport | None:
     """The report's target section; ``compared``: the output error of the model pruned to each
-    candidate allocation, ``used``: the one written (default: the configured one)."""
+    candidate allocation, measured on ``compared_on``; ``used``: the one written (default: the
+    configured one)."""
     if not config.has_target:
         return None
     return TargetReport(
@@ -404,6 +441,7 @@ def _target_report(config: PruneConfig, allocation: Allocation | None, params: d
         tolerated_loss=None if allocation is None else allocation.tolerance,
         uniform_fraction=None if allocation is None else allocation.fraction,
         compared=compared,
+        compared_on=compared_on,
     )
 
 

@@ -101,7 +101,7 @@ class TargetReport(_Json):
     ``predicted``: the size model's params and MACs). ``allocation``: the allocation of the
     written model; ``compared``: allocation -> output error of the whole model pruned to it,
     when a measured allocation was checked against the uniform one (the lower error is
-    written; None otherwise)."""
+    written; None otherwise), measured on ``compared_on`` (samples, in words)."""
 
     params: float | None
     flops: float | None
@@ -113,6 +113,7 @@ class TargetReport(_Json):
     tolerated_loss: float | None
     uniform_fraction: float | None
     compared: dict | None = None
+    compared_on: str | None = None
 
 
 def verified_text(verified: dict) -> str:

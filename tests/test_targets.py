@@ -102,6 +102,37 @@ def test_measured_allocation_is_checked_against_uniform_on_the_whole_model(lenet
     assert report.target.allocation == "sensitivity" and report.target.compared is None and len(calls) == 1
 
 
+def test_allocation_check_with_few_samples_compares_fits_on_a_fold_they_left_out(lenet, monkeypatch):
+    """Below the holdout threshold every sample is in the fit, where a refit that overfits looks
+    good: both allocations are fitted without the first cross-validation fold and compared on it;
+    the one written is then fitted on every sample, as a plain prune at its counts would be."""
+    model, feeds = lenet
+    feeds = {name: array[:64] for name, array in feeds.items()}
+    config = PruneConfig(target_params=0.25, allocation="sensitivity", **CPU)
+    equal_loss = pipeline.allocate_equal_loss
+    monkeypatch.setattr(pipeline, "allocate_equal_loss", lambda size, grids, losses, limits: replace(
+        equal_loss(size, grids, losses, limits),
+        counts=(int(grids[0][0]),) + equal_loss(size, grids, losses, limits).counts[1:]))
+    splits = []
+    pruned = pipeline._pruned
+    monkeypatch.setattr(pipeline, "_pruned", lambda run, *a, **k: splits.append(run.split) or pruned(run, *a, **k))
+    result = prune(model, feeds, config)
+    target = result.report.target
+    fold = split_samples(64, "auto", config.seed).folds[0]
+    assert "held-out calibration samples" in target.compared_on and f"{len(fold)} " in target.compared_on
+    assert target.allocation == min(target.compared, key=target.compared.get)
+    assert len(splits) == 3
+    for checked in splits[:2]:  # fitted without the fold, which keeps its CV folds apart
+        assert not np.isin(fold, checked.calibration).any() and len(checked.calibration) == 64 - len(fold)
+        assert len(checked.folds) == 3 and len(checked.holdout) == 0
+    assert len(splits[2].calibration) == 64
+    counts = [g.k for g in result.report.groups]
+    direct = prune(model, feeds, PruneConfig(**CPU), counts=counts)
+    assert direct.report.output_error == pytest.approx(result.report.output_error, rel=1e-9)
+    for mine, theirs in zip(result.model.graph.initializer, direct.model.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(mine), onnx.numpy_helper.to_array(theirs))
+
+
 @pytest.mark.parametrize("name", ["gemm_gemm", "conv_flatten_gemm", "residual_se_block"])
 def test_builder_models_flops_target_met(name):
     model = getattr(builders, name)()
