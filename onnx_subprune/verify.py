@@ -186,8 +186,9 @@ def accuracy(output: np.ndarray, labels: np.ndarray) -> float:
 
 def latency_ms(model: onnx.ModelProto, feed: dict[str, np.ndarray], providers: list[str],
                repeats: int = 30) -> float:
-    """Median wall time of one run on ``feed`` in milliseconds (after 3 warm-up runs)."""
-    sess = session(model, providers)
+    """Median wall time of one run on ``feed`` in milliseconds (after 3 warm-up runs), with
+    onnxruntime's default thread settings."""
+    sess = session(model, providers, spin=True)
     for _ in range(3):
         run(sess, feed)
     times = []
