@@ -35,6 +35,15 @@ def test_cuda_fails_clearly_where_it_does_not_work():
             runtime.choose_providers("cuda")
 
 
+def test_prune_sessions_do_not_spin_but_latency_probes_keep_the_default():
+    """Worker threads spin-waiting after a run would take the cores from the statistics that
+    follow it; a latency probe measures onnxruntime as deployed (spinning, its default)."""
+    spinning = "session.intra_op.allow_spinning"
+    assert runtime._options().get_session_config_entry(spinning) == "0"
+    with pytest.raises(Exception):  # not set: onnxruntime's default
+        runtime._options(spin=True).get_session_config_entry(spinning)
+
+
 def test_unknown_device():
     with pytest.raises(SubpruneError, match="unknown device"):
         runtime.choose_providers("tpu")
