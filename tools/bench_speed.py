@@ -312,34 +312,41 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
     return rows
 
 
-def cmd_depth(args) -> int:
+def _depth_cases(args, tmp: Path):
+    """(name, depth or None, model path, calibration feeds, methods) of each depth case, made one
+    at a time: a child process's peak RSS (os.wait4) counts the parent's memory at the fork, so
+    the parent holds no other case's inputs (the 512-image ResNet's are 300 MB)."""
     import onnx
 
+    rng = np.random.default_rng(args.seed)
+    for depth in args.depths:
+        path = tmp / f"chain{depth}.onnx"
+        onnx.save(conv_chain(depth, args.chain_channels, args.chain_size, seed=args.seed), path)
+        yield f"chain {depth}", depth, path, {"input": rng.standard_normal(
+            (args.depth_samples, 3, args.chain_size, args.chain_size)).astype(np.float32)}, DEPTH_METHODS
+    for name in args.architectures:
+        data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
+        with np.load(ARCH / f"{data}.npz") as archive:
+            feeds = {"input": archive["input"][:args.depth_samples]}
+        yield name, None, ARCH / f"{name}.onnx", feeds, DEPTH_METHODS
+    if args.resnet50_samples:
+        path = tmp / "resnet50.onnx"
+        onnx.save(resnet50_shaped(args.seed), path)
+        for samples in args.resnet50_samples:
+            feeds = {"input": rng.standard_normal((samples, 3, 224, 224)).astype(np.float32)}
+            methods = args.resnet50_methods if samples == min(args.resnet50_samples) else ["asym"]
+            yield f"resnet50-shaped x{samples}", None, path, feeds, methods
+
+
+def cmd_depth(args) -> int:
     rows = []
     started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_depth_") as tmp:
         tmp = Path(tmp)
-        cases = []
-        for depth in args.depths:
-            path = tmp / f"chain{depth}.onnx"
-            onnx.save(conv_chain(depth, args.chain_channels, args.chain_size, seed=args.seed), path)
-            cases.append((f"chain {depth}", depth, path, {"input": rng.standard_normal(
-                (args.depth_samples, 3, args.chain_size, args.chain_size)).astype(np.float32)}))
-        for name in args.architectures:
-            data = "bert_calib" if name.startswith("bert") else "nhwc_calib" if name == "nhwc_cnn" else "digits_calib_small"
-            with np.load(ARCH / f"{data}.npz") as archive:
-                cases.append((name, None, ARCH / f"{name}.onnx", {"input": archive["input"][:args.depth_samples]}))
-        if args.resnet50_samples:
-            path = tmp / "resnet50.onnx"
-            onnx.save(resnet50_shaped(args.seed), path)
-            for samples in args.resnet50_samples:
-                feeds = {"input": rng.standard_normal((samples, 3, 224, 224)).astype(np.float32)}
-                methods = args.resnet50_methods if samples == min(args.resnet50_samples) else ["asym"]
-                cases.append((f"resnet50-shaped x{samples}", None, path, feeds, methods))
-        for name, depth, path, feeds, *methods in cases:
+        for name, depth, path, feeds, methods in _depth_cases(args, tmp):
             for device in args.devices:
-                rows += _measure(name, depth, path, feeds, methods[0] if methods else DEPTH_METHODS, tmp, device)
+                rows += _measure(name, depth, path, feeds, methods, tmp, device)
+            del feeds
     failed = any(r["error"] for r in rows)
     total = time.perf_counter() - started
     devices = args.devices

@@ -222,11 +222,15 @@ def quality(args) -> None:
 
 
 def _allocation_text(report) -> str:
-    """The allocation written, with the whole-model output errors it was chosen by."""
+    """The allocation written, with the whole-model output errors it was chosen by and where
+    they were measured (``fold``: fitted without a cross-validation fold, measured on it;
+    ``held-out``; ``in-sample``)."""
     target = report.target
     if target.compared is None:
         return target.allocation
-    return f"{target.allocation} (" + ", ".join(f"{k} {v:.3g}" for k, v in target.compared.items()) + ")"
+    on = target.compared_on or ""
+    where = "fold" if "fits of this check" in on else "held-out" if "held-out" in on else "in-sample"
+    return f"{target.allocation} ({where}: " + ", ".join(f"{k} {v:.3g}" for k, v in target.compared.items()) + ")"
 
 
 def _peer_row(entry, path, model, calib, evaluation, budget, base, target, tmp, args) -> dict:
@@ -379,8 +383,11 @@ def _quality_tables(rows: list[dict]) -> list[str]:
     lines = [
         "Reproduce: `python tools/zoo.py fetch && python tools/bench_zoo.py quality && python tools/bench_zoo.py report`.",
         "Ours: asym with the default sensitivity allocation, which is checked against the uniform one on the whole",
-        "pruned model (column `allocation`: the one written, with the output error of each; `sensitivity, unchecked`:",
-        "rows measured before that check); `calib` in-domain calibration inputs of the model's recipe. onnxsim 0.8.1:",
+        "pruned model (column `allocation`: the one written, with the output error of each, measured on `fold`: the",
+        "calibration samples of one cross-validation fold, by models fitted without them (below 128 samples),",
+        "`held-out`: held-out calibration samples, or, in rows without that word, measured before the fold check: on",
+        "held-out samples from 128 samples up, else in-sample; `sensitivity, unchecked`: rows measured before any",
+        "check); `calib` in-domain calibration inputs of the model's recipe. onnxsim 0.8.1:",
         "the best of L2, Wanda and Wanda + ridge refit at the params ours reached. Metric: the zoo's task metric of the",
         "pruned model against the original on held-out in-domain inputs (CER: lower is better, original's own CER in",
         "brackets); error: relative output error, channel-balanced for outputs whose channels differ in scale by 100x",
