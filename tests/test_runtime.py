@@ -44,6 +44,22 @@ def test_prune_sessions_do_not_spin_but_latency_probes_keep_the_default():
         runtime._options(spin=True).get_session_config_entry(spinning)
 
 
+def test_cuda_libraries_are_preloaded_quietly(capsys):
+    """onnxruntime's preload of the nvidia-* pip packages prints its own warnings and may raise:
+    neither reaches the user (the CUDA probe that follows says what is usable)."""
+    calls = []
+
+    def noisy():
+        calls.append(1)
+        print("Failed to load libcublas.so.13")
+        raise RuntimeError("no such directory")
+
+    runtime._preload_cuda_libraries(type("Ort", (), {"preload_dlls": staticmethod(noisy)}))
+    runtime._preload_cuda_libraries(object())  # an onnxruntime without preload_dlls
+    assert calls == [1]
+    assert capsys.readouterr() == ("", "")
+
+
 def test_unknown_device():
     with pytest.raises(SubpruneError, match="unknown device"):
         runtime.choose_providers("tpu")
