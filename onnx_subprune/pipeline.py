@@ -220,19 +220,17 @@ def _fold_check(run: _Run, budget: "_Budget", candidates: Sequence[tuple[int, ..
     feeds = {name: array[held] for name, array in run.feeds.items()}
     reference = predict(run.model, feeds, run.providers, run.batch_size)
     checking = replace(run, split=fit, timings={})
-    errors = [_pruned(checking, budget, counts, original, feeds, reference, initial=None).error
-              for counts in candidates]
+    unmeasured = replace(budget, initial=None)  # the budget's statistics include the fold: captured again
+    errors = [_pruned(checking, unmeasured, counts, original, feeds, reference).error for counts in candidates]
     run.timings["allocation"] = run.timings.get("allocation", 0.0) + sum(checking.timings.values())
     return errors, f"{len(held)} held-out calibration samples (the fits of this check left them out)"
 
 
 def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onnx.ModelProto,
-            verify_feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-            initial: list[GroupStats] | None | str = "budget") -> _Candidate:
-    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls);
-    ``initial``: the original model's statistics to start from (default: the budget's)."""
+            verify_feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> _Candidate:
+    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls)."""
     spent = {key: run.timings.get(key, 0.0) for key in ("capture", "select", "rewrite", "verify")}
-    plans, entries = _prune_groups(run, counts, budget.initial if initial == "budget" else initial, budget.given)
+    plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
     clock = time.perf_counter()
     pruned = keep_interface(rewrite(run.model, plans), original)
     check_onnx(pruned)
