@@ -350,9 +350,10 @@ def cmd_depth(args) -> int:
     failed = any(r["error"] for r in rows)
     total = time.perf_counter() - started
     devices = args.devices
-    header = ["model", "groups", "method"] + (["device"] if devices != ["cpu"] else []) + [
+    beyond_cpu = devices != ["cpu"]  # a device column, and the section and plot named after the devices
+    header = ["model", "groups", "method"] + (["device"] if beyond_cpu else []) + [
         "forward s", "prune s", "capture s", "select s", "prune / forward", "peak RSS MiB"]
-    table = [[r["model"], str(r.get("groups", "")), r["method"]] + ([r["device"]] if devices != ["cpu"] else [])
+    table = [[r["model"], str(r.get("groups", "")), r["method"]] + ([r["device"]] if beyond_cpu else [])
              + [f"{r['forward_s']:.3f}"] + (
         [f"{r['prune_s']:.1f}", f"{r['capture_s']:.1f}", f"{r['select_s']:.1f}", f"{r['passes']:.0f}",
          f"{r['peak_rss_mib']:.0f}"] if not r["error"] else ["FAILED"] * 5) for r in rows]
@@ -362,11 +363,11 @@ def cmd_depth(args) -> int:
             by_depth = {r["depth"]: r["prune_s"] for r in rows
                         if r["depth"] and r["method"] == method and r["device"] == device and not r["error"]}
             if 16 in by_depth and 64 in by_depth:
-                growth.append(f"{method}{'' if devices == ['cpu'] else ' on ' + device} {by_depth[64] / by_depth[16]:.1f}x")
-    section = "depth" if devices == ["cpu"] else "depth_" + "_".join(devices)
+                growth.append(f"{method}{' on ' + device if beyond_cpu else ''} {by_depth[64] / by_depth[16]:.1f}x")
+    section = "depth_" + "_".join(devices) if beyond_cpu else "depth"
     plot = f"speed_{section}.png"
     text = "\n".join([
-        "### Prune time vs depth" + ("" if devices == ["cpu"] else f" ({' vs '.join(devices)})"),
+        "### Prune time vs depth" + (f" ({' vs '.join(devices)})" if beyond_cpu else ""),
         "",
         f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--resnet50-samples', '--resnet50-methods', '--devices'])}` (took {total:.0f} s).",
         f"`onnx-subprune prune MODEL --keep 0.5 --method M --device D` in a fresh process on {args.depth_samples} "
@@ -376,7 +377,7 @@ def cmd_depth(args) -> int:
         *([_device_ratios(rows, devices)] if len(devices) > 1 else []),
         machine_line(),
         "",
-        markdown_table(header, table, right=set(range(len(header))) - {0, 2} - ({3} if devices != ["cpu"] else set())),
+        markdown_table(header, table, right=set(range(len(header))) - {0, 2} - ({3} if beyond_cpu else set())),
         "",
         f"![prune seconds vs depth]({plot})",
         "",
