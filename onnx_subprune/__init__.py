@@ -66,12 +66,14 @@ def prune(model: str, output: str, calib: Any, config: Any = None, *, report: st
     return prune_file(model, output, calib, _config(config, options), report, progress, log, plan=_plan(plan))
 
 
-def analyze(model: str, include: Any = (), exclude: Any = (), input_shapes: Any = ()) -> Any:
+def analyze(model: str, include: Any = (), exclude: Any = (), input_shapes: Any = (),
+            select_inputs: str = "auto") -> Any:
     """The channel groups of the ONNX file ``model``, the layers skipped with their reason, and
-    params/MACs (:class:`report.AnalysisReport`; ``.to_json()`` for a dict)."""
+    params/MACs (:class:`report.AnalysisReport`; ``.to_json()`` for a dict); ``select_inputs``
+    as for ``prune`` (:class:`config.PruneConfig`)."""
     from .api import analyze_file
 
-    return analyze_file(model, tuple(include), tuple(exclude), tuple(input_shapes))
+    return analyze_file(model, tuple(include), tuple(exclude), tuple(input_shapes), select_inputs)
 
 
 def evaluate(original: str, pruned: str, data: str, labels: str | None = None, device: str = "auto",

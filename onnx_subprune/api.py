@@ -13,7 +13,7 @@ import numpy as np
 from . import runtime
 from .analyze import analyze, coverage
 from .calibrate import Progress
-from .config import PruneConfig
+from .config import SELECT_INPUTS, PruneConfig
 from .data import check_inputs, check_labels, check_split, load_arrays, model_inputs
 from .errors import SubpruneError, quote
 from .files import Outputs, write_atomic
@@ -31,21 +31,27 @@ from .verify import accuracy, fidelity, interface_differences, is_classifier, la
 
 
 def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                 input_shapes: InputShapes = (), log: Log | None = None) -> AnalysisReport:
+                 input_shapes: InputShapes = (), select_inputs: str = "auto", log: Log | None = None) -> AnalysisReport:
     """The channel groups and skipped producers of a model file, and the share of its float
     params the groups reach; MACs with ``input_shapes`` pinned (a warning through ``log`` when
-    symbolic dims are left open)."""
+    symbolic dims are left open). Input selections are listed as ``prune`` uses them without
+    a target (``select_inputs`` "always", or "auto" and no channel group); ``selectable``
+    counts those left out."""
+    if select_inputs not in SELECT_INPUTS:
+        raise SubpruneError(f"select_inputs {select_inputs!r} is unknown (choose from {', '.join(SELECT_INPUTS)})")
     model = prepare(pin_shapes(load_model(model_path), input_shapes))
-    result = analyze(model, include, exclude)
+    plain = analyze(model, include, exclude)
+    wider = analyze(model, include, exclude, select_inputs=True) if select_inputs != "never" else plain
+    result = wider if select_inputs == "always" or not plain.groups else plain
     groups = [
-        GroupSummary(group=g.name, producer=g.producers[0].node, producers=[p.node for p in g.producers],
+        GroupSummary(group=g.name, producer=g.lead, producers=[p.node for p in g.producers],
                      consumers=[c.node for c in g.consumers], channels=g.channels,
                      through=[p.op for p in g.passthrough])
         for g in result.groups
     ]
     return AnalysisReport(model=str(model_path), groups=groups, skipped=list(result.skipped),
                           coverage=coverage(model, result), params=count_params(model),
-                          macs=_macs(model, log))
+                          macs=_macs(model, log), selectable=len(wider.groups) - len(result.groups))
 
 
 def _macs(model, log: Log | None) -> int:

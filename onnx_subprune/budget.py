@@ -368,11 +368,15 @@ def _unreachable(size: SizeModel, limits: Limits, smallest: np.ndarray) -> Subpr
         f"fraction) still leaves {' and '.join(parts)}; lower the minimum kept fraction or raise the target")
 
 
+def reachable(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits) -> bool:
+    """The fewest allowed channels everywhere meet the target."""
+    return limits.fits(size.totals(np.array([values[0] for values in grids])))
+
+
 def check_reachable(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits) -> None:
     """:class:`SubpruneError` when even the fewest allowed channels everywhere miss the target."""
-    smallest = np.array([values[0] for values in grids])
-    if not limits.fits(size.totals(smallest)):
-        raise _unreachable(size, limits, smallest)
+    if not reachable(size, grids, limits):
+        raise _unreachable(size, limits, np.array([values[0] for values in grids]))
 
 
 def _fill(size: SizeModel, grids: Sequence[np.ndarray], limits: Limits, counts: np.ndarray,

@@ -16,7 +16,7 @@ import click
 
 from . import api, sources
 from .calibrate import AUTO_HOLDOUT, CV_BELOW, CV_FOLDS
-from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, PruneConfig
+from .config import ALLOCATIONS, DEFAULT_MIN_KEEP, SELECT_INPUTS, PruneConfig
 from .errors import ConfigError, SubpruneError, one_line
 from .pipeline import MIN_HELD_OUT
 from .plans import parse_group_keep, read_plan
@@ -143,7 +143,12 @@ def _user_errors(func):
 
 
 def _group_filters(command):
-    """--include / --exclude: node-name globs choosing the groups (repeatable)."""
+    """--include / --exclude: node-name globs choosing the groups (repeatable); --select-inputs."""
+    command = click.option("--select-inputs", default=DEFAULTS.select_inputs, show_default=True,
+                           type=click.Choice(SELECT_INPUTS),
+                           help="Also prune the input channels of layers that no channel group reaches (a LayerNorm's, "
+                                "an LSTM's or a residual sum's readers): a Gather in front of the layer picks the kept "
+                                "ones. auto: only when the groups alone cannot reach the target, or there are none.")(command)
     command = click.option("--exclude", multiple=True, metavar="PATTERN",
                            help="Never prune a group whose producers or consumers match this node-name glob (repeatable).")(command)
     return click.option("--include", multiple=True, metavar="PATTERN",
@@ -294,26 +299,29 @@ def main() -> None:
 @_input_shapes
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_user_errors
-def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], input_shapes: tuple,
-                as_json: bool) -> None:
+def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], select_inputs: str,
+                input_shapes: tuple, as_json: bool) -> None:
     """List the prunable channel groups of MODEL and every skipped layer with its reason.
 
     \b
     Example:
       onnx-subprune analyze models/lenet5.onnx
     """
-    result = api.analyze_file(model, include, exclude, input_shapes, log=_note).to_json()
+    result = api.analyze_file(model, include, exclude, input_shapes, select_inputs, log=_note).to_json()
     reach = result["coverage"]
     lines = [f"{len(result['groups'])} prunable groups ({reach['channels']:,} channels), {len(result['skipped'])} skipped; "
              f"the groups reach {reach['params_in_groups']:,} of {result['params']:,} float params "
              f"({reach['fraction']:.1%}), {result['macs']:,} MACs"]
     for group in result["groups"]:
-        through = " -> ".join(group["through"]) or "direct"
+        through = " -> ".join(group["through"]) or ("direct" if group["producers"] else "a Gather (input selection)")
         tied = f" + {', '.join(group['producers'][1:])}" if len(group["producers"]) > 1 else ""
         lines.append(f"  {group['group']}{tied} [{group['channels']} ch] -> "
                      f"{', '.join(group['consumers'])}  via {through}")
     for skip in result["skipped"]:
         lines.append(f"  skipped {skip['node']} ({skip['op']}): {skip['reason']}")
+    if result["selectable"]:
+        lines.append(f"  and {result['selectable']} input selections, not listed: prune uses them when the groups "
+                     f"cannot reach a target (--select-inputs always lists them)")
     _emit(result, as_json, "\n".join(lines))
 
 
@@ -362,7 +370,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @_user_errors
 def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
               method, no_refit, no_bias_compensation, ridge, shrink, holdout, augment, max_error, device, batch_size,
-              cache_memory, seed, include, exclude, report_path, external_data, as_json, quiet, input_shapes, plan_path,
+              cache_memory, seed, include, exclude, select_inputs, report_path, external_data, as_json, quiet, input_shapes, plan_path,
               group_keep, dry_run) -> None:
     """Prune MODEL with calibration data and write the smaller model to OUTPUT.
 
@@ -393,7 +401,7 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
                          seed=seed, device=device,
                          target_params=target_params, target_flops=target_flops, allocation=allocation or "sensitivity",
                          min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
-                         max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
+                         select_inputs=select_inputs, max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
     plan = read_plan(plan_path) if plan_path is not None else None
     if output is None and not dry_run:
         raise click.UsageError("Missing option '-o' / '--output' (or give --dry-run).")
@@ -502,7 +510,7 @@ def _group_table(groups: list[dict]) -> str:
 @_input_shapes
 @_user_errors
 def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_compensation, ridge,
-                    holdout, device, batch_size, seed, plot_path, include, exclude, as_json, quiet,
+                    holdout, device, batch_size, seed, plot_path, include, exclude, select_inputs, as_json, quiet,
                     input_shapes) -> None:
     """Per-group sensitivity of MODEL: output error with one group pruned vs its kept fraction.
 
@@ -518,7 +526,7 @@ def sensitivity_cmd(model, calib, method, min_keep, samples, no_refit, no_bias_c
     config = PruneConfig(method=method, refit=not no_refit, bias_compensation=not no_bias_compensation,
                          ridge=ridge, holdout=holdout, batch_size=batch_size, seed=seed, device=device,
                          min_keep=min_keep, sensitivity_samples=samples, include=include, exclude=exclude,
-                         input_shapes=input_shapes)
+                         select_inputs=select_inputs, input_shapes=input_shapes)
     with _Progress(not quiet) as bar:
         result = api.sensitivity_file(model, calib, config, plot_path, progress=bar, log=_note).to_json()
     _emit(result, as_json, _sensitivity_table(result))

@@ -12,6 +12,8 @@ from .augment import check_augmentations
 from .select.shrink import SHRINK
 
 ALLOCATIONS = ("sensitivity", "uniform", "marginal")
+SELECT_INPUTS = ("auto", "always", "never")
+"""When layers that no channel group reaches get their inputs selected (see ``select_inputs``)."""
 DEFAULT_MIN_KEEP = 1 / 16
 """Floor of a group's kept fraction under a target (see :meth:`PruneConfig.min_count`)."""
 DEFAULT_ROUND_TO = 8
@@ -67,6 +69,11 @@ class PruneConfig:
     round_to: kept counts are multiples of this in groups with at least that many channels
         (a group may also keep all its channels); None: 8 under a target for groups of at
         least 32 channels, else 1.
+    select_inputs: auto | always | never: also prune the input channels of layers that no
+        channel group reaches (an input selection: a Gather in front of the layer picks the kept
+        ones, the tensor before it stays whole; see :func:`analyze.input_selections`). auto:
+        only when the channel groups alone cannot reach the target, or there are none. A
+        selection shrinks one layer and adds a copy of its input, so channel groups come first.
     include / exclude: node-name globs choosing the groups to prune (see ``analyze``).
     input_shapes: (input name, dims) pairs pinning symbolic input dims for analysis, MACs,
         targets and the calibration check (:func:`shapes.pin_shapes`); the written model keeps
@@ -99,6 +106,7 @@ class PruneConfig:
     round_to: int | None = None
     sensitivity_points: tuple[float, ...] = (1 / 8, 1 / 4, 1 / 2, 3 / 4)
     sensitivity_samples: int = 256
+    select_inputs: str = "auto"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
@@ -112,6 +120,8 @@ class PruneConfig:
                 raise ConfigError(name, f"must be in (0, 1], got {value}")
         if self.allocation not in ALLOCATIONS:
             raise ConfigError("allocation", f"{self.allocation!r} is unknown (choose from {', '.join(ALLOCATIONS)})")
+        if self.select_inputs not in SELECT_INPUTS:
+            raise ConfigError("select_inputs", f"{self.select_inputs!r} is unknown (choose from {', '.join(SELECT_INPUTS)})")
         if self.min_keep is not None and not (math.isfinite(self.min_keep) and 0 < self.min_keep <= 1):
             raise ConfigError("min_keep", f"must be in (0, 1], got {self.min_keep}")
         if self.round_to is not None and self.round_to < 1:

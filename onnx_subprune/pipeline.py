@@ -16,6 +16,7 @@ from .calibrate import (AUTO_HOLDOUT, GroupStats, Progress, Split, capture_stats
                         split_samples)
 from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
+    reachable,
 )
 from .config import PruneConfig
 from .data import share_scalars
@@ -82,12 +83,25 @@ class _Run:
 
 def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis]:
     """The model with every node named and constant layout ops folded, and its channel groups
-    (at least one)."""
+    (at least one): with input selections when ``config.select_inputs`` is "always", or "auto"
+    and there is no channel group."""
     model = prepare(model)
-    analysis = analyze(model, config.include, config.exclude)
+    analysis = analyze(model, config.include, config.exclude, select_inputs=config.select_inputs == "always")
+    if not analysis.groups and config.select_inputs == "auto":
+        analysis = analyze(model, config.include, config.exclude, select_inputs=True)
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
     return model, analysis
+
+
+def _grids(groups: Sequence[ChannelGroup], config: PruneConfig) -> list[np.ndarray]:
+    """The counts each group may keep under a target; one count where ``config.group_keep``
+    fixes the group's fraction."""
+    grids = [grid(g.channels, config.min_count(g.channels), config.count_step(g.channels)) for g in groups]
+    for index, fraction in enumerate(group_fractions(config.group_keep, groups)):
+        if fraction is not None:
+            grids[index] = np.array([config.kept_count(groups[index].channels, fraction)])
+    return grids
 
 
 def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarray], config: PruneConfig,
@@ -275,13 +289,28 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
     if feeds is not None:
         check_pinned(feeds, config.input_shapes, "calibration data")
     model, analysis = _analyzed(model, config)
-    groups = analysis.groups
     pinned = pin_input_dims(model, feeds) if feeds is not None else model
-    size = SizeModel(pinned, groups, refit=config.refit, bias_compensation=config.bias_compensation)
+
+    def sized(groups):
+        size = SizeModel(pinned, groups, refit=config.refit, bias_compensation=config.bias_compensation)
+        return size, _grids(groups, config), Limits.from_ratios(size, config.target_params, config.target_flops)
+
+    size, grids, limits = sized(analysis.groups)
+    allocating = counts is None and plan is None and config.has_target
+    if config.select_inputs == "auto" and not any(g.selects_input for g in analysis.groups) and (
+            (allocating and not reachable(size, grids, limits)) or
+            (plan is not None and len(plan.groups) > len(analysis.groups))):  # a plan with input selections
+        wider = analyze(model, config.include, config.exclude, select_inputs=True)
+        if len(wider.groups) > len(analysis.groups):
+            if log and allocating:
+                log(f"the channel groups alone cannot reach the target: also selecting the inputs of "
+                    f"{len(wider.groups) - len(analysis.groups)} tensors that layers read and no group prunes")
+            analysis = wider
+            size, grids, limits = sized(analysis.groups)
+    groups = analysis.groups
     macs, open_layers = count_macs_open(pinned)
     if open_layers and log:
         log(open_dims_note(open_layers))
-    grids = [grid(g.channels, config.min_count(g.channels), config.count_step(g.channels)) for g in groups]
     by_keep = counts is None and plan is None and not config.has_target
     given: list[tuple[int, ...] | None] = [None] * len(groups)
     if plan is not None:
@@ -295,9 +324,6 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
             given[index] = None
             if counts is not None:
                 counts[index] = config.kept_count(groups[index].channels, fraction)
-            else:
-                grids[index] = np.array([config.kept_count(groups[index].channels, fraction)])
-    limits = Limits.from_ratios(size, config.target_params, config.target_flops)
     if counts is None:
         check_reachable(size, grids, limits)  # before any work
     measured = counts is None and config.allocation != "uniform"
@@ -336,7 +362,7 @@ def dry_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
         params, macs = size.group_totals(counts, index)
         curve = budget.curves[index] if budget.curves else None
         entries.append(PlannedGroupReport(
-            group=group.name, producer=group.producers[0].node, producers=[p.node for p in group.producers],
+            group=group.name, producer=group.lead, producers=[p.node for p in group.producers],
             consumers=[c.node for c in group.consumers], channels=group.channels, k=counts[index],
             fraction=counts[index] / group.channels, params=params, macs=macs,
             predicted_loss=None if curve is None else curve.loss(counts[index]),
@@ -494,7 +520,7 @@ def _capture_step(run: _Run, groups: Sequence[ChannelGroup], index: int, plans: 
     (asym, once a group is pruned) A from the original, each computed from its frontier."""
     group = groups[index]
     names = tuple(c.input for c in group.consumers)
-    changing = [p.node for later in groups[index:] for p in later.producers]
+    changing = [node for later in groups[index:] for node in later.changes]
     later = [c.input for later in groups[index + 1:] for c in later.consumers]
     pruned_side.step(run.model, names, changing, later, plans)
     reference = None
@@ -538,7 +564,7 @@ def _select(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     kept = tuple(int(i) for i in chosen.kept)
     entry = GroupReport(
         group=group.name,
-        producer=group.producers[0].node,
+        producer=group.lead,
         producers=[p.node for p in group.producers],
         consumers=[c.node for c in group.consumers],
         channels=group.channels,

@@ -57,7 +57,9 @@ class GroupReport(_Json):
 
     ``explained`` / ``explained_holdout``: 1 - residual / ||Y||^2 on the calibration / held-out
     statistics (``fixed``) or cross-validated over folds of the calibration statistics
-    (``cv-K``), as the run's ``samples["holdout_kind"]`` says; None with ``none``. ``rows`` /
+    (``cv-K``), as the run's ``samples["holdout_kind"]`` says; None with ``none``. ``producer``:
+    the first producer; an input selection (``producers`` empty, the name ending in ":input")
+    is named after its first consumer. ``rows`` /
     ``columns``: least-squares rows and (largest) columns. ``inactive``: channels that barely
     vary on the calibration data. Size fields: ``k`` kept of ``channels``
     (``fraction``), params and MACs of the tensors and layers whose size depends on the group;
@@ -252,7 +254,8 @@ class GroupSummary(_Json):
 @dataclass
 class AnalysisReport(_Json):
     """What ``analyze`` finds in a model: groups, skipped producers with reasons, the share of
-    float params the groups reach (``coverage``), the model's params and MACs."""
+    float params the groups reach (``coverage``), the model's params and MACs, and how many
+    input selections are possible but not listed (``selectable``)."""
 
     model: str
     groups: list[GroupSummary]
@@ -260,6 +263,7 @@ class AnalysisReport(_Json):
     coverage: dict
     params: int
     macs: int
+    selectable: int = 0
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Apply pruning plans to a model with onnx-graphsurgeon.
 
 For every group: consumers get their re-fitted weights and bias shifts (or their kept input
-rows), then producers and per-channel parameters of pass-through ops are sliced to the kept
-channels, and the channel counts ops hold in attributes or shape inputs (Reshape, grouped Conv,
+rows), an input selection's consumers read a Gather of the kept channels, then producers and
+per-channel parameters of pass-through ops are sliced to the kept channels, and the channel counts ops hold in attributes or shape inputs (Reshape, grouped Conv,
 Split, Slice) are renumbered. Consumer updates come first, so a node that is the consumer of one
 group and the producer of the next receives both.
 """
@@ -61,6 +61,8 @@ def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan], partial: bool = 
             _update_consumer(graph, nodes, consumer, update, masks[consumer.input], added_bias)
     sliced: set[str] = set()
     for plan in plans:
+        if plan.group.selects_input:
+            _select_input(graph, nodes, plan, masks, here)
         for producer in plan.group.producers:
             if producer.node not in sliced and here(producer.node):
                 sliced.add(producer.node)
@@ -144,6 +146,25 @@ def _slice_producer(graph, node: gs.Node, producer: Producer, mask: np.ndarray,
         _slice_last(graph, node, index, rows, len(mask) * block)
     if producer.node in added_bias:
         _slice_last(graph, added_bias[producer.node], 1, rows, len(mask) * block)
+
+
+def _select_input(graph: gs.Graph, nodes: dict[str, gs.Node], plan: GroupPlan, masks: dict[str, np.ndarray],
+                  here) -> None:
+    """Feed an input selection's consumers (those ``here``) a Gather of the kept channels of
+    its tensor, which its other readers keep reading whole. Nothing where all are kept."""
+    name, layout = plan.group.tensors[0]
+    mask = masks[name]
+    readers = [nodes[c.node] for c in plan.group.consumers if here(c.node)]
+    if mask.all() or not readers:
+        return
+    tensor = readers[0].inputs[0]
+    axis = layout.axis if layout.rank is None else layout.rank + layout.axis
+    kept = gs.Variable(f"{plan.group.name}/kept", dtype=tensor.dtype)
+    indices = gs.Constant(f"{plan.group.name}/kept_channels", np.flatnonzero(mask).astype(np.int64))
+    graph.nodes.append(gs.Node("Gather", f"{plan.group.name}/select", attrs={"axis": axis},
+                               inputs=[tensor, indices], outputs=[kept]))
+    for node in readers:
+        node.inputs[0] = kept
 
 
 def _slice_passthrough(graph, node: gs.Node, passthrough: PassThrough, masks: dict[str, np.ndarray]) -> None:

@@ -160,6 +160,11 @@ class ChannelGroup:
     ``tensors``: every tensor carrying the group's channels, with their layout. ``channels``
     counts the units that are kept or removed: one per channel, except in a group that passes a
     grouped Conv, where a unit is the ``block`` consecutive channels of its layouts.
+
+    A group without producers is an *input selection*: its one tensor is computed by something
+    that cannot be pruned (a LayerNorm, an LSTM, a residual sum); the rewrite puts a Gather of
+    the kept channels between it and the consumers, whose input rows shrink, and leaves the
+    tensor whole for its other readers (see :func:`analyze.input_selections`).
     """
 
     name: str
@@ -168,6 +173,23 @@ class ChannelGroup:
     consumers: tuple[Consumer, ...]
     passthrough: tuple[PassThrough, ...] = ()
     tensors: tuple[tuple[str, Layout], ...] = ()
+
+    @property
+    def selects_input(self) -> bool:
+        """An input selection: no producer is pruned, a Gather picks the consumers' inputs."""
+        return not self.producers
+
+    @property
+    def lead(self) -> str:
+        """The node a report names the group by: its first producer (first consumer for an
+        input selection)."""
+        return self.producers[0].node if self.producers else self.consumers[0].node
+
+    @property
+    def changes(self) -> tuple[str, ...]:
+        """The nodes whose outputs pruning the group changes first (everything downstream of
+        them changes too): its producers, or an input selection's consumers."""
+        return tuple(p.node for p in self.producers) if self.producers else tuple(c.node for c in self.consumers)
 
 
 @dataclass(frozen=True)

@@ -428,3 +428,29 @@ def two_inputs() -> onnx.ModelProto:
         y = Gemm <transB = 1> (r, w2, b2)
     }"""
     return build(text, {"w1": (6, 4), "b1": (6,), "w2": (3, 6), "b2": (3,)})
+
+
+def unprunable_inputs() -> onnx.ModelProto:
+    """Layers whose input no channel group reaches: a Conv reading a product of the graph input,
+    and two MatMuls sharing a LayerNorm's output (the MatMul before the LayerNorm cannot be
+    pruned through it); their outputs are graph outputs. One small group, g, is prunable."""
+    text = header("float[N,8,6,6] x, float[N,5,16] t", "float[N,4,6,6] y, float[N,5,160] z, float[N,5,4] u") + """ {
+        p = Mul (x, x)
+        y = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (p, wc, bc)
+        a = MatMul (t, w0)
+        b = LayerNormalization <axis = -1> (a, s, o)
+        c = MatMul (b, w1)
+        d = MatMul (b, w2)
+        z = Add (c, d)
+        g = MatMul (t, w4)
+        h = Relu (g)
+        u = MatMul (h, w5)
+    }"""
+    rng = np.random.default_rng(2)
+    model = build(text, {
+        "wc": (4, 8, 3, 3), "bc": (4,), "w0": (16, 32), "s": rng.uniform(0.5, 1.5, 32).astype(np.float32),
+        "o": (32,), "w1": (32, 160), "w2": (32, 160), "w4": (16, 8), "w5": (8, 4),
+    })
+    for node in model.graph.node:  # named after their outputs
+        node.name = node.output[0]
+    return model

@@ -1,6 +1,7 @@
 """seq / asym capture from cached frontier tensors (onnx_subprune/frontier.py) gives the statistics
 that re-running the whole partly pruned model and the whole original for every group gives."""
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,24 @@ def test_cache_keeps_arrays_in_memory_up_to_the_budget_then_on_disk():
         assert not list(Path(folder).iterdir())
         assert cache.in_memory == small.nbytes
     assert not Path(folder).exists()
+
+
+@pytest.mark.parametrize("method", ["seq", "asym"])
+def test_frontier_with_input_selections_equals_per_group_recapture(monkeypatch, method):
+    """An input selection changes only its consumers' outputs: later groups see them refitted."""
+    model = builders.unprunable_inputs()
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((24, 8, 6, 6)).astype(np.float32),
+             "t": rng.standard_normal((24, 5, 16)).astype(np.float32)}
+    steps, result = _compare(monkeypatch, "unprunable_inputs", method, model=model, feeds=feeds, select_inputs="always")
+    assert len(steps) == len(result.report.groups) == 3
+
+
+@pytest.mark.parametrize("name", ["bert_layer", "bert_encoder"])
+def test_asym_frontier_with_input_selections_among_groups_equals_per_group_recapture(monkeypatch, name):
+    """The LayerNorms' readers (too narrow for the default, see MIN_OUTPUTS_LAST_AXIS) selected
+    between the attention and FFN groups."""
+    monkeypatch.setattr(importlib.import_module("onnx_subprune.analyze"), "MIN_OUTPUTS_LAST_AXIS", 1)
+    steps, result = _compare(monkeypatch, name, "asym", select_inputs="always")
+    assert any(g.producers == [] for g in result.report.groups)
+    assert len(steps) == len(result.report.groups)

@@ -49,6 +49,10 @@ class LayerRule:
         """``node`` as a consumer reading the group's channels from ``tensor``."""
         raise NotImplementedError
 
+    def input_layout(self, node: gs.Node) -> Layout:
+        """Where all the layer's input channels sit in its data input (for an input selection)."""
+        raise NotImplementedError
+
     def outputs(self, attrs: Mapping[str, Any], weight_shape: tuple[int, ...]) -> int:
         """Output channels m of the layer."""
         raise NotImplementedError
@@ -104,6 +108,10 @@ class _Conv(LayerRule):
             conv=_geometry(node, weight, tensor), layout=layout,
         )
 
+    def input_layout(self, node: gs.Node) -> Layout:
+        weight = own_constant(node, WEIGHT)
+        return Layout(channels=weight.shape[1], axis=1 - weight.ndim, rank=weight.ndim)
+
     def outputs(self, attrs, weight_shape) -> int:
         return int(weight_shape[0])
 
@@ -150,6 +158,10 @@ class _Gemm(LayerRule):
             block=layout.block, bias=bias, scale=self.scale(node.attrs), layout=layout,
         )
 
+    def input_layout(self, node: gs.Node) -> Layout:
+        weight = own_constant(node, WEIGHT)
+        return Layout(channels=weight.shape[1 if node.attrs.get("transB", 0) else 0], axis=-1, rank=2)
+
     def outputs(self, attrs, weight_shape) -> int:
         return int(weight_shape[0] if attrs.get("transB", 0) else weight_shape[1])
 
@@ -187,6 +199,10 @@ class _MatMul(LayerRule):
             node.name, node.op, tensor.name, node.inputs[WEIGHT].name, in_axis=0,
             block=layout.block, bias=bias, bias_node=bias_node, layout=layout,
         )
+
+    def input_layout(self, node: gs.Node) -> Layout:
+        weight, shape = own_constant(node, WEIGHT), node.inputs[0].shape
+        return Layout(channels=weight.shape[0], axis=-1, rank=len(shape) if shape is not None else None)
 
     def outputs(self, attrs, weight_shape) -> int:
         return int(weight_shape[-1])
