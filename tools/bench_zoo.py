@@ -51,7 +51,7 @@ CPU = ["CPUExecutionProvider"]
 PEER_VARIANTS = ("l2", "wanda", "wanda+ridge")
 QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "round_to", "status", "groups", "params_in_groups",
                   "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better",
-                  "output_error", "latency_ratio", "seconds", "unpruned", "note", "calib", "allocation"]
+                  "output_error", "latency_ratio", "seconds", "unpruned", "note", "calib", "allocation", "selections"]
 CALIB = 16
 """Calibration inputs of an entry without its own ``calib`` in models/zoo.toml."""
 LATENCY_FIELDS = ["model", "keep", "round_to", "params_ratio", "macs_ratio", "latency_ratio"]
@@ -212,6 +212,7 @@ def quality(args) -> None:
                 onnx.save(pruned, ours_path)
                 row.update(_measure(entry, str(path), ours_path, model, pruned, evaluation, args),
                            status="ok", seconds=round(seconds, 1), allocation=_allocation_text(report),
+                           selections=sum(1 for g in report.groups if not g.producers),
                            note="; ".join(report.warnings)[:300])
                 rows_out(row)
                 print(_line(row), file=sys.stderr)
@@ -391,7 +392,8 @@ def _quality_tables(rows: list[dict]) -> list[str]:
         "the best of L2, Wanda and Wanda + ridge refit at the params ours reached. Metric: the zoo's task metric of the",
         "pruned model against the original on held-out in-domain inputs (CER: lower is better, original's own CER in",
         "brackets); error: relative output error, channel-balanced for outputs whose channels differ in scale by 100x",
-        "or more; latency: pruned / original at batch 1 on onnxruntime CPU.",
+        "or more; latency: pruned / original at batch 1 on onnxruntime CPU. `groups`: channel groups, `+ N sel.`: the",
+        "input selections the run added because the groups alone could not reach the target (not in `params in groups`).",
         "",
         "| model | exporter | groups | params in groups | target | method | calib | allocation | params | metric | error | latency | s | unpruned layers | note |",
         "|---|---|---:|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|---|",
@@ -404,8 +406,9 @@ def _quality_tables(rows: list[dict]) -> list[str]:
         metric = "-" if r["metric"] == "none" else f"{r['metric']} {_num(r['metric_value'])}"
         if r["metric_original"] not in ("", "None", "nan"):
             metric += f" [{_num(r['metric_original'])}]"
+        groups = r["groups"] + (f" + {r['selections']} sel." if r.get("selections") not in (None, "", "0") else "")
         lines.append(
-            f"| {r['model']} | {r['exporter']} | {r['groups']} | {_pct(r['params_in_groups'])} | {r['target']} | "
+            f"| {r['model']} | {r['exporter']} | {groups} | {_pct(r['params_in_groups'])} | {r['target']} | "
             f"{r['method']} | {_calib(r)} | {_allocation_cell(r)} | {_num(r['params_ratio'])} | {metric} | "
             f"{_num(r['output_error'])} | "
             f"{_num(r['latency_ratio'])} | {r['seconds']} | {r['unpruned']} | {r['note'][:120]} |")
@@ -477,10 +480,21 @@ def _entries(names: list[str] | None) -> list[dict]:
 
 
 def _writer(path: Path, fields: list[str], append: bool):
-    fresh = not (append and path.exists())
-    if fresh:
+    """A function appending one row to the CSV ``path`` (truncated first unless ``append``);
+    rows of an older header are carried over to ``fields`` (new columns empty)."""
+    kept = []
+    if append and path.exists():
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames == fields:
+                kept = None
+            else:
+                kept = list(reader)
+    if kept is not None:
         with open(path, "w", newline="") as handle:
-            csv.DictWriter(handle, fields).writeheader()
+            writer = csv.DictWriter(handle, fields)
+            writer.writeheader()
+            writer.writerows({k: row.get(k, "") for k in fields} for row in kept)
 
     def write(row: dict) -> None:
         with open(path, "a", newline="") as handle:
