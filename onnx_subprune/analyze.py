@@ -126,8 +126,9 @@ def input_selections(graph: gs.Graph, groups: Sequence[ChannelGroup]) -> list[Ch
     layers read as their data input while no group prunes their input channels: the output of
     a LayerNorm, an LSTM, a residual sum, a Reshape no rule follows. The layers reading one
     tensor share the selection. Left out: graph inputs, tensors of a group, layers whose input
-    no rule describes, fewer than :data:`MIN_SELECTED` channels, and a last axis feeding fewer
-    than :data:`MIN_OUTPUTS_LAST_AXIS` outputs."""
+    no rule describes, fewer than :data:`MIN_SELECTED` channels, a last axis feeding fewer than
+    :data:`MIN_OUTPUTS_LAST_AXIS` outputs, and a tensor of unknown rank before opset 11 (its
+    Gather would need a negative axis)."""
     covered = {c.node for g in groups for c in g.consumers}
     grouped = {name for g in groups for name, _ in g.tensors}
     inputs = {t.name for t in graph.inputs}
@@ -150,7 +151,8 @@ def input_selections(graph: gs.Graph, groups: Sequence[ChannelGroup]) -> list[Ch
         except Exception:  # NotChannelWise or a shape no rule foresaw: the layer's inputs stay whole
             continue
         outputs = sum(LAYERS[node.op].outputs(node.attrs, const_value(node.inputs[1]).shape) for node in nodes)
-        if layout.channels >= MIN_SELECTED and (layout.axis != -1 or outputs >= MIN_OUTPUTS_LAST_AXIS):
+        gatherable = layout.rank is not None or graph.opset >= 11  # a negative Gather axis needs opset 11
+        if gatherable and layout.channels >= MIN_SELECTED and (layout.axis != -1 or outputs >= MIN_OUTPUTS_LAST_AXIS):
             selections.append(ChannelGroup(name=f"{nodes[0].name}:input", channels=layout.channels, producers=(),
                                            consumers=consumers, tensors=((name, layout),)))
     return selections

@@ -125,3 +125,25 @@ def test_analyze_lists_selections_as_prune_would_use_them(model, tmp_path):
     assert '"y:input"' in listed.stdout and '"selectable": 0' in listed.stdout
     bad = invoke("analyze", path, "--select-inputs", "sometimes")
     assert bad.exit_code == 2
+
+
+def _unknown_rank(opset: int) -> onnx.ModelProto:
+    """A MatMul reading a Reshape whose shape is a graph input of unknown length."""
+    text = f'<ir_version: 8, opset_import: ["" : {opset}]>\n' + """g (float[N,5,32] t, int64[L] shape) => (float[N,5,300] z) {
+        b = Reshape (t, shape)
+        z = MatMul (b, w)
+    }"""
+    return prepare(builders.build(text, {"w": (32, 300)}))
+
+
+def test_a_tensor_of_unknown_rank_is_selected_on_its_last_axis_from_opset_11():
+    model = _unknown_rank(17)
+    [group] = analyze(model, select_inputs=True).groups
+    assert group.tensors[0][1].rank is None
+    kept = tuple(range(0, 32, 2))
+    pruned = rewrite(model, [GroupPlan(group, kept)])
+    assert [a.i for n in pruned.graph.node if n.op_type == "Gather" for a in n.attribute] == [-1]
+    feeds = {"t": np.random.default_rng(0).standard_normal((3, 5, 32)).astype(np.float32),
+             "shape": np.array([3, 5, 32], dtype=np.int64)}
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(masked(model, group, kept), feeds)[0], rtol=1e-4, atol=1e-5)
+    assert analyze(_unknown_rank(10), select_inputs=True).groups == ()

@@ -94,7 +94,7 @@ def latency_ratio(entry: dict, original: str, pruned: str, feed: dict, rounds: i
 
 
 def task_metric(entry: dict, original: str, pruned: str, n: int, seed: int) -> dict:
-    return zoo.METRICS[entry["metric"]](entry, original, pruned, n, seed)
+    return zoo.metrics()[entry["metric"]](entry, original, pruned, n, seed)
 
 
 def unpruned_layers(model: onnx.ModelProto, pruned: onnx.ModelProto) -> list[str]:
