@@ -50,7 +50,7 @@ RESULTS = ROOT / "docs" / "RESULTS.md"
 CPU = ["CPUExecutionProvider"]
 PEER_VARIANTS = ("l2", "wanda", "wanda+ridge")
 QUALITY_FIELDS = ["model", "exporter", "task", "target", "method", "round_to", "status", "groups", "params_in_groups",
-                  "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better",
+                  "params_ratio", "metric", "metric_value", "metric_original", "higher_is_better", "metric_confident",
                   "output_error", "latency_ratio", "seconds", "unpruned", "note", "calib", "allocation", "selections"]
 CALIB = 16
 """Calibration inputs of an entry without its own ``calib`` in models/zoo.toml."""
@@ -272,6 +272,7 @@ def _measure(entry, original: str, pruned_path: str, model, pruned, evaluation, 
         params_ratio=round(count_params(pruned) / count_params(model), 4),
         metric=metric["metric"], metric_value=_round(metric["value"]),
         metric_original=_round(original_value), higher_is_better=metric["higher_is_better"],
+        metric_confident=_round(metric.get("confident_value")),
         output_error=_round(output_error(entry, original, pruned_path, evaluation)),
         latency_ratio=round(latency_ratio(entry, original, pruned_path, evaluation), 3),
         unpruned=len(unpruned_layers(model, pruned)),
@@ -286,17 +287,26 @@ def kept_model(name: str, target: float, method: str) -> Path:
 
 
 def remeasure(args) -> None:
-    """Time again the pruned models of the quality CSV's rows (latency ratio only)."""
+    """Time again the kept pruned models of the quality CSV's rows (latency ratio), or with
+    ``--task`` measure their task metric again (on ``--eval`` inputs)."""
+    _writer(QUALITY_CSV, QUALITY_FIELDS, append=True)  # an older header carried over
     rows = list(csv.DictReader(open(QUALITY_CSV)))
-    for row in rows:
+    for row in _latest(rows):
         if row["status"] != "ok" or (args.models and row["model"] not in args.models):
             continue
         saved = kept_model(row["model"], float(row["target"]), row["method"])
         entry = zoo.get_entry(row["model"])
         if not saved.exists():
             continue
+        original = str(zoo.cached_path(entry))
+        if args.task:
+            metric = task_metric(entry, original, str(saved), args.eval, args.seed)
+            row.update(metric_value=_round(metric["value"]), metric_confident=_round(metric.get("confident_value")))
+            print(row["model"], row["target"], row["method"], metric["metric"], row["metric_value"],
+                  row["metric_confident"], file=sys.stderr)
+            continue
         feed = zoo.feeds(entry, 1, args.seed, "eval")
-        row["latency_ratio"] = round(latency_ratio(entry, str(zoo.cached_path(entry)), str(saved), feed), 3)
+        row["latency_ratio"] = round(latency_ratio(entry, original, str(saved), feed), 3)
         print(row["model"], row["target"], row["method"], row["latency_ratio"], file=sys.stderr)
     with open(QUALITY_CSV, "w", newline="") as handle:
         writer = csv.DictWriter(handle, QUALITY_FIELDS)
@@ -391,7 +401,8 @@ def _quality_tables(rows: list[dict]) -> list[str]:
         "check); `calib` in-domain calibration inputs of the model's recipe. onnxsim 0.8.1:",
         "the best of L2, Wanda and Wanda + ridge refit at the params ours reached. Metric: the zoo's task metric of the",
         "pruned model against the original on held-out in-domain inputs (CER: lower is better, original's own CER in",
-        "brackets); error: relative output error, channel-balanced for outputs whose channels differ in scale by 100x",
+        "brackets; `confident`: the recall of the original's boxes that it scores at least 0.05 above its threshold);",
+        "error: relative output error, channel-balanced for outputs whose channels differ in scale by 100x",
         "or more; latency: pruned / original at batch 1 on onnxruntime CPU. `groups`: channel groups, `+ N sel.`: the",
         "input selections the run added because the groups alone could not reach the target (not in `params in groups`).",
         "",
@@ -406,6 +417,8 @@ def _quality_tables(rows: list[dict]) -> list[str]:
         metric = "-" if r["metric"] == "none" else f"{r['metric']} {_num(r['metric_value'])}"
         if r["metric_original"] not in ("", "None", "nan"):
             metric += f" [{_num(r['metric_original'])}]"
+        if r.get("metric_confident") not in (None, "", "None", "nan"):
+            metric += f" (confident {_num(r['metric_confident'])})"
         groups = r["groups"] + (f" + {r['selections']} sel." if r.get("selections") not in (None, "", "0") else "")
         lines.append(
             f"| {r['model']} | {r['exporter']} | {groups} | {_pct(r['params_in_groups'])} | {r['target']} | "
@@ -555,6 +568,8 @@ def main() -> None:
     lat.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
     sub.add_parser("report")
     again = sub.add_parser("remeasure", help="time the kept pruned models of the quality CSV again")
+    again.add_argument("--task", action="store_true", help="measure their task metric again instead")
+    again.add_argument("--eval", type=int, default=8, help="held-out evaluation inputs for --task (default 8)")
     for p in (q, lat, again):
         p.add_argument("--models", nargs="+")
         p.add_argument("--seed", type=int, default=0)
