@@ -99,6 +99,15 @@ class ConsumerStats:
             cross=cross,
         )
 
+    def as_gram(self) -> ConsumerStats:
+        """The same statistics in Gram form (itself when already so): G = B^T B (d, d) and
+        C = B^T Y (d, m) from the rows."""
+        if not self.is_row_form:
+            return self
+        return ConsumerStats.from_gram(self.rows.T @ self.rows, self.rows.T @ self.targets, y_sq=self.y_sq,
+                                       b_sum=self.b_sum, y_sum=self.y_sum, n_rows=self.n_rows,
+                                       weight=self.weight, block=self.block)
+
     # ----------------------------------------------------------------------------- shapes
     @property
     def d(self) -> int:

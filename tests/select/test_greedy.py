@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from select_helpers import FORMS, columns, make_stats, random_problem
 
-from onnx_subprune.select import greedy_select
+from onnx_subprune.select import greedy_select, residual
 from onnx_subprune.select.reference import lstsq_residual, naive_greedy
 
 SHAPES = {
@@ -51,21 +51,35 @@ def test_matches_naive_lstsq_greedy(shape, bias_compensation, ridge, n_consumers
 @pytest.mark.parametrize("rows", [30, 300], ids=["N<d", "N>d"])
 @pytest.mark.parametrize("ridge", [0.0, 0.05])
 @pytest.mark.parametrize("bias_compensation", [True, False])
-def test_row_form_equals_gram_form(rows, ridge, bias_compensation):
+def test_row_form_equals_gram_form(rows, ridge, bias_compensation, monkeypatch):
+    """Gram statistics, row statistics as the greedy runs them by default (in the Gram form
+    where :func:`residual.prefers_gram`), and row statistics in the row form."""
     rng = np.random.default_rng([11, rows])
     n, block = 16, 4
     b, y, w = random_problem(rng, n, block, rows, 40, mixing=2.0)
     # N < d without ridge: after rank(B) columns nothing is left to explain and the remaining
     # zero-gain choices are rounding noise, so compare only the informative prefix there.
     k = 6 if rows < n * block and ridge == 0 else n
-    results = [
-        greedy_select(
-            [make_stats(form, b, y, w, block)], k, ridge=ridge, bias_compensation=bias_compensation
-        )
-        for form in FORMS
-    ]
-    np.testing.assert_array_equal(results[0].order, results[1].order)
-    np.testing.assert_allclose(results[0].gains, results[1].gains, rtol=1e-8, atol=1e-8)
+    run = lambda form: greedy_select([make_stats(form, b, y, w, block)], k, ridge=ridge,
+                                     bias_compensation=bias_compensation)
+    results = [run(form) for form in FORMS]
+    monkeypatch.setattr(residual, "prefers_gram", lambda *args: False)
+    results.append(run("rows"))
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0].order, other.order)
+        np.testing.assert_allclose(results[0].gains, other.gains, rtol=1e-8, atol=1e-8)
+
+
+def test_row_statistics_run_in_the_gram_form_only_with_a_ridge_and_few_picks():
+    rng = np.random.default_rng(5)
+    b, y, w = random_problem(rng, 16, 4, 30, 8, mixing=1.0)
+    stats = make_stats("rows", b, y, w, 4)
+    assert residual.prefers_gram(stats, 0.1, 7) and not residual.prefers_gram(stats, 0.1, 45)
+    assert not residual.prefers_gram(stats, 0.0, 7) and not residual.prefers_gram(stats.as_gram(), 0.1, 7)
+    gram = stats.as_gram()
+    np.testing.assert_allclose(gram.gram, b.T @ b, rtol=1e-12)
+    np.testing.assert_allclose(gram.cross, b.T @ y, rtol=1e-12)
+    assert (gram.n_rows, gram.y_sq, gram.block) == (stats.n_rows, stats.y_sq, stats.block)
 
 
 def test_full_order_is_nested_and_total_is_f():
