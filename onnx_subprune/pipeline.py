@@ -142,9 +142,12 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     first axis = samples). ``progress(stage, done, total)`` and ``log(line)`` are optional.
 
     Kept counts per group: ``counts`` (in the order of
-    ``analyze(model, config.include, config.exclude).groups``) or ``plan``'s (its kept channels
-    too, where it lists them) when given, else allocated to meet ``config``'s params/FLOPs
-    target, else ``config.kept_count``; ``config.group_keep`` overrides any of them.
+    ``analyze(model, config.include, config.exclude).groups``, with ``select_inputs=True`` when
+    ``config.select_inputs`` is "always" or there is no channel group) or ``plan``'s (its kept
+    channels too, where it lists them) when given, else allocated to meet ``config``'s
+    params/FLOPs target (with input selections where the groups alone cannot, see
+    :attr:`PruneConfig.select_inputs`), else ``config.kept_count``; ``config.group_keep``
+    overrides any of them.
     """
     feeds = share_scalars(feeds, "calibration data")
     budget = _budget(model, feeds, config, progress, log, counts, plan, start=True)
