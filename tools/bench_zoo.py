@@ -21,7 +21,7 @@ Usage:
   python tools/bench_zoo.py quality [--models NAME ...] [--targets 0.75 0.5] [--calib 16] [--eval 8]
          [--allocation sensitivity] [--round-to 1] [--no-peer]
   python tools/bench_zoo.py latency [--models NAME ...] [--keeps 0.75 0.5] [--round-to 1 8]
-  python tools/bench_zoo.py remeasure [--models NAME ...]   # latency of the kept pruned models again
+  python tools/bench_zoo.py remeasure [--models NAME ...] [--task [--eval N]]   # latency (or task metric) of the kept pruned models again
   python tools/bench_zoo.py report
 """
 
@@ -567,7 +567,7 @@ def main() -> None:
     lat.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5])
     lat.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
     sub.add_parser("report")
-    again = sub.add_parser("remeasure", help="time the kept pruned models of the quality CSV again")
+    again = sub.add_parser("remeasure", help="time (or with --task measure) the kept pruned models of the quality CSV again")
     again.add_argument("--task", action="store_true", help="measure their task metric again instead")
     again.add_argument("--eval", type=int, default=8, help="held-out evaluation inputs for --task (default 8)")
     for p in (q, lat, again):
