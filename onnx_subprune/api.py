@@ -40,9 +40,9 @@ def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: S
     if select_inputs not in SELECT_INPUTS:
         raise SubpruneError(f"select_inputs {select_inputs!r} is unknown (choose from {', '.join(SELECT_INPUTS)})")
     model = prepare(pin_shapes(load_model(model_path), input_shapes))
-    plain = analyze(model, include, exclude)
-    wider = analyze(model, include, exclude, select_inputs=True) if select_inputs != "never" else plain
-    result = wider if select_inputs == "always" or not plain.groups else plain
+    found = analyze(model, include, exclude, select_inputs=select_inputs != "never")
+    plain = found.channel_groups()
+    result = found if select_inputs == "always" or not plain.groups else plain
     groups = [
         GroupSummary(group=g.name, producer=g.lead, producers=[p.node for p in g.producers],
                      consumers=[c.node for c in g.consumers], channels=g.channels,
@@ -51,7 +51,7 @@ def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: S
     ]
     return AnalysisReport(model=str(model_path), groups=groups, skipped=list(result.skipped),
                           coverage=coverage(model, result), params=count_params(model),
-                          macs=_macs(model, log), selectable=len(wider.groups) - len(result.groups))
+                          macs=_macs(model, log), selectable=len(found.groups) - len(result.groups))
 
 
 def _macs(model, log: Log | None) -> int:

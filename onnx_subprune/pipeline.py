@@ -81,17 +81,18 @@ class _Run:
                              self.feeds, self.split, self.batch_size, self.progress, targets)
 
 
-def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis]:
-    """The model with every node named and constant layout ops folded, and its channel groups
-    (at least one): with input selections when ``config.select_inputs`` is "always", or "auto"
-    and there is no channel group."""
+def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis, Analysis]:
+    """The model with every node named and constant layout ops folded, its groups (at least
+    one): the channel groups, with the input selections when ``config.select_inputs`` is
+    "always", or "auto" and there is no channel group; and every group the analysis found (the
+    selections too, unless "never")."""
     model = prepare(model)
-    analysis = analyze(model, config.include, config.exclude, select_inputs=config.select_inputs == "always")
-    if not analysis.groups and config.select_inputs == "auto":
-        analysis = analyze(model, config.include, config.exclude, select_inputs=True)
+    found = analyze(model, config.include, config.exclude, select_inputs=config.select_inputs != "never")
+    plain = found.channel_groups()
+    analysis = found if config.select_inputs == "always" or not plain.groups else plain
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
-    return model, analysis
+    return model, analysis, found
 
 
 def _grids(groups: Sequence[ChannelGroup], config: PruneConfig) -> list[np.ndarray]:
@@ -291,7 +292,7 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
     model = pin_shapes(model, config.input_shapes)
     if feeds is not None:
         check_pinned(feeds, config.input_shapes, "calibration data")
-    model, analysis = _analyzed(model, config)
+    model, analysis, found = _analyzed(model, config)
     pinned = pin_input_dims(model, feeds) if feeds is not None else model
 
     def sized(groups):
@@ -300,16 +301,14 @@ def _budget(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None, config:
 
     size, grids, limits = sized(analysis.groups)
     allocating = counts is None and plan is None and config.has_target
-    if config.select_inputs == "auto" and not any(g.selects_input for g in analysis.groups) and (
+    if config.select_inputs == "auto" and len(found.groups) > len(analysis.groups) and (
             (allocating and not reachable(size, grids, limits)) or
             (plan is not None and len(plan.groups) > len(analysis.groups))):  # a plan with input selections
-        wider = analyze(model, config.include, config.exclude, select_inputs=True)
-        if len(wider.groups) > len(analysis.groups):
-            if log and allocating:
-                log(f"the channel groups alone cannot reach the target: also selecting the inputs of "
-                    f"{len(wider.groups) - len(analysis.groups)} tensors that layers read and no group prunes")
-            analysis = wider
-            size, grids, limits = sized(analysis.groups)
+        if log and allocating:
+            log(f"the channel groups alone cannot reach the target: also selecting the inputs of "
+                f"{len(found.groups) - len(analysis.groups)} tensors that layers read and no group prunes")
+        analysis = found
+        size, grids, limits = sized(analysis.groups)
     groups = analysis.groups
     macs, open_layers = count_macs_open(pinned)
     if open_layers and log:
@@ -631,7 +630,7 @@ def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: Pr
     clock = time.perf_counter()
     feeds = share_scalars(feeds, "calibration data")
     check_pinned(feeds, config.input_shapes, "calibration data")
-    model, analysis = _analyzed(pin_shapes(model, config.input_shapes), config)
+    model, analysis, _ = _analyzed(pin_shapes(model, config.input_shapes), config)
     run = _start(model, analysis, feeds, config, progress, log)
     groups, split = run.groups, run.split
     curves, _, indices = _curves(run)

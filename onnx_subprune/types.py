@@ -208,6 +208,10 @@ class Analysis:
     groups: tuple[ChannelGroup, ...]
     skipped: tuple[Skipped, ...]
 
+    def channel_groups(self) -> Analysis:
+        """The analysis without its input selections (what analyze finds without them)."""
+        return Analysis(tuple(g for g in self.groups if not g.selects_input), self.skipped)
+
 
 @dataclass(frozen=True)
 class ConsumerUpdate:

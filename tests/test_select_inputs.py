@@ -147,3 +147,12 @@ def test_a_tensor_of_unknown_rank_is_selected_on_its_last_axis_from_opset_11():
              "shape": np.array([3, 5, 32], dtype=np.int64)}
     np.testing.assert_allclose(run(pruned, feeds)[0], run(masked(model, group, kept), feeds)[0], rtol=1e-4, atol=1e-5)
     assert analyze(_unknown_rank(10), select_inputs=True).groups == ()
+
+
+@pytest.mark.parametrize("name", ["unprunable_inputs", "csp_split_concat", "dense_block", "channel_slice", "ctc_head",
+                                  "grouped_residual", "residual_se_block"])
+def test_the_channel_groups_of_an_analysis_with_selections_are_the_plain_analysis(name):
+    model = prepare(getattr(builders, name)())
+    plain, found = analyze(model), analyze(model, select_inputs=True)
+    assert [g.name for g in found.channel_groups().groups] == [g.name for g in plain.groups]
+    assert found.skipped == plain.skipped
