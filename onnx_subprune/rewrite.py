@@ -2,8 +2,9 @@
 
 For every group: consumers get their re-fitted weights and bias shifts (or their kept input
 rows), an input selection's consumers read a Gather of the kept channels, then producers and
-per-channel parameters of pass-through ops are sliced to the kept channels, and the channel counts ops hold in attributes or shape inputs (Reshape, grouped Conv,
-Split, Slice) are renumbered. Consumer updates come first, so a node that is the consumer of one
+per-channel parameters of pass-through ops are sliced to the kept channels, and the channel
+counts ops hold in attributes or shape inputs (Reshape, grouped Conv, Split, Slice) are
+renumbered. Consumer updates come first, so a node that is the consumer of one
 group and the producer of the next receives both.
 """
 

@@ -68,8 +68,9 @@ def _cuda_works() -> tuple[bool, str]:
 def _preload_cuda_libraries(ort) -> None:
     """Load CUDA and cuDNN from the nvidia-* pip packages installed beside onnxruntime
     (``pip install onnxruntime-gpu[cuda,cudnn]``, or those a CUDA build of PyTorch pulled into the
-    same environment), so the CUDA provider finds them without LD_LIBRARY_PATH; quietly nothing where they are missing (onnxruntime's
-    helper prints its own warnings, which are not this tool's to show)."""
+    same environment), so the CUDA provider finds them without LD_LIBRARY_PATH; quietly nothing
+    where they are missing (onnxruntime's helper prints its own warnings, which are not this
+    tool's to show)."""
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
     if preload is None:
         return

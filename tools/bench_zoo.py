@@ -288,8 +288,8 @@ def kept_model(name: str, target: float, method: str) -> Path:
 
 def remeasure(args) -> None:
     """Time again the kept pruned models of the quality CSV's rows (latency ratio), or with
-    ``--task`` measure their task metric again (on ``--eval`` inputs)."""
-    _writer(QUALITY_CSV, QUALITY_FIELDS, append=True)  # an older header carried over
+    ``--task`` measure their task metric again (on ``--eval`` inputs). The CSV is written back
+    under the current header (columns an older one lacks stay empty)."""
     rows = list(csv.DictReader(open(QUALITY_CSV)))
     for row in _latest(rows):
         if row["status"] != "ok" or (args.models and row["model"] not in args.models):
