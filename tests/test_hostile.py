@@ -666,13 +666,16 @@ def test_prune_writes_model_and_report_with_the_umask_mode(tmp_path):
 
 
 SIGNAL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+    import signal, sys, threading
     from onnx_subprune import files
+    # a shell starts background jobs with SIGINT ignored, and Python then keeps it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real = files._write_temp
     def write_then_signal(label, shown, target, data, temps):
         real(label, shown, target, data, temps)
         if label == "report":  # both temporary files exist now
-            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+            # to this thread: one sent to the process may reach an onnxruntime or BLAS thread
+            signal.pthread_kill(threading.get_ident(), getattr(signal, sys.argv[1]))
     files._write_temp = write_then_signal
     from onnx_subprune.cli import main
     main(sys.argv[2:])

@@ -70,6 +70,25 @@ def test_row_form_equals_gram_form(rows, ridge, bias_compensation, monkeypatch):
         np.testing.assert_allclose(results[0].gains, other.gains, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("block", [1, 9])
+def test_single_precision_factor_picks_as_well(block, monkeypatch):
+    """A large Gram-form greedy keeps its factor in float32 (:data:`residual.SINGLE_FACTOR_ENTRIES`):
+    forced on a conv-shaped problem it picks the same channels as the float64 run, or channels
+    whose float64 least-squares residual is as small within 1e-6 of the target energy."""
+    rng = np.random.default_rng([13, block])
+    n = 48
+    b, y, w = random_problem(rng, n, block, 40 * block + 400, 24, mixing=2.0)
+    stats = [make_stats("gram", b, y, w, block)]
+    double = greedy_select(stats, n // 2, ridge=1e-3)
+    monkeypatch.setattr(residual, "SINGLE_FACTOR_ENTRIES", 0)
+    single = greedy_select(stats, n // 2, ridge=1e-3)
+    picked = lambda result: np.sort(result.order)
+    residuals = [lstsq_residual(b, y, columns(picked(r), block), intercept=True) for r in (double, single)]
+    assert residuals[1] <= residuals[0] + 1e-6 * float(np.sum(y * y))
+    np.testing.assert_allclose(single.gains, double.gains, rtol=1e-4, atol=1e-6 * double.gains.max())
+    np.testing.assert_array_equal(single.order[:8], double.order[:8])
+
+
 def test_row_statistics_run_in_the_gram_form_only_with_a_ridge_and_few_picks():
     rng = np.random.default_rng(5)
     b, y, w = random_problem(rng, 16, 4, 30, 8, mixing=1.0)
