@@ -110,8 +110,8 @@ class Residual(ABC):
         the eigen-decomposition of Gr[J, J]."""
 
 
-SINGLE_FACTOR_ENTRIES = 1 << 23
-"""A Gram-form greedy whose factor V would hold more entries than this (64 MiB in float64)
+SINGLE_FACTOR_ENTRIES = 1 << 21
+"""A Gram-form greedy whose factor V would hold more entries than this (16 MiB in float64)
 keeps V in float32: reading V for each block column is then most of the selection, memory-bound,
 and twice as fast (ResNet-50's last stage, 256 of 512 3 x 3 blocks, d = 4608 on 1568 rows: the
 greedy 5.9 s -> 3.9 s). The products V V[J]^T are still subtracted from the float64 Gram column;
