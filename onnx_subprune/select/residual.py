@@ -74,10 +74,10 @@ class Residual(ABC):
         eigenvalue above the tolerance; dead channels get gain 0.
         """
         if self.r == 1:  # 1 x 1 blocks are their own eigenvalues: no batched eigh per step
-            w = self.diag[:, :, 0]
-            gain = np.einsum("ij,ij->i", self.cross, self.cross) * pinv_values(w[:, 0], self.tol)
-            alive = w[:, 0] > self.floor + self.tol
-            return np.where(alive, np.maximum(gain, 0.0), 0.0), alive
+            w = self.diag[:, 0, 0]
+            alive = w > self.floor + self.tol
+            gain = np.einsum("ij,ij->i", self.cross, self.cross) * pinv_values(w, self.tol)
+            return np.where(alive, gain, 0.0), alive
         w, e = np.linalg.eigh(self.diag)
         blocks = self.cross.reshape(self.n, self.r, -1)
         energy = blocks @ blocks.transpose(0, 2, 1)
