@@ -75,6 +75,17 @@ def coverage(model: onnx.ModelProto, analysis: Analysis) -> dict:
     }
 
 
+def analyze_selecting(model: onnx.ModelProto, include: Sequence[str], exclude: Sequence[str],
+                      select_inputs: str) -> tuple[Analysis, Analysis]:
+    """(the groups to prune when no target asks for more, every group found) for
+    ``select_inputs`` "auto", "always" or "never" (:data:`config.SELECT_INPUTS`): the first has
+    the input selections with "always", or with "auto" where there is no channel group; the
+    second has them unless "never"."""
+    found = analyze(model, include, exclude, select_inputs=select_inputs != "never")
+    plain = found.channel_groups()
+    return (found if select_inputs == "always" or not plain.groups else plain), found
+
+
 def _filtered(group: ChannelGroup, include: Sequence[str], exclude: Sequence[str]) -> str | None:
     """Why ``group`` is left out by the include / exclude globs (None: it is kept)."""
     names = [p.node for p in group.producers] + [c.node for c in group.consumers]
@@ -130,14 +141,13 @@ def input_selections(graph: gs.Graph, groups: Sequence[ChannelGroup]) -> list[Ch
     :data:`MIN_OUTPUTS_LAST_AXIS` outputs, and a tensor of unknown rank before opset 11 (its
     Gather would need a negative axis)."""
     covered = {c.node for g in groups for c in g.consumers}
-    grouped = {name for g in groups for name, _ in g.tensors}
-    inputs = {t.name for t in graph.inputs}
+    whole = {name for g in groups for name, _ in g.tensors} | {t.name for t in graph.inputs}
     readers: dict[str, list[gs.Node]] = {}
     for node in graph.nodes:
         if layer_rule(node) is None or node.name in covered or len(node.inputs) <= 1:
             continue
         tensor = node.inputs[0]
-        if tensor.name and tensor.name not in inputs | grouped and const_value(tensor) is None:
+        if tensor.name and tensor.name not in whole and const_value(tensor) is None:
             readers.setdefault(tensor.name, []).append(node)
     selections = []
     for name, nodes in readers.items():

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from . import runtime
-from .analyze import analyze, coverage
+from .analyze import analyze_selecting, coverage
 from .calibrate import Progress
 from .config import SELECT_INPUTS, PruneConfig
 from .data import check_inputs, check_labels, check_split, load_arrays, model_inputs
@@ -40,9 +40,7 @@ def analyze_file(model_path: str | Path, include: Sequence[str] = (), exclude: S
     if select_inputs not in SELECT_INPUTS:
         raise SubpruneError(f"select_inputs {select_inputs!r} is unknown (choose from {', '.join(SELECT_INPUTS)})")
     model = prepare(pin_shapes(load_model(model_path), input_shapes))
-    found = analyze(model, include, exclude, select_inputs=select_inputs != "never")
-    plain = found.channel_groups()
-    result = found if select_inputs == "always" or not plain.groups else plain
+    result, found = analyze_selecting(model, include, exclude, select_inputs)
     groups = [
         GroupSummary(group=g.name, producer=g.lead, producers=[p.node for p in g.producers],
                      consumers=[c.node for c in g.consumers], channels=g.channels,

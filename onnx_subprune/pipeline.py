@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from . import runtime
-from .analyze import analyze
+from .analyze import analyze_selecting
 from .augment import augment
 from .calibrate import (AUTO_HOLDOUT, GroupStats, Progress, Split, capture_stats, consumer_weights, expand_split,
                         split_samples)
@@ -87,9 +87,7 @@ def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelPr
     "always", or "auto" and there is no channel group; and every group the analysis found (the
     selections too, unless "never")."""
     model = prepare(model)
-    found = analyze(model, config.include, config.exclude, select_inputs=config.select_inputs != "never")
-    plain = found.channel_groups()
-    analysis = found if config.select_inputs == "always" or not plain.groups else plain
+    analysis, found = analyze_selecting(model, config.include, config.exclude, config.select_inputs)
     if not analysis.groups:
         raise UnsupportedPattern(_nothing_prunable(analysis))
     return model, analysis, found
