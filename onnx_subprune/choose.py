@@ -19,6 +19,7 @@ from .calibrate import GroupStats
 from .config import PruneConfig
 from .rewrite import channel_masks
 from .select import GroupSelection, cross_validated, cross_validated_choice, fit_consumer, select_group
+from .select.parallel import each
 from .select.coupling import consumer_kept, restrict, select_coupled
 from .types import ChannelGroup, GroupPlan
 
@@ -98,10 +99,10 @@ def _cross_validated_refit(chosen: GroupSelection, consumers, folds, kept, fitti
     """``chosen`` with each consumer refitted by least squares or shrunk, whichever the folds
     score better (``shrink`` "cv"; ``chosen.fits`` are the least-squares ones)."""
     shrunk = dict(fitting, shrink="refit")
-    candidates = []
-    for stats, channels, plain in zip(consumers, kept, chosen.fits):
-        alternative = fit_consumer(stats, channels, **shrunk)
-        candidates.append([(plain, partial(fit_consumer, **fitting)),
-                           (alternative, partial(fit_consumer, **shrunk, like=alternative))])
+    alternatives = each(lambda pair: fit_consumer(*pair, **shrunk), list(zip(consumers, kept)),
+                        sum(c.entries for c in consumers))
+    candidates = [[(plain, partial(fit_consumer, **fitting)),
+                   (alternative, partial(fit_consumer, **shrunk, like=alternative))]
+                  for plain, alternative in zip(chosen.fits, alternatives)]
     fits, explained, held_out = cross_validated_choice(consumers, folds, kept, candidates)
     return replace(chosen, fits=fits, explained=explained, explained_holdout=held_out)

@@ -21,6 +21,7 @@ from .refit import (
     refit,
     residual_energy,
 )
+from .parallel import each
 from .rankers import METHODS, RANKERS, RankOptions, Ranker, schedule_of
 from .shrink import SHRINK, SHRUNK, shrink_refit
 from .stats import ConsumerStats, check_k, group_channels, sum_stats
@@ -96,22 +97,27 @@ def cross_validated(
     kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``) are not chosen
     again per fold: the estimate is held out for the fit, and in-sample for those choices.
     """
-    residual = sum(_cv_residuals(folds, c, channels, [fit])[0] for c, (channels, fit) in enumerate(zip(kept, fits)))
+    residual = sum(scores[0] for scores in _cv_residuals(folds, kept, [[fit] for fit in fits]))
     return explained_fraction(residual, sum(held[c].y_sq for held in folds for c in range(len(kept))))
 
 
-def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], c: int, kept: np.ndarray,
-                  fits: Sequence[Callable[[ConsumerStats, np.ndarray], Refit]]) -> list[float]:
-    """Per fit of ``fits``, consumer ``c``'s residual energy summed over the folds, each fold
-    scored with the fit on the sum of the others' statistics (summed once per fold for all)."""
+def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], kept: Sequence[np.ndarray],
+                  fits: Sequence[Sequence[Callable[[ConsumerStats, np.ndarray], Refit]]]) -> list[list[float]]:
+    """Per consumer c, per fit of ``fits[c]``: c's residual energy summed over the folds, each
+    fold scored with the fit on the sum of the other folds' statistics (summed once per fold
+    for all of c's fits). The (consumer, fold) pairs run side by side (:func:`.parallel.each`)."""
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
-    residuals = [0.0] * len(fits)
-    for f, held in enumerate(folds):
+    pairs = [(c, f) for c in range(len(kept)) for f in range(len(folds))]
+
+    def score(pair: tuple[int, int]) -> list[float]:
+        c, f = pair
         train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
-        for i, fit in enumerate(fits):
-            residuals[i] += residual_energy(held[c], kept, fit(train, kept))
-    return residuals
+        return [residual_energy(folds[f][c], kept[c], fit(train, kept[c])) for fit in fits[c]]
+
+    scores = each(score, pairs, len(folds) * sum(stats.entries for stats in folds[0]))
+    return [[sum(scores[c * len(folds) + f][i] for f in range(len(folds))) for i in range(len(fits[c]))]
+            for c in range(len(kept))]
 
 
 def cross_validated_choice(
@@ -128,8 +134,8 @@ def cross_validated_choice(
     variance, their cross-validated explained variance: the choice itself is in-sample).
     """
     chosen, cv_residual, residual = [], 0.0, 0.0
-    for c, (stats, channels, options) in enumerate(zip(consumers, kept, candidates)):
-        scores = _cv_residuals(folds, c, channels, [fitter for _, fitter in options])
+    all_scores = _cv_residuals(folds, kept, [[fitter for _, fitter in options] for options in candidates])
+    for stats, channels, options, scores in zip(consumers, kept, candidates, all_scores):
         best = int(np.argmin(scores))
         chosen.append(options[best][0])
         cv_residual += scores[best]
@@ -235,11 +241,9 @@ def select_group(
     else:
         order = np.asarray(_ranking(consumers, k, method, ridge, bias_compensation, seed, shrink))
     kept = np.sort(order)
-    fits = tuple(
-        fit_consumer(c, kept, refit_weights=refit_weights, shrink=shrink, ridge=ridge,
-                     bias_compensation=bias_compensation)
-        for c in consumers
-    )
+    fits = tuple(each(lambda c: fit_consumer(c, kept, refit_weights=refit_weights, shrink=shrink, ridge=ridge,
+                                             bias_compensation=bias_compensation),
+                      consumers, sum(c.entries for c in consumers)))
     return GroupSelection(
         kept=kept,
         order=order,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .parallel import each
 from .residual import make_residual
 from .stats import ConsumerStats, check_k, group_channels
 
@@ -51,10 +52,10 @@ def greedy_select(
     n = group_channels(consumers)
     check_k(k, n)
     lams = [c.ridge_lambda(ridge, bias_compensation) for c in consumers]
-    states = [
-        make_residual(c, lam=lam, centered=bias_compensation, capacity=k, anchored=anchored)
-        for c, lam in zip(consumers, lams)
-    ]
+    entries = sum(c.entries for c in consumers)
+    states = each(lambda pair: make_residual(pair[0], lam=pair[1], centered=bias_compensation, capacity=k,
+                                             anchored=anchored), list(zip(consumers, lams)), entries)
+    entries = sum(state.cross.size + state.diag.size for state in states)  # what a step reads
     penalty = np.zeros(n)
     if anchored:
         for c, lam in zip(consumers, lams):
@@ -67,8 +68,7 @@ def greedy_select(
     for step in range(k):
         gain = np.zeros(n)
         alive = np.zeros(n, dtype=bool)
-        for state in states:
-            g, a = state.gains()
+        for g, a in each(lambda state: state.gains(), states, entries):
             gain += g
             alive |= a
         gain -= np.where(alive, penalty, 0.0)
@@ -77,6 +77,5 @@ def greedy_select(
         j = int(np.argmax(np.where(tier == tier.max(), gain, -np.inf)))
         order[step], gains[step], picked[j] = j, gain[j], True
         if step + 1 < k:
-            for state in states:
-                state.commit(j)
+            each(lambda state: state.commit(j), states, entries)
     return GreedyResult(order=order, gains=gains, total=float(gains.sum()))

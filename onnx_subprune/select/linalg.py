@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from .parallel import all_cores
+
 RTOL = 1e-10
 """Relative tolerance of every rank decision (see the module docstring)."""
 
@@ -31,14 +33,16 @@ def psd_solve(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
     conditioned ``a``) falls back to an eigen-decomposition pseudo-inverse that drops eigenvalues
     at or below ``tol``.
     """
-    try:
-        factor = scipy.linalg.cho_factor(a, lower=True, check_finite=False)
-        if np.min(np.diag(factor[0])) ** 2 > tol:
-            return scipy.linalg.cho_solve(factor, b, check_finite=False)
-    except np.linalg.LinAlgError:
-        pass
-    w, e = scipy.linalg.eigh(a, check_finite=False)
-    return e @ (pinv_values(w, tol)[:, None] * (e.T @ b))
+    s = a.shape[0]
+    with all_cores(s**3 / 3.0 + 2.0 * s * s * (b.shape[1] if b.ndim == 2 else 1)):
+        try:
+            factor = scipy.linalg.cho_factor(a, lower=True, check_finite=False)
+            if np.min(np.diag(factor[0])) ** 2 > tol:
+                return scipy.linalg.cho_solve(factor, b, check_finite=False)
+        except np.linalg.LinAlgError:
+            pass
+        w, e = scipy.linalg.eigh(a, check_finite=False)
+        return e @ (pinv_values(w, tol)[:, None] * (e.T @ b))
 
 
 def pinv_values(w: np.ndarray, tol: float) -> np.ndarray:

@@ -33,6 +33,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from . import parallel
+from .parallel import each
 from .linalg import compress_columns, pinv_values, psd_tolerance, subtract_product
 from .stats import ConsumerStats
 
@@ -63,9 +65,13 @@ class Residual(ABC):
         self.cross = cross
         # (n,) channels not numerically dead in the original statistics
         self.live = np.linalg.eigvalsh(diag)[:, -1] > self.tol
+        self.chunks = channel_chunks(self.n, stats.d * max(self.r, cross.shape[1]))
 
     def _span(self, j: int) -> slice:
         return slice(j * self.r, (j + 1) * self.r)
+
+    def _columns(self, channels: slice) -> slice:
+        return slice(channels.start * self.r, channels.stop * self.r)
 
     def gains(self) -> tuple[np.ndarray, np.ndarray]:
         """Gains (n,) tr(Cr[J]^T Gr[J,J]^+ Cr[J]) of every channel, and the mask (n,) of alive ones.
@@ -73,13 +79,21 @@ class Residual(ABC):
         A channel is alive when its residual block (without the ridge, unless anchored) has an
         eigenvalue above the tolerance; dead channels get gain 0.
         """
+        parts = each(self._gains, self.chunks)
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([gain for gain, _ in parts]), np.concatenate([alive for _, alive in parts])
+
+    def _gains(self, channels: slice) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gains` of the channels ``channels``."""
+        diag, cross = self.diag[channels], self.cross[self._columns(channels)]
         if self.r == 1:  # 1 x 1 blocks are their own eigenvalues: no batched eigh per step
-            w = self.diag[:, 0, 0]
+            w = diag[:, 0, 0]
             alive = w > self.floor + self.tol
-            gain = np.einsum("ij,ij->i", self.cross, self.cross) * pinv_values(w, self.tol)
+            gain = np.einsum("ij,ij->i", cross, cross) * pinv_values(w, self.tol)
             return np.where(alive, gain, 0.0), alive
-        w, e = np.linalg.eigh(self.diag)
-        blocks = self.cross.reshape(self.n, self.r, -1)
+        w, e = np.linalg.eigh(diag)
+        blocks = cross.reshape(len(diag), self.r, cross.shape[1])
         energy = blocks @ blocks.transpose(0, 2, 1)
         quad = np.sum(e * (energy @ e), axis=1)  # e_s^T energy e_s per block: batched matmul, 3x a 3-operand einsum
         gain = np.maximum(np.sum(quad * pinv_values(w, self.tol), axis=1), 0.0)
@@ -89,25 +103,54 @@ class Residual(ABC):
     def commit(self, j: int) -> None:
         """Add channel ``j`` to the kept set: Gr -= K Gr[J, :], Cr -= K Cr[J, :]."""
         span = self._span(j)
-        g = self.column(j)
+        parts = each(lambda channels: self.column(j, self._columns(channels)), self.chunks)
+        g = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        g[span] += self.lam * np.eye(self.r)
         w, e = np.linalg.eigh(g[span])
         keep = w > self.tol
         factor = e[:, keep] / np.sqrt(w[keep])
         v = g @ factor
-        vb = v.reshape(self.n, self.r, -1)
-        self.diag -= vb @ vb.transpose(0, 2, 1)
-        subtract_product(self.cross, v, factor.T @ self.cross[span])
+        right = factor.T @ self.cross[span]
+
+        def update(channels: slice) -> None:
+            cols = self._columns(channels)
+            vb = v[cols].reshape(channels.stop - channels.start, self.r, v.shape[1])
+            self.diag[channels] -= vb @ vb.transpose(0, 2, 1)
+            subtract_product(self.cross[cols], v[cols], right)
+
+        each(update, self.chunks)
         self._extend(j, g, v, w, e)
 
     @abstractmethod
-    def column(self, j: int) -> np.ndarray:
-        """Block column Gr[:, J] (d, r) of the current residual Gram matrix (with the ridge)."""
+    def column(self, j: int, rows: slice) -> np.ndarray:
+        """Rows ``rows`` of the block column Gr[:, J] (d, r) of the current residual Gram matrix,
+        without the ridge (:meth:`commit` adds it)."""
 
     @abstractmethod
     def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
         """Form-specific update after picking channel ``j``: ``g`` (d, r) is the block column
         :meth:`column` gave, ``v`` (d, r') the factor g E Lambda^{-1/2} and ``w`` (r,), ``e`` (r, r)
         the eigen-decomposition of Gr[J, J]."""
+
+
+CHUNK_ENTRIES = 1 << 20
+"""A consumer whose d x max(block, m') residual statistics hold more entries than this splits each
+greedy step (gains, block column, update) into channel ranges run side by side
+(:func:`.parallel.each`): one per worker. Below it a step is too short to share."""
+
+
+def channel_chunks(n: int, entries: int) -> list[slice]:
+    """Contiguous channel ranges covering ``range(n)``: one per worker when the statistics hold
+    more than :data:`CHUNK_ENTRIES` ``entries``, else one."""
+    count = min(parallel.WORKERS, n) if entries > CHUNK_ENTRIES else 1
+    bounds = np.linspace(0, n, count + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def sample_chunks(rows: int, count: int) -> list[slice]:
+    """``count`` contiguous ranges covering ``range(rows)``."""
+    bounds = np.linspace(0, rows, min(count, rows) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 SINGLE_FACTOR_ENTRIES = 1 << 21
@@ -138,14 +181,13 @@ class GramResidual(Residual):
                                  dtype=np.float32 if entries > SINGLE_FACTOR_ENTRIES else np.float64)
         self.rank = 0
 
-    def column(self, j: int) -> np.ndarray:
+    def column(self, j: int, rows: slice) -> np.ndarray:
         span = self._span(j)
-        g = self.gram[span].T.copy()
+        g = self.gram[span, rows].T.copy()
         if self.scaled_mean is not None:
-            g -= np.outer(self.scaled_mean, self.scaled_mean[span])
-        g[span] += self.lam * np.eye(self.r)
+            g -= np.outer(self.scaled_mean[rows], self.scaled_mean[span])
         done = self.factor_t[: self.rank]
-        g -= done.T @ np.ascontiguousarray(done[:, span])  # BLAS gemv over a contiguous block
+        g -= done[:, rows].T @ np.ascontiguousarray(done[:, span])  # BLAS gemv over a contiguous block
         return g
 
     def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
@@ -165,12 +207,10 @@ class RowResidual(Residual):
         super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.rows = rows
 
-    def column(self, j: int) -> np.ndarray:
+    def column(self, j: int, rows: slice) -> np.ndarray:
         span = self._span(j)
         # (Bw[:, J]^T Bw)^T: BLAS streams the rows untransposed, twice as fast as Bw^T Bw[:, J]
-        g = (np.ascontiguousarray(self.rows[:, span].T) @ self.rows).T
-        g[span] += self.lam * np.eye(self.r)
-        return g
+        return (np.ascontiguousarray(self.rows[:, span].T) @ self.rows[:, rows]).T
 
     def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
         span = self._span(j)
@@ -182,7 +222,8 @@ class RowResidual(Residual):
         # q^T Bw = (Bw^T Bw[:, J] basis)^T, and Bw^T Bw[:, J] is g without its ridge: one pass over the rows fewer
         across = g @ basis
         across[span] -= self.lam * basis
-        subtract_product(self.rows, q * shrink, across.T)
+        left, right = q * shrink, across.T
+        each(lambda part: subtract_product(self.rows[part], left[part], right), sample_chunks(len(self.rows), len(self.chunks)))
 
 
 GRAM_FORM_MAX_COLUMNS = 8192

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .parallel import all_cores
 from .linalg import psd_solve, psd_tolerance
 from .refit import Refit, Strength, kept_columns
 from .stats import ConsumerStats, map_products
@@ -130,7 +131,9 @@ def _squared_svd(design: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray
     if design.shape[0] > design.shape[1]:  # the triplets of the transpose, sides swapped
         values, right, left = _squared_svd(design.T, tol)
         return values, left, right
-    values, left = np.linalg.eigh(design @ design.T)
+    small, large = design.shape
+    with all_cores(2.0 * small * small * large + 10.0 * small**3):
+        values, left = np.linalg.eigh(design @ design.T)
     keep = values > tol
     values, left = values[keep], left[:, keep]
     return values, left, (design.T @ left) / np.sqrt(values)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .parallel import all_cores
+
 _ARRAYS = ("b_sum", "y_sum", "weight", "gram", "cross", "rows", "targets")
 
 
@@ -104,7 +106,9 @@ class ConsumerStats:
         C = B^T Y (d, m) from the rows."""
         if not self.is_row_form:
             return self
-        return ConsumerStats.from_gram(self.rows.T @ self.rows, self.rows.T @ self.targets, y_sq=self.y_sq,
+        with all_cores(float(self.n_rows) * self.d * (self.d + self.m)):
+            gram, cross = self.rows.T @ self.rows, self.rows.T @ self.targets
+        return ConsumerStats.from_gram(gram, cross, y_sq=self.y_sq,
                                        b_sum=self.b_sum, y_sum=self.y_sum, n_rows=self.n_rows,
                                        weight=self.weight, block=self.block)
 
@@ -118,6 +122,11 @@ class ConsumerStats:
     def m(self) -> int:
         """Number of output columns of the consumer."""
         return self.weight.shape[1]
+
+    @property
+    def entries(self) -> int:
+        """d x (d + m): the entries of the Gram-form statistics, what a fit on them reads."""
+        return self.d * (self.d + self.m)
 
     @property
     def n_channels(self) -> int:
