@@ -195,6 +195,11 @@ class _SetCapture:
              for c in self.consumers}
             for _ in range(int(parts.max()) + 1)
         ]
+        leads = _shared_inputs(self.consumers, self.weights)
+        for part in accumulators:
+            for node, lead in leads.items():
+                if lead != node:
+                    part[node].follow(part[lead])
         names = sorted({c.input for c in self.consumers})
         total = -(-len(indices) // self.batch_size)
         for done, feed in enumerate(batches(self.feeds, indices, self.batch_size), start=1):
@@ -205,12 +210,23 @@ class _SetCapture:
             for part in np.unique(chunk):
                 picked = slice(None) if (chunk == part).all() else chunk == part  # no copy for one part
                 for consumer in self.consumers:
+                    if leads[consumer.node] != consumer.node:
+                        continue  # its lead folds it in
                     x_b, x_a = inputs_b[consumer.input], inputs_a[consumer.input]
                     mine = x_b[picked]
                     accumulators[part][consumer.node].add(consumer, mine, mine if x_a is x_b else x_a[picked])
             if self.progress:
                 self.progress(f"capture ({label})", done, total)
         return [{node: acc.stats() for node, acc in part.items()} for part in accumulators]
+
+
+def _shared_inputs(consumers: Sequence[Consumer], weights: dict[str, np.ndarray]) -> dict[str, str]:
+    """Consumer node -> the first consumer that unfolds the same input tensor the same way (the
+    same geometry, block and column count; itself when none came before): one unfolding and
+    one Gram matrix serve them all (a detector's box and class convs reading one feature map)."""
+    first: dict[tuple, str] = {}
+    return {c.node: first.setdefault((c.input, c.conv, c.block, weights[c.node].shape[0]), c.node)
+            for c in consumers}
 
 
 def _tensors(source, key: tuple[str, int], feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -254,49 +270,74 @@ class _Accumulator:
         self.y_sq, self.n_rows = 0.0, 0
         self.row_form: bool | None = None
         self.per_sample = 0
+        self.lead: _Accumulator | None = None  # whose rows (B) these are, when shared
+        self.followers: list[_Accumulator] = []
+        self._joined: np.ndarray | None = None
+
+    def follow(self, lead: _Accumulator) -> None:
+        """Take B (its Gram matrix or rows, column sums, row count) from ``lead``, a consumer
+        that unfolds the same input the same way; only the targets are this consumer's."""
+        self.lead = lead
+        lead.followers.append(self)
 
     def add(self, consumer: Consumer, x_b: np.ndarray, x_a: np.ndarray) -> None:
-        """Fold in one batch of the consumer's input from both models, (n, ...) each."""
+        """Fold in one batch of the consumer's input from both models, (n, ...) each, and into
+        its followers' statistics (unfolded once for all of them)."""
         d = self.weight.shape[0]
         if self.row_form is None:
             self.per_sample = max(1, unfold(consumer, x_b[:1]).shape[0])
-            self.row_form = self.per_sample * self.samples < d
+            for accumulator in [self, *self.followers]:
+                accumulator.row_form = self.per_sample * self.samples < d
+                if not accumulator.row_form:
+                    accumulator.cross = np.zeros((d, accumulator.weight.shape[1]))
             if not self.row_form:
-                self.gram, self.cross = np.zeros((d, d)), np.zeros((d, self.weight.shape[1]))
+                self.gram = np.zeros((d, d))
         step = max(1, CHUNK_ELEMENTS // (self.per_sample * d))
         for start in range(0, len(x_b), step):
             rows = _single(unfold(consumer, x_b[start : start + step]))
             if rows.shape[1] != d:
                 raise ValueError(f"{consumer.node}: unfolded {rows.shape[1]} columns, weight has {d}")
             source = rows if x_a is x_b else _single(unfold(consumer, x_a[start : start + step]))
-            self._fold(rows, source)
+            for accumulator in [self, *self.followers]:
+                accumulator._fold(rows, source)
 
     def _fold(self, rows: np.ndarray, source: np.ndarray) -> None:
         """Add a chunk of rows B (r, d) and the rows A (r, d_A) that give its targets Y = A W_A
         (float32 each). Y, B^T B and B^T Y are computed in float32 (BLAS), summed over every
         :data:`GRAM_BLOCK` rows, then added to float64 totals; the sums are float64 (the row form
         keeps its rows and targets in float64)."""
-        self.b_sum += rows.sum(axis=0, dtype=np.float64)
-        self.n_rows += rows.shape[0]
+        own = self.lead is None  # B's statistics are the lead's
+        if own:
+            self.b_sum += rows.sum(axis=0, dtype=np.float64)
+            self.n_rows += rows.shape[0]
         if self.row_form:
-            wide = rows.astype(np.float64)
+            wide = rows.astype(np.float64) if own else self.lead.rows[-1]
             targets = (wide if source is rows else source.astype(np.float64)) @ self.target
-            self.rows.append(wide)
+            if own:
+                self.rows.append(wide)
             self.targets.append(targets)
         else:
             targets = source @ self.target32
             for start in range(0, rows.shape[0], GRAM_BLOCK):
                 block = rows[start : start + GRAM_BLOCK]
-                self.gram += block.T @ block
+                if own:
+                    self.gram += block.T @ block
                 self.cross += block.T @ targets[start : start + GRAM_BLOCK]
         self.y_sum += targets.sum(axis=0, dtype=np.float64)
         self.y_sq += float(np.einsum("ij,ij->", targets, targets, dtype=np.float64))
 
     def stats(self) -> ConsumerStats:
+        inputs = self.lead or self
         common = dict(
-            block=self.block, n_rows=self.n_rows, y_sq=self.y_sq, b_sum=self.b_sum,
+            block=self.block, n_rows=inputs.n_rows, y_sq=self.y_sq, b_sum=inputs.b_sum,
             y_sum=self.y_sum, weight=self.weight,
         )
         if self.row_form:
-            return ConsumerStats(**common, rows=np.concatenate(self.rows), targets=np.concatenate(self.targets))
-        return ConsumerStats(**common, gram=self.gram, cross=self.cross)
+            return ConsumerStats(**common, rows=inputs._joined_rows(), targets=np.concatenate(self.targets))
+        return ConsumerStats(**common, gram=inputs.gram, cross=self.cross)
+
+    def _joined_rows(self) -> np.ndarray:
+        """The rows B (N, d) in one array, made once for this consumer and its followers."""
+        if self._joined is None:
+            self._joined = np.concatenate(self.rows)
+        return self._joined

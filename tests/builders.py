@@ -454,3 +454,17 @@ def unprunable_inputs() -> onnx.ModelProto:
     for node in model.graph.node:  # named after their outputs
         node.name = node.output[0]
     return model
+
+
+def shared_input_heads() -> onnx.ModelProto:
+    """Conv -> Relu feeding two 3x3 convs (a detector's class and box convs: the same input
+    unfolded the same way) and a 1x1 conv (the same input, another unfolding)."""
+    text = header("float[N,3,8,8] x", "float[N,4,8,8] cls, float[N,6,8,8] box, float[N,2,8,8] obj") + """ {
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w1, b1)
+        f = Relu (a)
+        cls = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (f, wc, bc)
+        box = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (f, wb, bb)
+        obj = Conv <kernel_shape = [1, 1]> (f, wo, bo)
+    }"""
+    return build(text, {"w1": (10, 3, 3, 3), "b1": (10,), "wc": (4, 10, 3, 3), "bc": (4,),
+                        "wb": (6, 10, 3, 3), "bb": (6,), "wo": (2, 10, 1, 1), "bo": (2,)})

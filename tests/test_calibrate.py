@@ -9,7 +9,7 @@ import pytest
 
 import builders
 from helpers import random_feeds
-from onnx_subprune import runtime
+from onnx_subprune import calibrate, runtime
 from onnx_subprune.analyze import analyze
 from onnx_subprune.calibrate import _Accumulator, capture_stats, split_samples, unfold
 from onnx_subprune.graph import read_constants
@@ -58,6 +58,34 @@ def test_fold_statistics_in_one_pass(name):
             for fold, indices in zip(group_stats.folds, split.folds):
                 _assert_stats_of(fold[index], consumer, captured, weights, indices)
                 assert fold[index].is_row_form == group_stats.calibration[index].is_row_form
+
+
+@pytest.mark.parametrize("samples", [40, 1])  # Gram form, and row form (64 rows, 90 columns)
+def test_consumers_reading_one_input_the_same_way_share_its_statistics(samples, monkeypatch):
+    """The class and box convs of shared_input_heads unfold their input once: their statistics
+    hold the very same Gram matrix (or rows), and every statistic is bit for bit what each
+    consumer captured alone gives; the 1x1 conv reading the same input has its own."""
+    model = builders.shared_input_heads()
+    groups, weights, session, feeds = _setup(model, samples)
+    split = split_samples(samples, 0.0 if samples == 1 else 0.25, seed=3)
+
+    def capture():
+        (stats,) = capture_stats(groups, session, None, weights, feeds, split, batch_size=7)
+        return dict(zip((c.node for c in groups[0].consumers), stats.calibration))
+
+    shared = capture()
+    monkeypatch.setattr(calibrate, "_shared_inputs", lambda consumers, _: {c.node: c.node for c in consumers})
+    alone = capture()
+    node_of = {c.weight: c.node for c in groups[0].consumers}
+    cls, box, obj = (shared[node_of[weight]] for weight in ("wc", "wb", "wo"))
+    b_of = (lambda s: s.rows) if cls.is_row_form else (lambda s: s.gram)
+    assert cls.is_row_form == (samples == 1)
+    assert b_of(cls) is b_of(box) and b_of(obj) is not b_of(cls)
+    for node, stats in shared.items():
+        for field in ("gram", "cross", "rows", "targets", "b_sum", "y_sum", "weight"):
+            a, b = getattr(stats, field), getattr(alone[node], field)
+            assert (a is None and b is None) or np.array_equal(a, b), (node, field)
+        assert (stats.n_rows, stats.y_sq) == (alone[node].n_rows, alone[node].y_sq)
 
 
 def _assert_stats_of(s, consumer, captured, weights, indices):

@@ -9,7 +9,7 @@ import numpy as np
 
 from .parallel import each
 from .residual import make_residual
-from .stats import ConsumerStats, check_k, group_channels
+from .stats import ConsumerStats, check_k, group_channels, merge_shared
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +51,7 @@ def greedy_select(
     """
     n = group_channels(consumers)
     check_k(k, n)
+    consumers = merge_shared(consumers)
     lams = [c.ridge_lambda(ridge, bias_compensation) for c in consumers]
     entries = sum(c.entries for c in consumers)
     states = each(lambda pair: make_residual(pair[0], lam=pair[1], centered=bias_compensation, capacity=k,

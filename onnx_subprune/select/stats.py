@@ -309,6 +309,47 @@ def sum_stats(parts: Sequence[ConsumerStats]) -> ConsumerStats:
     return ConsumerStats(**common, gram=_total(p.gram for p in parts), cross=_total(p.cross for p in parts))
 
 
+def merge_shared(consumers: Sequence[ConsumerStats]) -> list[ConsumerStats]:
+    """``consumers`` with those that read the same input the same way (equal n_rows, block,
+    column sums and Gram matrix or rows: the same B) merged into one consumer with their targets
+    side by side: Y = [Y_1 ... Y_t], C = [C_1 ... C_t], W = [W_1 ... W_t], ||Y||^2 summed.
+
+    Least squares on B separates by target column, so every greedy gain and every kept set's
+    residual is the sum of the merged consumers' (a ResNet stage's output feeds 4-7 1 x 1 convs:
+    one Gram factor instead of several). Order: each merged consumer where its first member was.
+    """
+    merged: list[list[ConsumerStats]] = []
+    for stats in consumers:
+        for members in merged:
+            if _same_input(members[0], stats):
+                members.append(stats)
+                break
+        else:
+            merged.append([stats])
+    return [_side_by_side(members) for members in merged]
+
+
+def _same_input(a: ConsumerStats, b: ConsumerStats) -> bool:
+    if (a.is_row_form, a.block, a.n_rows, a.d) != (b.is_row_form, b.block, b.n_rows, b.d):
+        return False
+    if not np.array_equal(a.b_sum, b.b_sum):
+        return False
+    mine, theirs = (a.rows, b.rows) if a.is_row_form else (a.gram, b.gram)
+    return mine is theirs or np.array_equal(mine, theirs)
+
+
+def _side_by_side(members: Sequence[ConsumerStats]) -> ConsumerStats:
+    first = members[0]
+    if len(members) == 1:
+        return first
+    common = dict(block=first.block, n_rows=first.n_rows, y_sq=sum(m.y_sq for m in members), b_sum=first.b_sum,
+                  y_sum=np.concatenate([m.y_sum for m in members]),
+                  weight=np.hstack([m.weight for m in members]))
+    if first.is_row_form:
+        return ConsumerStats(**common, rows=first.rows, targets=np.hstack([m.targets for m in members]))
+    return ConsumerStats(**common, gram=first.gram, cross=np.hstack([m.cross for m in members]))
+
+
 def _total(arrays: Iterable[np.ndarray]) -> np.ndarray:
     """Sum of same-shaped arrays into one new array (no temporaries beyond it)."""
     arrays = iter(arrays)

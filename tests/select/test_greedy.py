@@ -192,3 +192,27 @@ def test_argument_errors():
         greedy_select([stats, make_stats("gram", b2, y2, w2, 2)], 2)
     with pytest.raises(ValueError, match="ridge"):
         greedy_select([stats], 2, ridge=-1.0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("ridge", [0.0, 0.02])
+def test_consumers_reading_one_input_are_merged_exactly(form, ridge):
+    """Three consumers, two of them reading the same B (a stage output feeding two 1 x 1
+    convs): the greedy merges those two (merge_shared) and still matches the naive greedy over
+    all three problems."""
+    from onnx_subprune.select.stats import merge_shared
+
+    rng = np.random.default_rng(21)
+    block, n, k = 2, 9, 5
+    b, y1, w1 = random_problem(rng, n, block, 80, 3, mixing=1.0)
+    _, y2, w2 = random_problem(rng, n, block, 80, 4, mixing=1.0)
+    other, y3, w3 = random_problem(rng, n, block, 80, 2, mixing=1.0)
+    problems = [(b, y1, w1), (other, y3, w3), (b, y2, w2)]
+    stats = [make_stats(form, bb, yy, ww, block) for bb, yy, ww in problems]
+    merged = merge_shared(stats)
+    assert [s.m for s in merged] == [7, 2]  # the shared input's consumers where the first was
+    assert merged[0].y_sq == pytest.approx(stats[0].y_sq + stats[2].y_sq)
+    fast = greedy_select(stats, k, ridge=ridge)
+    order, gains = naive_greedy([(bb, yy) for bb, yy, _ in problems], block, k, ridge=ridge)
+    np.testing.assert_array_equal(fast.order, order)
+    np.testing.assert_allclose(fast.gains, gains, rtol=1e-8, atol=1e-9 * gains.max())
