@@ -58,6 +58,14 @@ def each(function: Callable[[Item], Result], items: Iterable[Item], entries: flo
     return list(_pool().map(_inside(function), items))
 
 
+def even_ranges(total: int, count: int) -> list[slice]:
+    """At most ``count`` contiguous, nearly equal ranges covering ``range(total)``, none empty
+    unless ``total`` is 0."""
+    count = max(1, min(count, total))
+    bounds = [round(total * i / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _inside(function: Callable[[Item], Result]) -> Callable[[Item], Result]:
     def run(item: Item) -> Result:
         _state.inside = True

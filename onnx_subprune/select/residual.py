@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from . import parallel
-from .parallel import each
+from .parallel import each, even_ranges
 from .linalg import compress_columns, pinv_values, psd_tolerance, subtract_product
 from .stats import ConsumerStats
 
@@ -122,8 +122,8 @@ class Residual(ABC):
         self._extend(j, g, v, w, e)
 
     @abstractmethod
-    def column(self, j: int, rows: slice) -> np.ndarray:
-        """Rows ``rows`` of the block column Gr[:, J] (d, r) of the current residual Gram matrix,
+    def column(self, j: int, part: slice) -> np.ndarray:
+        """Rows ``part`` of the block column Gr[:, J] (d, r) of the current residual Gram matrix,
         without the ridge (:meth:`commit` adds it)."""
 
     @abstractmethod
@@ -142,15 +142,7 @@ greedy step (gains, block column, update) into channel ranges run side by side
 def channel_chunks(n: int, entries: int) -> list[slice]:
     """Contiguous channel ranges covering ``range(n)``: one per worker when the statistics hold
     more than :data:`CHUNK_ENTRIES` ``entries``, else one."""
-    count = min(parallel.WORKERS, n) if entries > CHUNK_ENTRIES else 1
-    bounds = np.linspace(0, n, count + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def sample_chunks(rows: int, count: int) -> list[slice]:
-    """``count`` contiguous ranges covering ``range(rows)``."""
-    bounds = np.linspace(0, rows, min(count, rows) + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return even_ranges(n, parallel.WORKERS if entries > CHUNK_ENTRIES else 1)
 
 
 SINGLE_FACTOR_ENTRIES = 1 << 21
@@ -181,13 +173,13 @@ class GramResidual(Residual):
                                  dtype=np.float32 if entries > SINGLE_FACTOR_ENTRIES else np.float64)
         self.rank = 0
 
-    def column(self, j: int, rows: slice) -> np.ndarray:
+    def column(self, j: int, part: slice) -> np.ndarray:
         span = self._span(j)
-        g = self.gram[span, rows].T.copy()
+        g = self.gram[span, part].T.copy()
         if self.scaled_mean is not None:
-            g -= np.outer(self.scaled_mean[rows], self.scaled_mean[span])
+            g -= np.outer(self.scaled_mean[part], self.scaled_mean[span])
         done = self.factor_t[: self.rank]
-        g -= done[:, rows].T @ np.ascontiguousarray(done[:, span])  # BLAS gemv over a contiguous block
+        g -= done[:, part].T @ np.ascontiguousarray(done[:, span])  # BLAS gemv over a contiguous block
         return g
 
     def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
@@ -207,10 +199,10 @@ class RowResidual(Residual):
         super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.rows = rows
 
-    def column(self, j: int, rows: slice) -> np.ndarray:
+    def column(self, j: int, part: slice) -> np.ndarray:
         span = self._span(j)
         # (Bw[:, J]^T Bw)^T: BLAS streams the rows untransposed, twice as fast as Bw^T Bw[:, J]
-        return (np.ascontiguousarray(self.rows[:, span].T) @ self.rows[:, rows]).T
+        return (np.ascontiguousarray(self.rows[:, span].T) @ self.rows[:, part]).T
 
     def _extend(self, j: int, g: np.ndarray, v: np.ndarray, w: np.ndarray, e: np.ndarray) -> None:
         span = self._span(j)
@@ -223,7 +215,8 @@ class RowResidual(Residual):
         across = g @ basis
         across[span] -= self.lam * basis
         left, right = q * shrink, across.T
-        each(lambda part: subtract_product(self.rows[part], left[part], right), sample_chunks(len(self.rows), len(self.chunks)))
+        each(lambda part: subtract_product(self.rows[part], left[part], right),
+             even_ranges(len(self.rows), len(self.chunks)))
 
 
 GRAM_FORM_MAX_COLUMNS = 8192

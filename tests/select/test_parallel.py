@@ -41,6 +41,14 @@ def test_small_pieces_run_in_the_calling_thread(monkeypatch):
     assert each(lambda _: threading.get_ident(), range(3), entries=3 * parallel.SHARED_ENTRIES - 1) == [here] * 3
 
 
+@pytest.mark.parametrize("total, count", [(10, 3), (2, 4), (7, 1), (0, 2)])
+def test_even_ranges_cover_the_total(total, count):
+    ranges = parallel.even_ranges(total, count)
+    assert [i for r in ranges for i in range(total)[r]] == list(range(total))
+    assert len(ranges) == max(1, min(total, count))
+    assert max(r.stop - r.start for r in ranges) - min(r.stop - r.start for r in ranges) <= 1
+
+
 def test_an_exception_of_one_piece_reaches_the_caller():
     def fail_on_three(x: int) -> int:
         if x == 3:
