@@ -39,7 +39,7 @@ def current_positions(group: ChannelGroup, plans: Sequence[GroupPlan]) -> list[n
     """Per consumer, (n,) the input channel holding each group channel in the model pruned by
     ``plans`` (-1: the consumer does not read it); None when every consumer reads exactly the
     group's channels."""
-    masks = channel_masks(plans)
+    masks = channel_masks(plans, {c.input for c in group.consumers})
     if all(c.layout.is_full and c.input not in masks for c in group.consumers):
         return None
     result = []
@@ -55,7 +55,7 @@ def current_positions(group: ChannelGroup, plans: Sequence[GroupPlan]) -> list[n
 def original_to_current(group: ChannelGroup, stats: GroupStats, plans: Sequence[GroupPlan]) -> GroupStats:
     """Statistics captured on the original model, restricted to the consumer channels that the
     model pruned by ``plans`` still has (the other groups' removed channels dropped)."""
-    masks = channel_masks(plans)
+    masks = channel_masks(plans, {c.input for c in group.consumers})
     if not any(c.input in masks for c in group.consumers):
         return stats
 

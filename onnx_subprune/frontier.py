@@ -146,6 +146,7 @@ class Frontier:
         self.types: dict[str, int] = {}
         self.infos: dict[str, onnx.ValueInfoProto] = {}  # inferred in the unpruned model
         self._session = None
+        self._wiring: tuple[onnx.ModelProto, Wiring] | None = None  # of the model the steps run
         self._fed: list[str] = []
         self._loaded: list[str] = []
         self._kept: list[str] = []
@@ -160,7 +161,9 @@ class Frontier:
         tensors later steps will want (kept when this run computes them final). Only the part
         of ``model`` that the run needs is pruned (:func:`rewrite.rewrite_part`), so a step
         costs the size of that part, not of the model."""
-        wiring = Wiring(model)
+        if self._wiring is None or self._wiring[0] is not model:  # the same model at every step
+            self._wiring = (model, Wiring(model))
+        wiring = self._wiring[1]
         volatile = wiring.volatile(changing)
         nodes, fed, loaded, served = self._needed(wiring, wanted)
         final = self.final | {name for i in nodes for name in wiring.outputs(i) if name not in volatile}

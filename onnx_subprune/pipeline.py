@@ -597,7 +597,7 @@ def _current_matrices(model: onnx.ModelProto, group: ChannelGroup, weights: dict
     """Consumer weights as they are in ``model`` pruned by ``plans`` for consumers whose input
     an earlier group already shrank (after a Concat), and their original weights as the
     targets' weights; (``weights``, None) when no consumer was touched."""
-    masks = channel_masks(plans)
+    masks = channel_masks(plans, {c.input for c in group.consumers})
     touched = [c for c in group.consumers if c.input in masks and not masks[c.input].all()]
     if not touched:
         return weights, None

@@ -11,7 +11,7 @@ group and the producer of the next receives both.
 from __future__ import annotations
 
 import gc
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import onnx
@@ -75,12 +75,16 @@ def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan], partial: bool = 
     return _export(graph, model)
 
 
-def channel_masks(plans: Sequence[GroupPlan]) -> dict[str, np.ndarray]:
-    """Tensor name -> which positions of its channel axis survive (bool, one per position)."""
+def channel_masks(plans: Sequence[GroupPlan], names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Tensor name -> which positions of its channel axis survive (bool, one per position), for
+    every tensor the plans prune, or only for those of ``names`` (a group's consumer inputs:
+    asked once per group, all tensors would make a deep model's run quadratic in its depth)."""
     masks: dict[str, np.ndarray] = {}
     for plan in plans:
         chosen = np.asarray(plan.kept, dtype=np.int64)
         for name, layout in plan.group.tensors:
+            if names is not None and name not in names:
+                continue
             mask = masks.setdefault(name, np.ones(layout.width, dtype=bool))
             where = layout.positions()
             kept = np.zeros(max(layout.channels, int(chosen.max(initial=-1)) + 1), dtype=bool)
