@@ -53,10 +53,10 @@ def greedy_select(
     check_k(k, n)
     consumers = merge_shared(consumers)
     lams = [c.ridge_lambda(ridge, bias_compensation) for c in consumers]
-    entries = sum(c.entries for c in consumers)
     states = each(lambda pair: make_residual(pair[0], lam=pair[1], centered=bias_compensation, capacity=k,
-                                             anchored=anchored), list(zip(consumers, lams)), entries)
-    entries = sum(state.cross.size + state.diag.size for state in states)  # what a step reads
+                                             anchored=anchored), list(zip(consumers, lams)),
+                  sum(c.entries for c in consumers))
+    step_entries = sum(state.cross.size + state.diag.size for state in states)  # what a step reads
     penalty = np.zeros(n)
     if anchored:
         for c, lam in zip(consumers, lams):
@@ -69,7 +69,7 @@ def greedy_select(
     for step in range(k):
         gain = np.zeros(n)
         alive = np.zeros(n, dtype=bool)
-        for g, a in each(lambda state: state.gains(), states, entries):
+        for g, a in each(lambda state: state.gains(), states, step_entries):
             gain += g
             alive |= a
         gain -= np.where(alive, penalty, 0.0)
@@ -78,5 +78,5 @@ def greedy_select(
         j = int(np.argmax(np.where(tier == tier.max(), gain, -np.inf)))
         order[step], gains[step], picked[j] = j, gain[j], True
         if step + 1 < k:
-            each(lambda state: state.commit(j), states, entries)
+            each(lambda state: state.commit(j), states, step_entries)
     return GreedyResult(order=order, gains=gains, total=float(gains.sum()))
