@@ -152,10 +152,14 @@ def capture_stats(
     consumers = list({c.node: c for group in groups for c in group.consumers}.values())  # shared once
     capture = _SetCapture(consumers, source, reference, weights, targets or {}, feeds, batch_size, progress)
     folds = capture("calibration", split.calibration, split.fold_of()) if split.folds else None
-    calibration = (
-        {c.node: sum_stats([fold[c.node] for fold in folds]) for c in consumers} if folds
-        else capture("calibration", split.calibration)[0]
-    )
+    if folds:
+        leads, calibration = _shared_inputs(consumers, weights), {}
+        for c in consumers:  # a lead comes before its followers, whose B is the lead's
+            lead = leads[c.node]
+            calibration[c.node] = sum_stats([fold[c.node] for fold in folds],
+                                            inputs=None if lead == c.node else calibration[lead])
+    else:
+        calibration = capture("calibration", split.calibration)[0]
     holdout = capture("holdout", split.holdout)[0] if len(split.holdout) else None
 
     def pick(found: dict[str, ConsumerStats], group: ChannelGroup) -> tuple[ConsumerStats, ...]:

@@ -63,11 +63,13 @@ def test_fold_statistics_in_one_pass(name):
 @pytest.mark.parametrize("samples", [40, 1])  # Gram form, and row form (64 rows, 90 columns)
 def test_consumers_reading_one_input_the_same_way_share_its_statistics(samples, monkeypatch):
     """The class and box convs of shared_input_heads unfold their input once: their statistics
-    hold the very same Gram matrix (or rows), and every statistic is bit for bit what each
-    consumer captured alone gives; the 1x1 conv reading the same input has its own."""
+    (with 40 samples the sum of four folds') hold the very same Gram matrix (or rows) and column
+    sums, and every statistic is bit for bit what each consumer captured alone gives; the 1x1
+    conv reading the same input has its own."""
     model = builders.shared_input_heads()
     groups, weights, session, feeds = _setup(model, samples)
-    split = split_samples(samples, 0.0 if samples == 1 else 0.25, seed=3)
+    split = split_samples(samples, 0.0 if samples == 1 else "auto", seed=3)  # 40: four folds, summed
+    assert samples == 1 or split.folds
 
     def capture():
         (stats,) = capture_stats(groups, session, None, weights, feeds, split, batch_size=7)
@@ -80,7 +82,7 @@ def test_consumers_reading_one_input_the_same_way_share_its_statistics(samples, 
     cls, box, obj = (shared[node_of[weight]] for weight in ("wc", "wb", "wo"))
     b_of = (lambda s: s.rows) if cls.is_row_form else (lambda s: s.gram)
     assert cls.is_row_form == (samples == 1)
-    assert b_of(cls) is b_of(box) and b_of(obj) is not b_of(cls)
+    assert b_of(cls) is b_of(box) and cls.b_sum is box.b_sum and b_of(obj) is not b_of(cls)
     for node, stats in shared.items():
         for field in ("gram", "cross", "rows", "targets", "b_sum", "y_sum", "weight"):
             a, b = getattr(stats, field), getattr(alone[node], field)

@@ -98,4 +98,3 @@ def all_cores(flops: float) -> ContextManager:
         if _controller is None:
             _controller = ThreadpoolController()
     return _controller.limit(limits=cores, user_api="blas")
-

@@ -281,12 +281,15 @@ class ConsumerStats:
             raise ValueError(f"y_sq must be finite and >= 0, got {self.y_sq}")
 
 
-def sum_stats(parts: Sequence[ConsumerStats]) -> ConsumerStats:
+def sum_stats(parts: Sequence[ConsumerStats], inputs: ConsumerStats | None = None) -> ConsumerStats:
     """The statistics of the union of ``parts``' rows (disjoint row sets of one consumer, e.g.
     cross-validation folds): Gram form adds ``gram`` (d, d), ``cross`` (d, m), the sums,
     ``n_rows`` and ``y_sq``; row form concatenates ``rows`` (N_i, d) and ``targets`` (N_i, m).
 
     Every part must have the same form, block, d and m; the first part's ``weight`` is kept.
+    ``inputs``: the sum of another consumer's parts that hold the same B (the same rows per part,
+    e.g. shared by capture): its B statistics (rows or Gram matrix, column sums, row count) are
+    taken as they are instead of summed again.
     """
     if len(parts) == 0:
         raise ValueError("sum_stats needs at least one part")
@@ -301,12 +304,14 @@ def sum_stats(parts: Sequence[ConsumerStats]) -> ConsumerStats:
         return first
     common = dict(
         block=first.block, n_rows=sum(p.n_rows for p in parts), y_sq=sum(p.y_sq for p in parts),
-        b_sum=_total(p.b_sum for p in parts), y_sum=_total(p.y_sum for p in parts), weight=first.weight,
+        b_sum=inputs.b_sum if inputs else _total(p.b_sum for p in parts), y_sum=_total(p.y_sum for p in parts),
+        weight=first.weight,
     )
     if first.is_row_form:
-        return ConsumerStats(**common, rows=np.concatenate([p.rows for p in parts]),
-                             targets=np.concatenate([p.targets for p in parts]))
-    return ConsumerStats(**common, gram=_total(p.gram for p in parts), cross=_total(p.cross for p in parts))
+        rows = inputs.rows if inputs else np.concatenate([p.rows for p in parts])
+        return ConsumerStats(**common, rows=rows, targets=np.concatenate([p.targets for p in parts]))
+    gram = inputs.gram if inputs else _total(p.gram for p in parts)
+    return ConsumerStats(**common, gram=gram, cross=_total(p.cross for p in parts))
 
 
 def merge_shared(consumers: Sequence[ConsumerStats]) -> list[ConsumerStats]:
@@ -315,8 +320,8 @@ def merge_shared(consumers: Sequence[ConsumerStats]) -> list[ConsumerStats]:
     side by side: Y = [Y_1 ... Y_t], C = [C_1 ... C_t], W = [W_1 ... W_t], ||Y||^2 summed.
 
     Least squares on B separates by target column, so every greedy gain and every kept set's
-    residual is the sum of the merged consumers' (a ResNet stage's output feeds 4-7 1 x 1 convs:
-    one Gram factor instead of several). Order: each merged consumer where its first member was.
+    residual is the sum of the merged consumers' (a detector's class and box convs on one feature
+    map: one Gram factor instead of two). Order: each merged consumer where its first member was.
     """
     merged: list[list[ConsumerStats]] = []
     for stats in consumers:
