@@ -20,6 +20,7 @@ from .graph import read_constants
 from .ops import LAYERS
 from .runtime import batches, run
 from .select.stats import ConsumerStats, sum_stats
+from .patches import RowWindows, Totals, UnfoldedRows
 from .types import ChannelGroup, Consumer
 from .unfold import unfold_conv, unfold_dense
 
@@ -31,6 +32,16 @@ GRAM_BLOCK = 2048
 totals: rounding grows with the rows summed in single precision, and 2048 keeps the statistics
 within 1e-6 (relative, Frobenius) of float64 ones on the test architectures
 (tests/test_calibrate.py) at half the time of 256."""
+
+GATHER_ROWS = 8192
+"""Rows of B below which a consumer's batches are gathered before they are folded in: a model
+with a fixed batch of 1 gives one sample per batch, and its products were then 1.4x (windows) to
+1.6x (unfolded rows) slower per sample than with four samples (a 96-channel 3x3 Conv on 52x52
+maps, ddddocr_det's widest, 2 cores)."""
+
+GATHER_ENTRIES = 1 << 20
+"""Input entries (float32: 4 MiB) at which gathered batches are folded in whatever their rows,
+bounding the memory that gathering holds per consumer."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -252,11 +263,6 @@ def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:
     return unfold_dense(x)
 
 
-def _single(rows: np.ndarray) -> np.ndarray:
-    """``rows`` as float32 (no copy when they are already; float16 and float64 inputs are cast)."""
-    return rows if rows.dtype == np.float32 else rows.astype(np.float32)
-
-
 class _Accumulator:
     """Running B^T B, B^T Y, ||Y||^2 and column sums of one consumer (or its rows when few)."""
 
@@ -267,13 +273,17 @@ class _Accumulator:
         self.block = block
         self.samples = samples
         d, m = self.weight.shape
-        self.gram = self.cross = None
+        self.totals: Totals | None = None  # the Gram form's sums, in the layout of ``form``
+        self.form: type[UnfoldedRows] | type[RowWindows] = UnfoldedRows
+        self._finished: Totals | None = None
         self.rows: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
-        self.b_sum, self.y_sum = np.zeros(d), np.zeros(m)
+        self.b_sum, self.y_sum = np.zeros(d), np.zeros(m)  # b_sum: the row form's
         self.y_sq, self.n_rows = 0.0, 0
         self.row_form: bool | None = None
-        self.per_sample = 0
+        self.per_sample = self.step = 0
+        self.consumer: Consumer | None = None
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # batches (B's input, A's) not yet folded in
         self.lead: _Accumulator | None = None  # whose rows (B) these are, when shared
         self.followers: list[_Accumulator] = []
         self._joined: np.ndarray | None = None
@@ -286,59 +296,99 @@ class _Accumulator:
 
     def add(self, consumer: Consumer, x_b: np.ndarray, x_a: np.ndarray) -> None:
         """Fold in one batch of the consumer's input from both models, (n, ...) each, and into
-        its followers' statistics (unfolded once for all of them)."""
+        its followers' statistics (unfolded once for all of them). Small batches are gathered
+        up to :data:`GATHER_ROWS` rows or :data:`GATHER_ENTRIES` input entries (a fixed batch of 1
+        would otherwise make many small products); :meth:`flush` (called by :meth:`stats`) folds
+        in the rest, in chunks of about :data:`CHUNK_ELEMENTS` unfolded entries. The Gram form of a
+        stride-1 2-D Conv on large enough maps never unfolds every kernel offset
+        (:class:`RowWindows`), and its chunks hold more samples."""
         d = self.weight.shape[0]
         if self.row_form is None:
+            self.consumer = consumer
             self.per_sample = max(1, unfold(consumer, x_b[:1]).shape[0])
+            windows = RowWindows.fits(consumer.conv, x_b.shape, d) and self.per_sample * self.samples >= d
             for accumulator in [self, *self.followers]:
                 accumulator.row_form = self.per_sample * self.samples < d
-                if not accumulator.row_form:
-                    accumulator.cross = np.zeros((d, accumulator.weight.shape[1]))
-            if not self.row_form:
-                self.gram = np.zeros((d, d))
-        step = max(1, CHUNK_ELEMENTS // (self.per_sample * d))
-        for start in range(0, len(x_b), step):
-            rows = _single(unfold(consumer, x_b[start : start + step]))
-            if rows.shape[1] != d:
-                raise ValueError(f"{consumer.node}: unfolded {rows.shape[1]} columns, weight has {d}")
-            source = rows if x_a is x_b else _single(unfold(consumer, x_a[start : start + step]))
-            for accumulator in [self, *self.followers]:
-                accumulator._fold(rows, source)
+                accumulator.form = RowWindows if windows else UnfoldedRows
+            shrink = consumer.conv.kernel[0] if windows else 1  # windows hold 1/kh of the unfolded entries
+            self.step = max(1, CHUNK_ELEMENTS * shrink // (self.per_sample * d))
+        self.pending.append((x_b, x_a))
+        samples = sum(len(x) for x, _ in self.pending)
+        if samples * self.per_sample >= GATHER_ROWS or samples * x_b[0].size >= GATHER_ENTRIES:
+            self.flush()
 
-    def _fold(self, rows: np.ndarray, source: np.ndarray) -> None:
-        """Add a chunk of rows B (r, d) and the rows A (r, d_A) that give its targets Y = A W_A
-        (float32 each). Y, B^T B and B^T Y are computed in float32 (BLAS), summed over every
-        :data:`GRAM_BLOCK` rows, then added to float64 totals; the sums are float64 (the row form
-        keeps its rows and targets in float64)."""
+    def flush(self) -> None:
+        """Fold in the gathered batches (:meth:`add`)."""
+        if not self.pending:
+            return
+        x_b = np.concatenate([x for x, _ in self.pending]) if len(self.pending) > 1 else self.pending[0][0]
+        same = all(a is b for b, a in self.pending)
+        x_a = x_b if same else np.concatenate([a for _, a in self.pending]) if len(self.pending) > 1 else self.pending[0][1]
+        self.pending = []
+        d = self.weight.shape[0]
+        for start in range(0, len(x_b), self.step):
+            b = self._patches(self.consumer, x_b[start : start + self.step])
+            if b.width != d:
+                raise ValueError(f"{self.consumer.node}: unfolded {b.width} columns, weight has {d}")
+            a = b if same else self._patches(self.consumer, x_a[start : start + self.step])
+            for accumulator in [self, *self.followers]:
+                if self.row_form:
+                    accumulator._keep(b.rows, a.rows)
+                else:
+                    accumulator._fold(b, a)
+
+    def _patches(self, consumer: Consumer, x: np.ndarray) -> UnfoldedRows | RowWindows:
+        """One chunk of ``x`` (n, ...) in this consumer's form."""
+        if self.form is RowWindows:
+            return RowWindows(x, consumer.conv, GRAM_BLOCK)
+        return UnfoldedRows(unfold(consumer, x), GRAM_BLOCK)
+
+    def _fold(self, b: UnfoldedRows | RowWindows, a: UnfoldedRows | RowWindows) -> None:
+        """Add a chunk of B and the chunk of A that gives its targets Y = A W_A. Y, B^T B and
+        B^T Y are computed in float32 (BLAS), summed over at most :data:`GRAM_BLOCK` rows, then
+        added to float64 totals."""
         own = self.lead is None  # B's statistics are the lead's
+        if self.totals is None:
+            self.totals = b.new_totals(self.weight.shape[1], gram=own)
+        targets = a.times(self.target32)
+        b.add(self.totals, targets)
         if own:
-            self.b_sum += rows.sum(axis=0, dtype=np.float64)
+            self.n_rows += b.count
+        self._add_target_sums(targets)
+
+    def _keep(self, rows: np.ndarray, source: np.ndarray) -> None:
+        """Row form: keep a chunk of rows B (r, d) and the targets Y = A W_A of its rows A
+        (r, d_A), in float64."""
+        own = self.lead is None
+        wide = rows.astype(np.float64) if own else self.lead.rows[-1]
+        targets = (wide if source is rows else source.astype(np.float64)) @ self.target
+        if own:
+            self.b_sum += wide.sum(axis=0)
             self.n_rows += rows.shape[0]
-        if self.row_form:
-            wide = rows.astype(np.float64) if own else self.lead.rows[-1]
-            targets = (wide if source is rows else source.astype(np.float64)) @ self.target
-            if own:
-                self.rows.append(wide)
-            self.targets.append(targets)
-        else:
-            targets = source @ self.target32
-            for start in range(0, rows.shape[0], GRAM_BLOCK):
-                block = rows[start : start + GRAM_BLOCK]
-                if own:
-                    self.gram += block.T @ block
-                self.cross += block.T @ targets[start : start + GRAM_BLOCK]
+            self.rows.append(wide)
+        self.targets.append(targets)
+        self._add_target_sums(targets)
+
+    def _add_target_sums(self, targets: np.ndarray) -> None:
         self.y_sum += targets.sum(axis=0, dtype=np.float64)
         self.y_sq += float(np.einsum("ij,ij->", targets, targets, dtype=np.float64))
 
+    def _gram_totals(self) -> Totals:
+        """The Gram form's sums in B's column order (made once)."""
+        if self._finished is None:
+            self._finished = self.form.finish(self.totals)
+            self.totals = None
+        return self._finished
+
     def stats(self) -> ConsumerStats:
         inputs = self.lead or self
-        common = dict(
-            block=self.block, n_rows=inputs.n_rows, y_sq=self.y_sq, b_sum=inputs.b_sum,
-            y_sum=self.y_sum, weight=self.weight,
-        )
+        inputs.flush()
+        common = dict(block=self.block, n_rows=inputs.n_rows, y_sq=self.y_sq, y_sum=self.y_sum, weight=self.weight)
         if self.row_form:
-            return ConsumerStats(**common, rows=inputs._joined_rows(), targets=np.concatenate(self.targets))
-        return ConsumerStats(**common, gram=inputs.gram, cross=self.cross)
+            return ConsumerStats(**common, b_sum=inputs.b_sum, rows=inputs._joined_rows(),
+                                 targets=np.concatenate(self.targets))
+        b_totals = inputs._gram_totals()
+        return ConsumerStats(**common, b_sum=b_totals.b_sum, gram=b_totals.gram, cross=self._gram_totals().cross)
 
     def _joined_rows(self) -> np.ndarray:
         """The rows B (N, d) in one array, made once for this consumer and its followers."""
