@@ -27,7 +27,8 @@ depth     Prune time against the depth of the model: plain chains of --depths 3x
           layers (--chain-channels channels on --chain-size square inputs, 32 and 32 by default,
           random He weights, then global pooling and a Gemm), the test architectures of
           models/arch and, with --resnet50-samples, a ResNet-50-shaped model (resnet50_shaped:
-          224x224, 53 Conv layers, random weights) on that many random inputs; each pruned at
+          224x224, 53 Conv layers, random weights) on that many random inputs, and the --zoo
+          models (real exports, tools/zoo.py) on their in-domain inputs; each pruned at
           keep 0.5 by layer, seq and asym (the ResNet: --resnet50-methods at its smallest sample
           count, asym at the others) in a fresh child process (peak RSS from os.wait4) on
           --depth-samples random inputs. Reported: the report's stage seconds divided by the
@@ -264,31 +265,40 @@ def resnet50_shaped(seed: int = 0):
 
 
 def forward_seconds(path: Path, feeds: dict, batch: int = 64, device: str = "cpu") -> float:
-    """Median of 3 runs of every sample of ``feeds`` through the model at ``path`` (onnxruntime on
-    ``device``: cpu or cuda, as the prune command's --device picks it; host copies included)."""
+    """Median of 3 runs of every sample of ``feeds`` (samples first in every input) through the
+    model at ``path``, ``batch`` at a time (onnxruntime on ``device``: cpu or cuda, as the prune
+    command's --device picks it; host copies included)."""
     import onnxruntime as ort
 
     from onnx_subprune.runtime import choose_providers
 
     session = ort.InferenceSession(str(path), providers=choose_providers(device)[0])
-    name, data = next(iter(feeds.items()))
+    samples = len(next(iter(feeds.values())))
     times = []
     for _ in range(4):
         start = time.perf_counter()
-        for first in range(0, len(data), batch):
-            session.run(None, {name: data[first:first + batch]})
+        for first in range(0, samples, batch):
+            session.run(None, {name: data[first:first + batch] for name, data in feeds.items()})
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
+
+
+def fixed_batch(path: Path) -> int | None:
+    """The batch size the model's first input declares, when it is a fixed number."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].dim_value > 0 else None
 
 
 def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp: Path,
              device: str = "cpu") -> list[dict]:
     """Prune the model at ``path`` with each method in a fresh child process (keep 0.5, onnxruntime
     on ``device``, calibration ``feeds``): one row each, with the seconds of one forward pass of
-    ``feeds`` on the same device."""
+    ``feeds`` on the same device (batch 64, or the model's fixed batch)."""
     calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
     np.savez(calib, **feeds)
-    forward = forward_seconds(path, feeds, device=device)
+    forward = forward_seconds(path, feeds, batch=fixed_batch(path) or 64, device=device)
     rows = []
     for method in methods:
         report = tmp / "report.json"
@@ -329,6 +339,8 @@ def _depth_cases(args, tmp: Path):
         with np.load(ARCH / f"{data}.npz") as archive:
             feeds = {"input": archive["input"][:args.depth_samples]}
         yield name, None, ARCH / f"{name}.onnx", feeds, DEPTH_METHODS
+    for name in args.zoo:
+        yield f"{name} (zoo)", None, *_zoo_case(name, args.depth_samples, args.seed), DEPTH_METHODS
     if args.resnet50_samples:
         path = tmp / "resnet50.onnx"
         onnx.save(resnet50_shaped(args.seed), path)
@@ -336,6 +348,17 @@ def _depth_cases(args, tmp: Path):
             feeds = {"input": rng.standard_normal((samples, 3, 224, 224)).astype(np.float32)}
             methods = args.resnet50_methods if samples == min(args.resnet50_samples) else ["asym"]
             yield f"resnet50-shaped x{samples}", None, path, feeds, methods
+
+
+def _zoo_case(name: str, samples: int, seed: int) -> tuple[Path, dict]:
+    """A zoo model (fetched into its cache) and ``samples`` of its in-domain calibration inputs
+    (tools/zoo.py's recipe, samples first)."""
+    import zoo
+
+    entry = zoo.get_entry(name)
+    path = zoo.cached_path(entry) or zoo.fetch(entry)
+    feed = zoo.recipes()[entry["recipe"]](entry, samples, seed, "calib")
+    return path, zoo.samples_first(entry, feed)
 
 
 def cmd_depth(args) -> int:
@@ -369,10 +392,10 @@ def cmd_depth(args) -> int:
     text = "\n".join([
         "### Prune time vs depth" + (f" ({' vs '.join(devices)})" if beyond_cpu else ""),
         "",
-        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--resnet50-samples', '--resnet50-methods', '--devices'])}` (took {total:.0f} s).",
+        f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--zoo', '--resnet50-samples', '--resnet50-methods', '--devices'])}` (took {total:.0f} s).",
         f"`onnx-subprune prune MODEL --keep 0.5 --method M --device D` in a fresh process on {args.depth_samples} "
-        f"random inputs ({args.chain_channels}-channel 3x3 Conv+Relu chains on {args.chain_size}x{args.chain_size} inputs; the architectures: their shipped calibration inputs); prune s = the report's stage seconds; "
-        "forward s = one pass of the same inputs through the original on the same device, batch 64. Depth 64 / depth 16: "
+        f"random inputs ({args.chain_channels}-channel 3x3 Conv+Relu chains on {args.chain_size}x{args.chain_size} inputs; the architectures: their shipped calibration inputs; zoo models: their recipe's in-domain inputs); prune s = the report's stage seconds; "
+        "forward s = one pass of the same inputs through the original on the same device, batch 64 (or the model's fixed batch). Depth 64 / depth 16: "
         + (", ".join(growth) or "not measured") + ".",
         *([_device_ratios(rows, devices)] if len(devices) > 1 else []),
         machine_line(),
@@ -631,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="depth: also prune a ResNet-50-shaped model (224x224) on these numbers of random inputs")
     parser.add_argument("--resnet50-methods", nargs="+", default=["asym", "layer"],
                         help="depth: methods for the ResNet-50-shaped model at its smallest sample count (larger: asym)")
+    parser.add_argument("--zoo", nargs="*", default=[],
+                        help="depth: also prune these zoo models (tools/zoo.py, fetched when not cached) "
+                             "on --depth-samples in-domain inputs of their recipe")
     parser.add_argument("--chain-channels", type=int, default=32, help="depth: channels of every chain layer")
     parser.add_argument("--chain-size", type=int, default=32, help="depth: chain input height and width")
     parser.add_argument("--architectures", nargs="*", default=["resnet_mixed", "csp_split_concat", "densenet_block",
