@@ -216,3 +216,27 @@ def test_consumers_reading_one_input_are_merged_exactly(form, ridge):
     order, gains = naive_greedy([(bb, yy) for bb, yy, _ in problems], block, k, ridge=ridge)
     np.testing.assert_array_equal(fast.order, order)
     np.testing.assert_allclose(fast.gains, gains, rtol=1e-8, atol=1e-9 * gains.max())
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("bias_compensation", [True, False])
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_gains_from_a_cholesky_factor_equal_the_eigen_decomposition(form, bias_compensation, degenerate,
+                                                                     monkeypatch):
+    """With a ridge far above the rank tolerance, the gains invert each block through its
+    Cholesky factor and decide which channels are alive from bounds: the same order, gains and
+    dead channels as the eigen-decomposition path."""
+    rng = np.random.default_rng([13, int(degenerate)])
+    if degenerate:
+        b, y, w, block = _degenerate_problem(rng)
+    else:
+        b, y, w = random_problem(rng, 10, 9, 200, 6, mixing=3.0)
+        block = 9
+    stats = [make_stats(form, b, y, w, block)]
+    k = stats[0].n_channels
+    fast = greedy_select(stats, k, ridge=0.05, bias_compensation=bias_compensation)
+    monkeypatch.setattr(residual, "DEFINITE_RIDGE", np.inf)
+    exact = greedy_select(stats, k, ridge=0.05, bias_compensation=bias_compensation)
+    np.testing.assert_array_equal(fast.order, exact.order)
+    np.testing.assert_allclose(fast.gains, exact.gains, rtol=1e-10, atol=1e-12 * exact.total)
+    np.testing.assert_array_equal(fast.gains == 0, exact.gains == 0)
