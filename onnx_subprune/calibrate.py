@@ -18,9 +18,9 @@ import onnx
 from .data import check_finite
 from .graph import read_constants
 from .ops import LAYERS
+from .patches import RowWindows, Totals, UnfoldedRows
 from .runtime import batches, run
 from .select.stats import ConsumerStats, sum_stats
-from .patches import RowWindows, Totals, UnfoldedRows
 from .types import ChannelGroup, Consumer
 from .unfold import unfold_conv, unfold_dense
 
@@ -263,6 +263,11 @@ def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:
     return unfold_dense(x)
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """Batches (n_i, ...) as one (sum n_i, ...) array (the one batch itself when alone)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class _Accumulator:
     """Running B^T B, B^T Y, ||Y||^2 and column sums of one consumer (or its rows when few)."""
 
@@ -321,9 +326,9 @@ class _Accumulator:
         """Fold in the gathered batches (:meth:`add`)."""
         if not self.pending:
             return
-        x_b = np.concatenate([x for x, _ in self.pending]) if len(self.pending) > 1 else self.pending[0][0]
         same = all(a is b for b, a in self.pending)
-        x_a = x_b if same else np.concatenate([a for _, a in self.pending]) if len(self.pending) > 1 else self.pending[0][1]
+        x_b = _joined([b for b, _ in self.pending])
+        x_a = x_b if same else _joined([a for _, a in self.pending])
         self.pending = []
         d = self.weight.shape[0]
         for start in range(0, len(x_b), self.step):
