@@ -161,10 +161,11 @@ def capture_stats(
     the calibration samples, and the calibration statistics are their sum.
     """
     consumers = list({c.node: c for group in groups for c in group.consumers}.values())  # shared once
-    capture = _SetCapture(consumers, source, reference, weights, targets or {}, feeds, batch_size, progress)
+    leads = _shared_inputs(consumers, weights)
+    capture = _SetCapture(consumers, leads, source, reference, weights, targets or {}, feeds, batch_size, progress)
     folds = capture("calibration", split.calibration, split.fold_of()) if split.folds else None
     if folds:
-        leads, calibration = _shared_inputs(consumers, weights), {}
+        calibration = {}
         for c in consumers:  # a lead comes before its followers, whose B is the lead's
             lead = leads[c.node]
             calibration[c.node] = sum_stats([fold[c.node] for fold in folds],
@@ -192,6 +193,7 @@ class _SetCapture:
     statistics, one accumulator per part of the set (the arguments of :func:`capture_stats`)."""
 
     consumers: list[Consumer]
+    leads: dict[str, str]  # consumer node -> the consumer whose unfolding it shares (_shared_inputs)
     source: object
     reference: object
     weights: dict[str, np.ndarray]
@@ -210,9 +212,8 @@ class _SetCapture:
              for c in self.consumers}
             for _ in range(int(parts.max()) + 1)
         ]
-        leads = _shared_inputs(self.consumers, self.weights)
         for part in accumulators:
-            for node, lead in leads.items():
+            for node, lead in self.leads.items():
                 if lead != node:
                     part[node].follow(part[lead])
         names = sorted({c.input for c in self.consumers})
@@ -225,7 +226,7 @@ class _SetCapture:
             for part in np.unique(chunk):
                 picked = slice(None) if (chunk == part).all() else chunk == part  # no copy for one part
                 for consumer in self.consumers:
-                    if leads[consumer.node] != consumer.node:
+                    if self.leads[consumer.node] != consumer.node:
                         continue  # its lead folds it in
                     x_b, x_a = inputs_b[consumer.input], inputs_a[consumer.input]
                     mine = x_b[picked]
@@ -311,9 +312,10 @@ class _Accumulator:
         if self.row_form is None:
             self.consumer = consumer
             self.per_sample = max(1, unfold(consumer, x_b[:1]).shape[0])
-            windows = RowWindows.fits(consumer.conv, x_b.shape, d) and self.per_sample * self.samples >= d
+            row_form = self.per_sample * self.samples < d
+            windows = not row_form and RowWindows.fits(consumer.conv, x_b.shape, d)
             for accumulator in [self, *self.followers]:
-                accumulator.row_form = self.per_sample * self.samples < d
+                accumulator.row_form = row_form
                 accumulator.form = RowWindows if windows else UnfoldedRows
             shrink = consumer.conv.kernel[0] if windows else 1  # windows hold 1/kh of the unfolded entries
             self.step = max(1, CHUNK_ELEMENTS * shrink // (self.per_sample * d))

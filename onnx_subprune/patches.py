@@ -48,6 +48,13 @@ class Totals:
     b_sum: np.ndarray
 
 
+def _accumulate(total: np.ndarray, left: np.ndarray, right: np.ndarray, block: int) -> None:
+    """``total += left @ right`` (float64 total) from float32 products over at most ``block`` of
+    the shared columns of ``left`` (p, r) and rows of ``right`` (r, q) at a time."""
+    for start in range(0, left.shape[1], block):
+        total += left[:, start : start + block] @ right[start : start + block]
+
+
 class UnfoldedRows:
     """B as its rows, (r, d) float32 (im2col of a Conv input, or a dense input's rows)."""
 
@@ -69,11 +76,8 @@ class UnfoldedRows:
         ``totals.gram`` is kept."""
         if totals.gram is not None:
             totals.b_sum += self.rows.sum(axis=0, dtype=np.float64)
-        for start in range(0, self.count, self.block):
-            part = self.rows[start : start + self.block]
-            if totals.gram is not None:
-                totals.gram += part.T @ part
-            totals.cross += part.T @ y[start : start + self.block]
+            _accumulate(totals.gram, self.rows.T, self.rows, self.block)
+        _accumulate(totals.cross, self.rows.T, y, self.block)
 
     @staticmethod
     def finish(totals: Totals) -> Totals:
@@ -138,20 +142,17 @@ class RowWindows:
     def _product(self, first: int, stop: int, shift: int) -> np.ndarray:
         """sum over input rows y in [first, stop) of V[y] V[y + shift]^T: (C kw, C kw) float64,
         float32 products over at most ``block`` columns at a time."""
-        left, right = self._rows(first, stop), self._rows(first + shift, stop + shift)
+        left = self._rows(first, stop)
         total = np.zeros((left.shape[0], left.shape[0]))
-        for start in range(0, left.shape[1], self.block):
-            total += left[:, start : start + self.block] @ right[:, start : start + self.block].T
+        _accumulate(total, left, self._rows(first + shift, stop + shift).T, self.block)
         return total
 
     def add(self, totals: Totals, y: np.ndarray) -> None:
         """Fold this chunk (and its targets ``y`` (r, m) float32) into ``totals``."""
         width = self.channels * self.kw
         for i in range(self.kh):
-            part = self._kernel_row(i)
             cross = np.zeros((width, y.shape[1]))
-            for start in range(0, self.count, self.block):
-                cross += part[:, start : start + self.block] @ y[start : start + self.block]
+            _accumulate(cross, self._kernel_row(i), y, self.block)
             totals.cross[i] += cross.reshape(self.channels, self.kw, -1)
         if totals.gram is None:
             return
@@ -180,13 +181,13 @@ class RowWindows:
         """Totals in B's column order (channel, kernel row, kernel column): gram (d, d), cross
         (d, m), b_sum (d,); the blocks below the diagonal are the transposes of those above."""
         cross = totals.cross.transpose(1, 0, 2, 3).reshape(-1, totals.cross.shape[-1])
+        b_sum = totals.b_sum.transpose(1, 0, 2).reshape(-1)
         if totals.gram is None:
-            return Totals(None, cross, totals.b_sum)
+            return Totals(None, cross, b_sum)
         gram = totals.gram
         kh = gram.shape[0]
         for i in range(kh):
             for j in range(i):
                 gram[i, :, :, j] = gram[j, :, :, i].transpose(2, 3, 0, 1)
         d = int(np.prod(gram.shape[:3]))
-        return Totals(gram.transpose(1, 0, 2, 4, 3, 5).reshape(d, d), cross,
-                      totals.b_sum.transpose(1, 0, 2).reshape(-1))
+        return Totals(gram.transpose(1, 0, 2, 4, 3, 5).reshape(d, d), cross, b_sum)
