@@ -71,9 +71,8 @@ def refit(
     lam = stats.ridge_lambda(ridge, centered)
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form and cols.size > stats.n_rows:
-        rows, targets = stats.row_matrices(centered, cols)
-        kernel = rows @ rows.T
-        kernel[np.diag_indices_from(kernel)] += lam
+        rows, targets, kernel = stats.dual(centered, cols)
+        kernel = kernel + lam * np.eye(len(kernel))
         weight = rows.T @ psd_solve(kernel, targets, tol)
     else:
         gram = stats.gram_matrix(centered, cols)

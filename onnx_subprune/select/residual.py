@@ -140,6 +140,10 @@ class Residual(ABC):
             subtract_product(self.cross[cols], v[cols], right)
 
         each(update, self.chunks)
+        # J's own residual block is now zero up to rounding, which can leave it indefinite and
+        # stop the batched Cholesky of the gains; the bare ridge factors, and J keeps a zero gain
+        # (Cr[J] is zero too; the greedy never picks J again)
+        self.diag[j] = self.lam * np.eye(self.r)
         self._extend(j, g, v, w, e)
 
     @abstractmethod

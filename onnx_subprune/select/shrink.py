@@ -123,17 +123,19 @@ class Spectrum:
         return float(lams[int(np.argmin(self.gcv(lams)))])
 
 
-def _squared_svd(design: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _squared_svd(design: np.ndarray, tol: float, kernel: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The singular triplets of ``design`` (N, s) whose squared singular value exceeds ``tol``:
     (sigma^2 (r,), left vectors (N, r), right vectors (s, r)), from the eigen-decomposition of
     the smaller of its two Gram matrices (the tolerance is on the squared scale anyway); several
-    times faster than a thin SVD when N and s are in the thousands (ResNet-50's last stage)."""
+    times faster than a thin SVD when N and s are in the thousands (ResNet-50's last stage).
+    ``kernel``: design design^T (N, N) when already formed."""
     if design.shape[0] > design.shape[1]:  # the triplets of the transpose, sides swapped
         values, right, left = _squared_svd(design.T, tol)
         return values, left, right
     small, large = design.shape
     with all_cores(2.0 * small * small * large + 10.0 * small**3):
-        values, left = np.linalg.eigh(design @ design.T)
+        values, left = np.linalg.eigh(design @ design.T if kernel is None else kernel)
     keep = values > tol
     values, left = values[keep], left[:, keep]
     return values, left, (design.T @ left) / np.sqrt(values)
@@ -147,9 +149,9 @@ def spectrum(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, *, bias
     centered = bias_compensation
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form:
-        design, targets = stats.row_matrices(centered, cols)
+        design, targets, kernel = stats.dual(centered, cols)
         residual = targets - design @ anchor
-        values, left, basis = _squared_svd(design, tol)
+        values, left, basis = _squared_svd(design, tol, kernel if len(kernel) <= design.shape[1] else None)
         proj = np.sqrt(values)[:, None] * (left.T @ residual)
         residual_sq = float(np.sum(residual * residual))
     else:
@@ -261,9 +263,8 @@ def correction_at(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, la
     cols, centered = kept_columns(stats, kept), bias_compensation
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form and cols.size > stats.n_rows:
-        design, targets = stats.row_matrices(centered, cols)
-        kernel = design @ design.T
-        kernel[np.diag_indices_from(kernel)] += lam
+        design, targets, kernel = stats.dual(centered, cols)
+        kernel = kernel + lam * np.eye(len(kernel))
         return design.T @ psd_solve(kernel, targets - design @ anchor, tol)
     gram = stats.gram_matrix(centered, cols)
     rhs = stats.cross_matrix(centered, cols) - gram @ anchor

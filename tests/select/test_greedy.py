@@ -240,3 +240,20 @@ def test_gains_from_a_cholesky_factor_equal_the_eigen_decomposition(form, bias_c
     np.testing.assert_array_equal(fast.order, exact.order)
     np.testing.assert_allclose(fast.gains, exact.gains, rtol=1e-10, atol=1e-12 * exact.total)
     np.testing.assert_array_equal(fast.gains == 0, exact.gains == 0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_picked_blocks_keep_the_residual_definite(form):
+    """A picked channel's residual block is zero up to rounding; it is kept as the bare ridge,
+    so the batched Cholesky factor of the gains exists at every step (before, rounding made
+    those blocks indefinite and every step after the first fell back to the eigen-decomposition)."""
+    rng = np.random.default_rng(29)
+    b, y, w = random_problem(rng, 10, 9, 200, 6, mixing=3.0)
+    stats = make_stats(form, b, y, w, 9)
+    lam = stats.ridge_lambda(0.05, True)
+    state = residual.make_residual(stats, lam=lam, centered=True, capacity=10)
+    assert lam > residual.DEFINITE_RIDGE * state.tol
+    for j in (3, 7, 0, 5, 9):
+        state.commit(j)
+        np.linalg.cholesky(state.diag)  # LinAlgError if a block is not positive definite
+        np.testing.assert_array_equal(state.diag[j], lam * np.eye(9))

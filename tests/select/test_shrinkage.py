@@ -328,3 +328,28 @@ def test_map_products_is_the_sum_over_rows_and_offsets():
 
     maps = np.random.default_rng(3).standard_normal((7, 5, 4))
     np.testing.assert_allclose(map_products(maps), np.einsum("kir,kjr->ij", maps, maps), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias_compensation", [True, False])
+def test_fits_in_the_dual_share_one_kernel(problem, bias_compensation):
+    """Row form with fewer rows than kept columns: the least-squares refit, the shrunk refit and
+    its spectrum solve with one N x N kernel per (centering, columns), formed once and left
+    unchanged by each of them: every fit equals the same fit on fresh statistics."""
+    b, y, w = problem
+    b, y = b[:4], y[:4]
+    stats = make_stats("rows", b, y, w, BLOCK)
+    cols = columns(KEPT, BLOCK)
+    assert cols.size > stats.n_rows
+    kernel = stats.dual(bias_compensation, cols)[2]
+    assert stats.dual(bias_compensation, cols)[2] is kernel
+    before = kernel.copy()
+    fits = [refit(stats, KEPT, ridge=0.1, bias_compensation=bias_compensation),
+            shrink_refit(stats, KEPT, bias_compensation=bias_compensation),
+            shrink_refit(stats, KEPT, lam=0.5, bias_compensation=bias_compensation)]
+    np.testing.assert_array_equal(kernel, before)
+    fresh = [refit(make_stats("rows", b, y, w, BLOCK), KEPT, ridge=0.1, bias_compensation=bias_compensation),
+             shrink_refit(make_stats("rows", b, y, w, BLOCK), KEPT, bias_compensation=bias_compensation),
+             shrink_refit(make_stats("rows", b, y, w, BLOCK), KEPT, lam=0.5, bias_compensation=bias_compensation)]
+    for fit, alone in zip(fits, fresh):
+        np.testing.assert_array_equal(fit.weight, alone.weight)
+        np.testing.assert_array_equal(fit.bias_shift, alone.bias_shift)
