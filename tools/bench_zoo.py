@@ -551,6 +551,25 @@ def _pct(text: str) -> str:
         return str(text)
 
 
+def scores(args) -> None:
+    """Per pruned model of a detector: recall of the original's boxes, the mean and median
+    change of their scores, and the boxes lost among those the original scores within
+    ``--near`` of its threshold and above."""
+    from zoo_tasks import _DECODERS, score_changes
+
+    entry = zoo.get_entry(args.model)
+    original = str(zoo.cached_path(entry) or zoo.fetch(entry))
+    threshold = float(entry.get("score_thresh", _DECODERS[entry["metric"]][1]))
+    print("| model | boxes | recall | mean score change | median | lost near the threshold | lost above |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for path in args.pruned:
+        before, after = score_changes(entry, original, path, args.eval, args.seed)
+        lost, near = after < threshold, before < threshold + args.near
+        print(f"| {Path(path).name} | {len(before)} | {1 - lost.mean():.3f} | {np.mean(after - before):.3f} | "
+              f"{np.median(after - before):.3f} | {int(np.sum(lost & near))} of {int(near.sum())} | "
+              f"{int(np.sum(lost & ~near))} of {int(np.sum(~near))} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -574,8 +593,15 @@ def main() -> None:
         p.add_argument("--models", nargs="+")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="append to the CSV, skipping finished rows")
+    shifts = sub.add_parser("scores", help="a detector's boxes: how each pruned model moves the original's scores")
+    shifts.add_argument("model", help="zoo entry (a det_recall_* metric)")
+    shifts.add_argument("pruned", nargs="+", help="pruned ONNX files of that model")
+    shifts.add_argument("--eval", type=int, default=32, help="eval inputs (default 32)")
+    shifts.add_argument("--near", type=float, default=0.1, help="boxes scored within this of the threshold (default 0.1)")
+    shifts.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    {"quality": quality, "latency": latency, "report": report, "remeasure": remeasure}[args.command](args)
+    {"quality": quality, "latency": latency, "report": report, "remeasure": remeasure,
+     "scores": scores}[args.command](args)
 
 
 if __name__ == "__main__":

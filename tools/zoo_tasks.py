@@ -1024,9 +1024,12 @@ def match_recall(ref, pred, match_iou: float = 0.5) -> tuple[int, int]:
     return hit, len(rb)
 
 
-def detect(kind: str, sess, feed: dict[str, np.ndarray], entry: dict) -> list[tuple]:
+def detect(kind: str, sess, feed: dict[str, np.ndarray], entry: dict, floor: float | None = None) -> list[tuple]:
+    """Per input, the decoded (boxes, classes, scores) above the entry's score threshold (or
+    ``floor``)."""
     dec, st, ni = _DECODERS[kind]
     st, ni = float(entry.get("score_thresh", st)), float(entry.get("nms_iou", ni))
+    st = st if floor is None else floor
     name, shape = _first_input(entry)
     size = _hwc(entry, shape)[:2]
     return [dec(o, size, st, ni) for o in _run1(sess, feed)]
@@ -1064,6 +1067,26 @@ def _det_recall(kind: str):
 
     metric.__name__ = f"metric_{kind}"
     return metric
+
+
+def score_changes(entry: dict, original_path: str, pruned_path: str, n: int, seed: int,
+                  floor: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(the original's score of each of its boxes on ``n`` eval inputs, the pruned model's
+    score for it): its best same-class box at the match IoU, decoded down to ``floor`` (0 when
+    none), so that a box that falls below the threshold shows by how much."""
+    kind = entry["metric"]
+    feed = _eval_feed(entry, n, seed)
+    ref = detect(kind, _session(original_path, entry), feed, entry)
+    pred = detect(kind, _session(pruned_path, entry), feed, entry, floor=floor)
+    match_iou = float(entry.get("match_iou", 0.5))
+    before, after = [], []
+    for (rb, rc, rs), (pb, pc, ps) in zip(ref, pred):
+        iou = iou_matrix(rb, pb) if len(rb) and len(pb) else np.zeros((len(rb), len(pb)))
+        for i in range(len(rb)):
+            same = (iou[i] >= match_iou) & (pc == rc[i])
+            before.append(float(rs[i]))
+            after.append(float(ps[same].max()) if same.any() else 0.0)
+    return np.array(before), np.array(after)
 
 
 METRICS = {
