@@ -129,7 +129,7 @@ def _squared_svd(design: np.ndarray, tol: float, kernel: np.ndarray | None = Non
     (sigma^2 (r,), left vectors (N, r), right vectors (s, r)), from the eigen-decomposition of
     the smaller of its two Gram matrices (the tolerance is on the squared scale anyway); several
     times faster than a thin SVD when N and s are in the thousands (ResNet-50's last stage).
-    ``kernel``: design design^T (N, N) when already formed."""
+    ``kernel``: design design^T (N, N) when already formed (N <= s)."""
     if design.shape[0] > design.shape[1]:  # the triplets of the transpose, sides swapped
         values, right, left = _squared_svd(design.T, tol)
         return values, left, right
@@ -149,9 +149,12 @@ def spectrum(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, *, bias
     centered = bias_compensation
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form:
-        design, targets, kernel = stats.dual(centered, cols)
+        if stats.n_rows <= cols.size:  # the N x N kernel is the smaller Gram matrix, shared with the fits
+            design, targets, kernel = stats.dual(centered, cols)
+        else:
+            (design, targets), kernel = stats.row_matrices(centered, cols), None
         residual = targets - design @ anchor
-        values, left, basis = _squared_svd(design, tol, kernel if len(kernel) <= design.shape[1] else None)
+        values, left, basis = _squared_svd(design, tol, kernel)
         proj = np.sqrt(values)[:, None] * (left.T @ residual)
         residual_sq = float(np.sum(residual * residual))
     else:
