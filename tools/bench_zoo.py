@@ -552,15 +552,18 @@ def _pct(text: str) -> str:
 
 
 def scores(args) -> None:
-    """Per pruned model of a detector: recall of the original's boxes, the mean and median
+    """Per pruned model of a detector: the share of the original's boxes still scored above the
+    threshold (each box's best match, not the metric's one-to-one matching), the mean and median
     change of their scores, and the boxes lost among those the original scores within
     ``--near`` of its threshold and above."""
     from zoo_tasks import _DECODERS, score_changes
 
     entry = zoo.get_entry(args.model)
+    if entry["metric"] not in _DECODERS:
+        sys.exit(f"scores: {args.model} is not a detector (its metric is {entry['metric']})")
     original = str(zoo.cached_path(entry) or zoo.fetch(entry))
     threshold = float(entry.get("score_thresh", _DECODERS[entry["metric"]][1]))
-    print("| model | boxes | recall | mean score change | median | lost near the threshold | lost above |")
+    print("| model | boxes | kept above the threshold | mean score change | median | lost near the threshold | lost above |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for path in args.pruned:
         before, after = score_changes(entry, original, path, args.eval, args.seed)

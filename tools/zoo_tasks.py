@@ -1073,7 +1073,8 @@ def score_changes(entry: dict, original_path: str, pruned_path: str, n: int, see
                   floor: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """(the original's score of each of its boxes on ``n`` eval inputs, the pruned model's
     score for it): its best same-class box at the match IoU, decoded down to ``floor`` (0 when
-    none), so that a box that falls below the threshold shows by how much."""
+    none), so that a box that falls below the threshold shows by how much. Matches are not
+    exclusive, unlike :func:`match_recall`'s."""
     kind = entry["metric"]
     feed = _eval_feed(entry, n, seed)
     ref = detect(kind, _session(original_path, entry), feed, entry)
