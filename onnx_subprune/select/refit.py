@@ -71,9 +71,7 @@ def refit(
     lam = stats.ridge_lambda(ridge, centered)
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form and cols.size > stats.n_rows:
-        rows, targets, kernel = stats.dual(centered, cols)
-        kernel = kernel + lam * np.eye(len(kernel))
-        weight = rows.T @ psd_solve(kernel, targets, tol)
+        weight = dual_ridge(stats, centered, cols, lam, tol)
     else:
         gram = stats.gram_matrix(centered, cols)
         gram[np.diag_indices_from(gram)] += lam
@@ -83,6 +81,17 @@ def refit(
     else:
         bias_shift = np.zeros(stats.m)
     return Refit(weight=weight, bias_shift=bias_shift)
+
+
+def dual_ridge(stats: ConsumerStats, centered: bool, cols: np.ndarray, lam: float, tol: float,
+               anchor: np.ndarray | None = None) -> np.ndarray:
+    """argmin ||B_S D - R||^2 + lam ||D||^2 (s, m), R = Y - B_S ``anchor`` (Y when None), solved in
+    the dual for row-form statistics with more kept columns s than rows N:
+    D = B_S^T (B_S B_S^T + lam I)^+ R, through the statistics' kernel (:meth:`ConsumerStats.dual`;
+    the minimum-norm solution where singular, with the relative tolerance ``tol``)."""
+    rows, targets, kernel = stats.dual(centered, cols)
+    residual = targets if anchor is None else targets - rows @ anchor
+    return rows.T @ psd_solve(kernel + lam * np.eye(len(kernel)), residual, tol)
 
 
 def keep_weights(stats: ConsumerStats, kept: np.ndarray) -> Refit:

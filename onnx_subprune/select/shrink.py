@@ -43,7 +43,7 @@ import numpy as np
 
 from .parallel import all_cores
 from .linalg import psd_solve, psd_tolerance
-from .refit import Refit, Strength, kept_columns
+from .refit import Refit, Strength, dual_ridge, kept_columns
 from .stats import ConsumerStats, map_products
 
 SHRINK = ("cv", "none", "refit", "auto")
@@ -266,9 +266,7 @@ def correction_at(stats: ConsumerStats, kept: np.ndarray, anchor: np.ndarray, la
     cols, centered = kept_columns(stats, kept), bias_compensation
     tol = psd_tolerance(stats.gram_diag(centered))
     if stats.is_row_form and cols.size > stats.n_rows:
-        design, targets, kernel = stats.dual(centered, cols)
-        kernel = kernel + lam * np.eye(len(kernel))
-        return design.T @ psd_solve(kernel, targets - design @ anchor, tol)
+        return dual_ridge(stats, centered, cols, lam, tol, anchor)
     gram = stats.gram_matrix(centered, cols)
     rhs = stats.cross_matrix(centered, cols) - gram @ anchor
     gram[np.diag_indices_from(gram)] += lam

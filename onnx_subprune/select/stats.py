@@ -237,19 +237,19 @@ class ConsumerStats:
 
     def dual(self, centered: bool, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row form only: (B[:, cols] (N, s), Y (N, m), the kernel B[:, cols] B[:, cols]^T (N, N)),
-        column-centered if asked: what a fit in the dual (s > N) solves with. The same arrays for
-        the same arguments while these statistics live, so a fold's least-squares and shrunk
-        refits, or a refit and the spectrum of its shrinkage, form the N x N product once;
-        callers must not change them."""
-        duals = self.__dict__.setdefault("_duals", {})  # a cache, not a field of the statistics
+        column-centered if asked: what a fit in the dual (s > N) solves with. The arrays of the
+        latest arguments are kept, so a fold's least-squares and shrunk refits, or a refit and the
+        spectrum of its shrinkage, form the N x N product once, and a loop over kept sets (the
+        sensitivity curves) holds one set of them, not one per kept set; callers must not change
+        them."""
         key = (centered, np.asarray(cols).tobytes())
-        found = duals.get(key)
-        if found is None:
+        latest = self.__dict__.get("_dual")  # a cache, not a field of the statistics
+        if latest is None or latest[0] != key:
             rows, targets = self.row_matrices(centered, cols)
             with all_cores(float(self.n_rows) ** 2 * rows.shape[1]):
                 kernel = rows @ rows.T
-            found = duals[key] = (rows, targets, kernel)
-        return found
+            latest = self.__dict__["_dual"] = (key, (rows, targets, kernel))
+        return latest[1]
 
     def target_energy(self, centered: bool) -> float:
         """||Y||_F^2, or ||Y - 1 ybar^T||_F^2 when ``centered``."""

@@ -334,7 +334,8 @@ def test_map_products_is_the_sum_over_rows_and_offsets():
 def test_fits_in_the_dual_share_one_kernel(problem, bias_compensation):
     """Row form with fewer rows than kept columns: the least-squares refit, the shrunk refit and
     its spectrum solve with one N x N kernel per (centering, columns), formed once and left
-    unchanged by each of them: every fit equals the same fit on fresh statistics."""
+    unchanged by each of them: every fit equals the same fit on fresh statistics. Only the latest
+    columns' arrays are kept."""
     b, y, w = problem
     b, y = b[:4], y[:4]
     stats = make_stats("rows", b, y, w, BLOCK)
@@ -353,3 +354,5 @@ def test_fits_in_the_dual_share_one_kernel(problem, bias_compensation):
     for fit, alone in zip(fits, fresh):
         np.testing.assert_array_equal(fit.weight, alone.weight)
         np.testing.assert_array_equal(fit.bias_shift, alone.bias_shift)
+    other = stats.dual(bias_compensation, columns(KEPT[1:], BLOCK))[2]  # other columns replace the kept arrays
+    assert other.shape == kernel.shape and stats.dual(bias_compensation, cols)[2] is not kernel
