@@ -264,7 +264,7 @@ def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:
     return unfold_dense(x)
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
+def _concatenated(parts: list[np.ndarray]) -> np.ndarray:
     """Batches (n_i, ...) as one (sum n_i, ...) array (the one batch itself when alone)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -329,8 +329,8 @@ class _Accumulator:
         if not self.pending:
             return
         same = all(a is b for b, a in self.pending)
-        x_b = _joined([b for b, _ in self.pending])
-        x_a = x_b if same else _joined([a for _, a in self.pending])
+        x_b = _concatenated([b for b, _ in self.pending])
+        x_a = x_b if same else _concatenated([a for _, a in self.pending])
         self.pending = []
         d = self.weight.shape[0]
         for start in range(0, len(x_b), self.step):

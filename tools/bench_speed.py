@@ -283,22 +283,19 @@ def forward_seconds(path: Path, feeds: dict, batch: int = 64, device: str = "cpu
     return statistics.median(times[1:])
 
 
-def fixed_batch(path: Path) -> int | None:
-    """The batch size the model's first input declares, when it is a fixed number."""
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return dims[0].dim_value if dims and dims[0].dim_value > 0 else None
-
-
 def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp: Path,
              device: str = "cpu") -> list[dict]:
     """Prune the model at ``path`` with each method in a fresh child process (keep 0.5, onnxruntime
     on ``device``, calibration ``feeds``): one row each, with the seconds of one forward pass of
     ``feeds`` on the same device (batch 64, or the model's fixed batch)."""
+    import onnx
+
+    from onnx_subprune import runtime
+
     calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
     np.savez(calib, **feeds)
-    forward = forward_seconds(path, feeds, batch=fixed_batch(path) or 64, device=device)
+    fixed = runtime.fixed_batch(onnx.load(str(path), load_external_data=False), feeds)
+    forward = forward_seconds(path, feeds, batch=fixed or 64, device=device)
     rows = []
     for method in methods:
         report = tmp / "report.json"
