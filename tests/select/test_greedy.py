@@ -257,3 +257,21 @@ def test_picked_blocks_keep_the_residual_definite(form):
         state.commit(j)
         np.linalg.cholesky(state.diag)  # LinAlgError if a block is not positive definite
         np.testing.assert_array_equal(state.diag[j], lam * np.eye(9))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("pending", [1, 5, 20])
+def test_pending_cross_updates_pick_as_eager_ones(shape, pending, form, monkeypatch):
+    """The updates of Cr held back for ``PENDING_COLUMNS`` columns (several flushes over a full
+    order, and at 20 columns pending terms in every step of the mlp) give the naive greedy's
+    picks and gains, as subtracting them at every step (1) does."""
+    rng = np.random.default_rng([31, pending])
+    n, block, rows, m, mixing = SHAPES[shape]
+    problems = [random_problem(rng, n, block, rows + 7 * i, m + i, mixing=mixing) for i in range(2)]
+    stats = [make_stats(form, b, y, w, block) for b, y, w in problems]
+    monkeypatch.setattr(residual, "PENDING_COLUMNS", pending)
+    lazy = greedy_select(stats, n, ridge=0.02, bias_compensation=True)
+    order, gains = naive_greedy([(b, y) for b, y, _ in problems], block, n, ridge=0.02, bias_compensation=True)
+    np.testing.assert_array_equal(lazy.order, order)
+    np.testing.assert_allclose(lazy.gains, gains, rtol=1e-8, atol=1e-9 * gains.max())
