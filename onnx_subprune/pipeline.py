@@ -154,7 +154,9 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     groups, timings, original = run.groups, run.timings, model
     verified, verified_on = _verify_indices(run.split, config.verify_samples)
     verify_feeds = {name: array[verified] for name, array in feeds.items()}
+    clock = time.perf_counter()
     reference = predict(run.model, verify_feeds, run.providers, run.batch_size)
+    timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - clock  # the original's side of it
     compared, compared_on, used = None, None, None
     alternative = budget.alternative
     if alternative is None or alternative.counts == budget.counts:
@@ -234,8 +236,9 @@ def _fold_check(run: _Run, budget: "_Budget", candidates: Sequence[tuple[int, ..
                   folds=rest if len(rest) >= 2 else ())
     held = check if split.originals is None else check[check < split.originals]
     feeds = {name: array[held] for name, array in run.feeds.items()}
+    clock = time.perf_counter()
     reference = predict(run.model, feeds, run.providers, run.batch_size)
-    checking = replace(run, split=fit, timings={})
+    checking = replace(run, split=fit, timings={"verify": time.perf_counter() - clock})
     unmeasured = replace(budget, initial=None)  # the budget's statistics include the fold: captured again
     errors = [_pruned(checking, unmeasured, counts, original, feeds, reference).error for counts in candidates]
     run.timings["allocation"] = run.timings.get("allocation", 0.0) + sum(checking.timings.values())

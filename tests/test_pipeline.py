@@ -85,6 +85,31 @@ def test_report_totals(lenet):
     assert report.groups[1].underdetermined  # 102 samples, 400 columns after Flatten
 
 
+def test_stage_seconds_count_the_original_outputs(monkeypatch):
+    """The original model's outputs that the pruned one is verified against are verification
+    time too (before, that forward pass was in no stage: the stages summed to one forward pass
+    less than the run took)."""
+    import time
+
+    from onnx_subprune import pipeline
+
+    model = builders.matmul_gelu_matmul()
+    plain = prune(model, random_feeds(model, 60), PruneConfig(keep=0.5, **CPU)).report.seconds
+    real = pipeline.predict
+
+    def size(candidate: onnx.ModelProto) -> int:
+        return sum(int(np.prod(init.dims)) for init in candidate.graph.initializer)
+
+    def slow(candidate, *args, **kwargs):
+        if size(candidate) == size(model):
+            time.sleep(0.5)  # the original model's outputs (the pruned model is smaller)
+        return real(candidate, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict", slow)
+    seconds = prune(model, random_feeds(model, 60), PruneConfig(keep=0.5, **CPU)).report.seconds
+    assert seconds["verify"] >= 0.5 > plain["verify"]
+
+
 @pytest.mark.parametrize("method", ["asym", "layer"])
 def test_groups_keeping_every_channel_are_left_as_they_are(lenet, method):
     """keep 1.0: no group loses a channel, so no weight changes and the outputs are the same
