@@ -18,8 +18,7 @@ from threadpoolctl import threadpool_limits
 from .calibrate import GroupStats
 from .config import PruneConfig
 from .rewrite import channel_masks
-from .select import GroupSelection, cross_validated, cross_validated_choice, fit_consumer, select_group
-from .select.parallel import each
+from .select import Candidate, GroupSelection, cross_validated, cross_validated_choice, fit_consumer, select_group
 from .select.coupling import consumer_kept, restrict, select_coupled
 from .types import ChannelGroup, GroupPlan
 
@@ -97,12 +96,13 @@ def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
 
 def _cross_validated_refit(chosen: GroupSelection, consumers, folds, kept, fitting: dict) -> GroupSelection:
     """``chosen`` with each consumer refitted by least squares or shrunk, whichever the folds
-    score better (``shrink`` "cv"; ``chosen.fits`` are the least-squares ones)."""
+    score better (``shrink`` "cv"; ``chosen.fits`` are the least-squares ones). The shrunk fits
+    on all samples, whose strength the folds' shrunk fits take, are made side by side with the
+    folds' least-squares fits."""
     shrunk = dict(fitting, shrink="refit")
-    alternatives = each(lambda pair: fit_consumer(*pair, **shrunk), list(zip(consumers, kept)),
-                        sum(c.entries for c in consumers))
-    candidates = [[(plain, partial(fit_consumer, **fitting)),
-                   (alternative, partial(fit_consumer, **shrunk, like=alternative))]
-                  for plain, alternative in zip(chosen.fits, alternatives)]
+    candidates = [[Candidate(plain, lambda train, channels, whole: fit_consumer(train, channels, **fitting, like=whole)),
+                   Candidate(partial(fit_consumer, stats, channels, **shrunk),
+                             lambda train, channels, whole: fit_consumer(train, channels, **shrunk, like=whole))]
+                  for plain, stats, channels in zip(chosen.fits, consumers, kept)]
     fits, explained, held_out = cross_validated_choice(consumers, folds, kept, candidates)
     return replace(chosen, fits=fits, explained=explained, explained_holdout=held_out)

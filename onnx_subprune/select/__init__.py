@@ -30,6 +30,7 @@ __all__ = [
     "METHODS",
     "RANKERS",
     "SHRINK",
+    "Candidate",
     "ConsumerStats",
     "GreedyResult",
     "GroupSelection",
@@ -97,49 +98,110 @@ def cross_validated(
     kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``) are not chosen
     again per fold: the estimate is held out for the fit, and in-sample for those choices.
     """
-    residual = sum(scores[0] for scores in _cv_residuals(folds, kept, [[fit] for fit in fits]))
+    candidates = [[Candidate(None, lambda train, channels, _, fit=fit: fit(train, channels))] for fit in fits]
+    residual = sum(scores[0] for scores in _cv_residuals(folds, kept, candidates)[0])
     return explained_fraction(residual, sum(held[c].y_sq for held in folds for c in range(len(kept))))
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One way to refit a consumer, scored over folds by :func:`cross_validated_choice`.
+
+    ``whole``: its fit on all samples, or a function that makes it (then made side by side with
+    the folds' fits of the candidates that do not wait for it); ``fold(train, kept, whole)``: its
+    fit on the training statistics of a fold, given the fit on all samples (whose strength a
+    shrunk refit takes).
+    """
+
+    whole: Refit | Callable[[], Refit] | None
+    fold: Callable[[ConsumerStats, np.ndarray, Refit | None], Refit]
+
+    @property
+    def waits(self) -> bool:
+        """Its folds wait for the fit on all samples, still to be made."""
+        return callable(self.whole)
+
+
+KEPT_TRAIN_ENTRIES = 1 << 26
+"""Training statistics of the folds (float64 entries, 512 MiB) kept from the scoring of the
+candidates that need no fit on all samples to the scoring of those that wait for one; more are
+summed again."""
+
+
 def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], kept: Sequence[np.ndarray],
-                  fits: Sequence[Sequence[Callable[[ConsumerStats, np.ndarray], Refit]]]) -> list[list[float]]:
-    """Per consumer c, per fit of ``fits[c]``: c's residual energy summed over the folds, each
-    fold scored with the fit on the sum of the other folds' statistics (summed once per fold
-    for all of c's fits). The (consumer, fold) pairs run side by side (:func:`.parallel.each`)."""
+                  candidates: Sequence[Sequence[Candidate]]) -> tuple[list[list[float]], list[list[Refit | None]]]:
+    """Per consumer c, per candidate of ``candidates[c]``: c's residual energy summed over the
+    folds, each fold scored with the candidate's fit on the sum of the other folds' statistics
+    (summed once per fold for all of c's candidates); and each candidate's fit on all samples.
+
+    The fits on all samples still to be made and the (consumer, fold) pairs of the candidates
+    that do not wait for them run side by side (:func:`.parallel.each`), then the pairs of the
+    candidates that wait."""
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
     pairs = [(c, f) for c in range(len(kept)) for f in range(len(folds))]
+    made = [(c, i) for c, options in enumerate(candidates) for i, option in enumerate(options) if option.waits]
+    keep = bool(made) and len(folds) * sum(stats.entries for stats in folds[0]) <= KEPT_TRAIN_ENTRIES
 
-    def score(pair: tuple[int, int]) -> list[float]:
-        c, f = pair
-        train = sum_stats([other[c] for g, other in enumerate(folds) if g != f])
-        return [residual_energy(folds[f][c], kept[c], fit(train, kept[c])) for fit in fits[c]]
+    def train(c: int, f: int) -> ConsumerStats:
+        return sum_stats([other[c] for g, other in enumerate(folds) if g != f])
 
-    scores = each(score, pairs, len(folds) * sum(stats.entries for stats in folds[0]))
-    return [[sum(scores[c * len(folds) + f][i] for f in range(len(folds))) for i in range(len(fits[c]))]
-            for c in range(len(kept))]
+    def score(c: int, f: int, stats: ConsumerStats, chosen: list[int], wholes: list) -> list[float]:
+        return [residual_energy(folds[f][c], kept[c], candidates[c][i].fold(stats, kept[c], wholes[i]))
+                for i in chosen]
+
+    ready = [[option.whole for option in options] for options in candidates]
+
+    def first(item: tuple) -> object:
+        if item[0] == "whole":
+            return candidates[item[1]][item[2]].whole()
+        c, f = item[1:]
+        stats = train(c, f)
+        chosen = [i for i, option in enumerate(candidates[c]) if not option.waits]
+        return score(c, f, stats, chosen, ready[c]), stats if keep else None
+
+    entries = len(folds) * sum(stats.entries for stats in folds[0])
+    results = each(first, [("whole", c, i) for c, i in made] + [("fold", c, f) for c, f in pairs], entries)
+    for (c, i), whole in zip(made, results):
+        ready[c][i] = whole
+    firsts = results[len(made):]
+    scores = [[0.0] * len(options) for options in candidates]
+    for (c, f), (values, _) in zip(pairs, firsts):
+        for i, value in zip([i for i, o in enumerate(candidates[c]) if not o.waits], values):
+            scores[c][i] += value
+    if made:
+        def second(index: int) -> list[float]:
+            c, f = pairs[index]
+            stats = firsts[index][1]
+            stats = train(c, f) if stats is None else stats
+            return score(c, f, stats, [i for i, o in enumerate(candidates[c]) if o.waits], ready[c])
+
+        for (c, f), values in zip(pairs, each(second, range(len(pairs)), entries)):
+            for i, value in zip([i for i, o in enumerate(candidates[c]) if o.waits], values):
+                scores[c][i] += value
+    return scores, ready
 
 
 def cross_validated_choice(
     consumers: Sequence[ConsumerStats],
     folds: Sequence[Sequence[ConsumerStats]],
     kept: Sequence[np.ndarray],
-    candidates: Sequence[Sequence[tuple[Refit, Callable[[ConsumerStats, np.ndarray], Refit]]]],
+    candidates: Sequence[Sequence[Candidate]],
 ) -> tuple[tuple[Refit, ...], float, float]:
     """Per consumer, the candidate fit with the lowest cross-validated residual.
 
     ``consumers``: the statistics of all samples; ``folds`` and ``kept`` as in
-    :func:`cross_validated`; ``candidates``: per consumer, (fit on all samples, how to fit a
-    fold) pairs, the first winning ties. Returns (the chosen fits, their in-sample explained
+    :func:`cross_validated`; ``candidates``: per consumer, its :class:`Candidate` fits, the
+    first winning ties. Returns (the chosen fits on all samples, their in-sample explained
     variance, their cross-validated explained variance: the choice itself is in-sample).
     """
     chosen, cv_residual, residual = [], 0.0, 0.0
-    all_scores = _cv_residuals(folds, kept, [[fitter for _, fitter in options] for options in candidates])
-    for stats, channels, options, scores in zip(consumers, kept, candidates, all_scores):
+    all_scores, wholes = _cv_residuals(folds, kept, candidates)
+    for stats, channels, made, scores in zip(consumers, kept, wholes, all_scores):
         best = int(np.argmin(scores))
-        chosen.append(options[best][0])
+        chosen.append(made[best])
         cv_residual += scores[best]
-        residual += residual_energy(stats, channels, options[best][0])
+        residual += residual_energy(stats, channels, made[best])
     cv_energy = sum(held[c].y_sq for held in folds for c in range(len(consumers)))
     return (tuple(chosen), explained_fraction(residual, sum(c.y_sq for c in consumers)),
             explained_fraction(cv_residual, cv_energy))

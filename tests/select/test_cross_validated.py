@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from select_helpers import FORMS, columns, make_stats, random_problem
 
-from onnx_subprune.select import cross_validated, cross_validated_choice, fit_consumer, refit, residual_energy
+from onnx_subprune.select import Candidate, cross_validated, cross_validated_choice, fit_consumer, refit, residual_energy
 
 BLOCK, KEPT = 3, np.array([1, 2, 5, 7])
 
@@ -63,11 +63,53 @@ def test_choice_takes_each_consumers_lower_cross_validated_residual(form):
     whole = [make_stats(form, b, y, w, BLOCK) for b, y, w in problems]
     fit = partial(fit_consumer, refit_weights=True, shrink="none", ridge=0.0, bias_compensation=True)
     keep = partial(fit_consumer, refit_weights=False, shrink="none", ridge=0.0, bias_compensation=True)
-    # consumer 0 offers (original rows, refit), consumer 1 (refit, original rows)
-    candidates = [[(keep(whole[0], KEPT), keep), (fit(whole[0], KEPT), fit)],
-                  [(fit(whole[1], KEPT), fit), (keep(whole[1], KEPT), keep)]]
+
+    def by(fitter):
+        return lambda train, kept, _: fitter(train, kept)
+
+    # consumer 0 offers (original rows, refit), consumer 1 (refit, original rows); consumer 1's
+    # refit on all samples is made on the way (by the function), as a shrunk refit is
+    candidates = [[Candidate(keep(whole[0], KEPT), by(keep)), Candidate(fit(whole[0], KEPT), by(fit))],
+                  [Candidate(partial(fit, whole[1], KEPT), by(fit)), Candidate(keep(whole[1], KEPT), by(keep))]]
     fits, explained, held_out = cross_validated_choice(whole, stats, [KEPT, KEPT], candidates)
-    assert fits[0] is candidates[0][1][0] and fits[1] is candidates[1][0][0]
+    assert fits[0] is candidates[0][1].whole
+    np.testing.assert_array_equal(fits[1].weight, fit(whole[1], KEPT).weight)
     assert held_out == pytest.approx(cross_validated(stats, [KEPT, KEPT], [fit, fit]), rel=1e-12)
     in_sample = 1 - sum(residual_energy(s, KEPT, f) for s, f in zip(whole, fits)) / sum(s.y_sq for s in whole)
     assert explained == pytest.approx(in_sample, rel=1e-12)
+
+
+@pytest.mark.parametrize("kept_entries", [0, 1 << 26], ids=["summed-again", "kept"])
+def test_waiting_folds_get_the_fit_on_all_samples(kept_entries, monkeypatch):
+    """A candidate whose fit on all samples is made on the way (the shrunk refit) has each fold
+    fitted with that fit (its strength), whether the folds' training statistics were kept from
+    the first pass or summed again; the scores are those of the same fits made beforehand."""
+    from onnx_subprune import select
+
+    monkeypatch.setattr(select, "KEPT_TRAIN_ENTRIES", kept_entries)
+    rng = np.random.default_rng(12)
+    problems = [random_problem(rng, 8, BLOCK, 60, m, mixing=1.0) for m in (3, 2)]
+    folds = np.array_split(rng.permutation(60), 4)
+    stats = [[make_stats("rows", b[f], y[f], w, BLOCK) for b, y, w in problems] for f in folds]
+    whole = [make_stats("rows", b, y, w, BLOCK) for b, y, w in problems]
+    plain = partial(fit_consumer, refit_weights=True, shrink="none", ridge=0.0, bias_compensation=True)
+    shrunk = partial(fit_consumer, refit_weights=True, shrink="refit", ridge=0.0, bias_compensation=True)
+    seen = []
+
+    def fold_shrunk(train, kept, made):
+        seen.append(made)
+        return shrunk(train, kept, like=made)
+
+    def plain_fold(train, kept, _):
+        return plain(train, kept)
+
+    lazy = [[Candidate(plain(s, KEPT), plain_fold), Candidate(partial(shrunk, s, KEPT), fold_shrunk)] for s in whole]
+    fits, explained, held_out = cross_validated_choice(whole, stats, [KEPT, KEPT], lazy)
+    made = [shrunk(s, KEPT) for s in whole]
+    assert len(seen) == 8 and all(m is not None and m.strength is not None for m in seen)
+    eager = [[Candidate(plain(s, KEPT), plain_fold), Candidate(m, lambda train, kept, m: shrunk(train, kept, like=m))]
+             for s, m in zip(whole, made)]
+    want = cross_validated_choice(whole, stats, [KEPT, KEPT], eager)
+    assert (explained, held_out) == pytest.approx(want[1:], rel=1e-12)
+    for got, expected in zip(fits, want[0]):
+        np.testing.assert_allclose(got.weight, expected.weight, rtol=1e-12, atol=1e-12)
