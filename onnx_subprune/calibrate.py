@@ -9,7 +9,7 @@ kept instead (O(N d)).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -218,9 +218,10 @@ class _SetCapture:
                     part[node].follow(part[lead])
         names = sorted({c.input for c in self.consumers})
         total = -(-len(indices) // self.batch_size)
-        for done, feed in enumerate(batches(self.feeds, indices, self.batch_size), start=1):
-            inputs_b = _tensors(self.source, (label, done), feed, names)
-            inputs_a = _tensors(self.reference, (label, done), feed, names) if self.reference is not None else inputs_b
+        for key, feed in keyed_batches(label, self.feeds, indices, self.batch_size):
+            done = key[1]
+            inputs_b = _tensors(self.source, key, feed, names)
+            inputs_a = _tensors(self.reference, key, feed, names) if self.reference is not None else inputs_b
             check_finite(inputs_b, inputs_a)
             chunk = parts[(done - 1) * self.batch_size : done * self.batch_size]
             for part in np.unique(chunk):
@@ -234,6 +235,14 @@ class _SetCapture:
             if self.progress:
                 self.progress(f"capture ({label})", done, total)
         return [{node: acc.stats() for node, acc in part.items()} for part in accumulators]
+
+
+def keyed_batches(label: str, feeds: dict[str, np.ndarray], indices: np.ndarray,
+                  batch_size: int) -> Iterator[tuple[tuple[str, int], dict[str, np.ndarray]]]:
+    """The batches of samples ``indices`` that :func:`capture_stats` runs for the set named
+    ``label``, each with the key that names it in a :class:`frontier.Frontier`'s cache."""
+    for done, feed in enumerate(batches(feeds, indices, batch_size), start=1):
+        yield (label, done), feed
 
 
 def _shared_inputs(consumers: Sequence[Consumer], weights: dict[str, np.ndarray]) -> dict[str, str]:

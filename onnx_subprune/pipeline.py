@@ -13,7 +13,7 @@ from . import runtime
 from .analyze import analyze_selecting
 from .augment import augment
 from .calibrate import (AUTO_HOLDOUT, GroupStats, Progress, Split, capture_stats, consumer_weights, expand_split,
-                        split_samples)
+                        keyed_batches, split_samples)
 from .budget import (
     Allocation, Limits, SizeModel, allocate_equal_loss, allocate_marginal, allocate_uniform, check_reachable, grid,
     reachable,
@@ -154,9 +154,11 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     groups, timings, original = run.groups, run.timings, model
     verified, verified_on = _verify_indices(run.split, config.verify_samples)
     verify_feeds = {name: array[verified] for name, array in feeds.items()}
-    clock = time.perf_counter()
-    reference = predict(run.model, verify_feeds, run.providers, run.batch_size)
-    timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - clock  # the original's side of it
+    reference = None  # the original's outputs, from the capture where it computes them (_reference_on_the_way)
+    if not _reference_on_the_way(run, verified):
+        clock = time.perf_counter()
+        reference = predict(run.model, verify_feeds, run.providers, run.batch_size)
+        timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - clock  # the original's side of it
     compared, compared_on, used = None, None, None
     alternative = budget.alternative
     if alternative is None or alternative.counts == budget.counts:
@@ -164,7 +166,7 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
     elif verified_on == "held-out" or not run.split.folds:
         # both final models, compared on the verification samples
         chosen = _pruned(run, budget, budget.counts, original, verify_feeds, reference)
-        other = _pruned(run, budget, alternative.counts, original, verify_feeds, reference)
+        other = _pruned(run, budget, alternative.counts, original, verify_feeds, chosen.reference)
         compared = {config.allocation: chosen.error, "uniform": other.error}
         compared_on = verified_text({"samples": len(verified), "set": verified_on})
         if other.error < chosen.error:
@@ -221,6 +223,7 @@ class _Candidate:
     model: onnx.ModelProto
     outputs: dict
     error: float
+    reference: dict[str, np.ndarray]  # the original's outputs on the verification samples
 
 
 def _fold_check(run: _Run, budget: "_Budget", candidates: Sequence[tuple[int, ...]],
@@ -247,19 +250,22 @@ def _fold_check(run: _Run, budget: "_Budget", candidates: Sequence[tuple[int, ..
 
 def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onnx.ModelProto,
             verify_feeds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> _Candidate:
-    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls)."""
+    """Capture, select, rewrite and verify at ``counts`` (the stages' seconds add up over calls);
+    ``reference``: the original's outputs on ``verify_feeds``, None when the capture gives them
+    on the way (:func:`_reference_on_the_way`)."""
     spent = {key: run.timings.get(key, 0.0) for key in ("capture", "select", "rewrite", "verify")}
-    plans, entries = _prune_groups(run, counts, budget.initial, budget.given)
+    plans, entries, found = _prune_groups(run, counts, budget.initial, budget.given, reference is None)
     clock = time.perf_counter()
     pruned = keep_interface(rewrite(run.model, plans), original)
     check_onnx(pruned)
     run.timings["rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    reference = found if reference is None else reference
     outputs = fidelity(reference, predict(pruned, verify_feeds, run.providers, run.batch_size))
-    run.timings["verify"] = time.perf_counter() - clock
+    run.timings["verify"] += time.perf_counter() - clock
     for key, before in spent.items():
         run.timings[key] += before
-    return _Candidate(counts, entries, pruned, outputs, max(output_error(o) for o in outputs.values()))
+    return _Candidate(counts, entries, pruned, outputs, max(output_error(o) for o in outputs.values()), reference)
 
 
 @dataclass
@@ -473,7 +479,8 @@ def _target_report(config: PruneConfig, allocation: Allocation | None, params: d
 
 
 def _prune_groups(run: _Run, counts: Sequence[int], initial,
-                  given: Sequence[Sequence[int] | None] | None = None) -> tuple[list[GroupPlan], list[GroupReport]]:
+                  given: Sequence[Sequence[int] | None] | None = None, reference: bool = False
+                  ) -> tuple[list[GroupPlan], list[GroupReport], dict[str, np.ndarray] | None]:
     """Capture statistics and select channels group by group, following the method's capture
     schedule.
 
@@ -481,11 +488,13 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial,
     topological order, B from the model pruned so far (A from the original for asym).
     ``initial``: statistics of every group from the original model, if already captured.
     ``given``: per group, the channels to keep (a plan's) or None (chosen by the method).
+    ``reference``: also give the original's outputs on the calibration samples, from the
+    original's frontier (asym; its seconds count as verify), else None.
     """
     config, timings, groups = run.config, run.timings, run.groups
     schedule = schedule_of(config.method)
     touched = refitted_consumers(counts, groups)
-    timings["capture"] = timings["select"] = 0.0
+    timings["capture"] = timings["select"] = timings["verify"] = 0.0
     clock = time.perf_counter()
     all_stats = None
     if schedule == "layer":
@@ -514,7 +523,38 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial,
             entries.append(entry)
             if run.progress:
                 run.progress("groups", index + 1, len(groups))
-    return plans, entries
+        outputs = None
+        if reference and original_side is not None:
+            clock = time.perf_counter()
+            outputs = _outputs_from(original_side, run)
+            timings["verify"] += time.perf_counter() - clock
+    return plans, entries, outputs
+
+
+def _reference_on_the_way(run: _Run, verified: np.ndarray) -> bool:
+    """Whether the original's outputs on the ``verified`` samples come from the asym capture,
+    which computes the original model on the calibration samples anyway (then only the part
+    after the last group's consumers is run for them, not the whole model once more): the
+    samples are the calibration ones in the same order, and every graph output is computed by a
+    node and given by :func:`runtime.run` as onnxruntime computes it, as the capture's parts
+    give it (:func:`runtime.samples_first_as_run`)."""
+    if schedule_of(run.config.method) != "asym" or not np.array_equal(verified, run.split.calibration):
+        return False
+    made = {name for node in run.model.graph.node for name in node.output}
+    return all(output.name in made for output in run.model.graph.output) and runtime.samples_first_as_run(run.model)
+
+
+def _outputs_from(side: Frontier, run: _Run) -> dict[str, np.ndarray]:
+    """The model's graph outputs on the calibration samples, from a frontier of the original
+    model that the capture has run (only the part after its kept tensors)."""
+    names = [output.name for output in run.model.graph.output]
+    side.step(run.model, names, ())
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for key, feed in keyed_batches("calibration", run.feeds, run.split.calibration, run.batch_size):
+        for name, value in side(key, feed, names).items():
+            parts[name].append(value)
+    side.settle()
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def _capture_step(run: _Run, groups: Sequence[ChannelGroup], index: int, plans: Sequence[GroupPlan],

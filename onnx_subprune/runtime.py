@@ -171,6 +171,15 @@ class _Declared:
         return np.moveaxis(value, moved[0], 0) if moved else value
 
 
+def samples_first_as_run(model: onnx.ModelProto) -> bool:
+    """Whether :func:`run` gives every graph output of ``model`` as onnxruntime computes it: none
+    declares, past its first axis, a symbolic dim that an input declares (which could be the
+    samples' axis, then moved first)."""
+    declared = _Declared.of(_dynamic_batch_dims(model))
+    symbols = {dim for dims in declared.inputs.values() for dim in dims if isinstance(dim, str)}
+    return not any(isinstance(dim, str) and dim in symbols for dims in declared.outputs.values() for dim in dims[1:])
+
+
 _DECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Session -> its :class:`_Declared` inputs and outputs (sessions made by :func:`session`)."""
 

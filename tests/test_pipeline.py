@@ -94,7 +94,8 @@ def test_stage_seconds_count_the_original_outputs(monkeypatch):
     from onnx_subprune import pipeline
 
     model = builders.matmul_gelu_matmul()
-    plain = prune(model, random_feeds(model, 60), PruneConfig(keep=0.5, **CPU)).report.seconds
+    config = PruneConfig(keep=0.5, method="seq", **CPU)  # asym takes them from its capture (next test)
+    plain = prune(model, random_feeds(model, 60), config).report.seconds
     real = pipeline.predict
 
     def size(candidate: onnx.ModelProto) -> int:
@@ -106,8 +107,33 @@ def test_stage_seconds_count_the_original_outputs(monkeypatch):
         return real(candidate, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "predict", slow)
-    seconds = prune(model, random_feeds(model, 60), PruneConfig(keep=0.5, **CPU)).report.seconds
+    seconds = prune(model, random_feeds(model, 60), config).report.seconds
     assert seconds["verify"] >= 0.5 > plain["verify"]
+
+
+@pytest.mark.parametrize("build", [builders.csp_residual, builders.shared_input_heads, builders.two_inputs])
+def test_asym_verifies_against_the_original_outputs_its_capture_computed(build, monkeypatch):
+    """asym computes the original model on the calibration samples anyway: with no held-out
+    samples, the outputs the pruned model is verified against come from that capture (only the
+    part after the last group's consumers is run for them), not from another forward pass, and
+    equal those of one."""
+    from onnx_subprune import pipeline
+
+    model = build()
+    feeds = random_feeds(model, 40)
+    config = PruneConfig(keep=0.5, method="asym", **CPU)
+    calls = []
+    real = pipeline.predict
+    monkeypatch.setattr(pipeline, "predict", lambda m, *a, **k: calls.append(len(m.graph.node)) or real(m, *a, **k))
+    fast = prune(model, feeds, config)
+    assert len(calls) == 1  # the pruned model only
+    monkeypatch.setattr(pipeline, "_reference_on_the_way", lambda run, verified: False)
+    slow = prune(model, feeds, config)
+    assert len(calls) == 3
+    assert fast.model.SerializeToString() == slow.model.SerializeToString()
+    assert fast.report.output_error == pytest.approx(slow.report.output_error, rel=1e-6, abs=1e-9)
+    for name, got in fast.report.outputs.items():
+        assert got == pytest.approx(slow.report.outputs[name], rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("method", ["asym", "layer"])
