@@ -260,7 +260,9 @@ def _pruned(run: _Run, budget: "_Budget", counts: tuple[int, ...], original: onn
     check_onnx(pruned)
     run.timings["rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    reference = found if reference is None else reference
+    reference = reference if reference is not None else found
+    if reference is None:  # not on the way after all (a schedule without the original's frontier)
+        reference = predict(run.model, verify_feeds, run.providers, run.batch_size)
     outputs = fidelity(reference, predict(pruned, verify_feeds, run.providers, run.batch_size))
     run.timings["verify"] += time.perf_counter() - clock
     for key, before in spent.items():

@@ -296,3 +296,16 @@ def test_a_scalar_calibration_input_is_fed_as_one_value():
     result = prune(model, {"x": x, "sr": np.array(3.0, np.float32)}, PruneConfig(keep=1.0, device="cpu", batch_size=8))
     assert result.report.output_error < 1e-5
     assert result.report.samples["calibration"] == 20
+
+def test_a_schedule_without_the_originals_frontier_still_verifies(monkeypatch):
+    """Where the capture gives no original outputs after all (seq has no original frontier),
+    the pruned model is verified against a forward pass of the original, as before."""
+    from onnx_subprune import pipeline
+
+    model = builders.csp_residual()
+    feeds = random_feeds(model, 40)
+    config = PruneConfig(keep=0.5, method="seq", **CPU)
+    plain = prune(model, feeds, config).report
+    monkeypatch.setattr(pipeline, "_reference_on_the_way", lambda run, verified: True)
+    forced = prune(model, feeds, config).report
+    assert forced.output_error == pytest.approx(plain.output_error, rel=1e-9)
