@@ -205,12 +205,20 @@ def prune(model: onnx.ModelProto, feeds: dict[str, np.ndarray], config: PruneCon
         outputs=outputs,
         output_error=chosen.error,
         verified_on={"samples": int(len(verified)), "set": verified_on},
-        seconds={k: round(v, 4) for k, v in timings.items()},
+        seconds={k: round(timings[k], 4) for k in sorted(timings, key=_stage_order)},
     )
     report.warnings = report.find_warnings()
     if config.max_error is not None and report.output_error > config.max_error:
         raise QualityError(report.too_large(config.max_error))
     return PruneResult(pruned, report)
+
+
+STAGES = ("analyze", "allocation", "capture", "select", "rewrite", "verify")
+"""The stages whose seconds the report gives, in the order they run."""
+
+
+def _stage_order(stage: str) -> int:
+    return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
 
 @dataclass(frozen=True)
