@@ -140,45 +140,46 @@ def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], kept: Sequence[np.nd
     if len(folds) < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {len(folds)}")
     pairs = [(c, f) for c in range(len(kept)) for f in range(len(folds))]
-    made = [(c, i) for c, options in enumerate(candidates) for i, option in enumerate(options) if option.waits]
-    keep = bool(made) and len(folds) * sum(stats.entries for stats in folds[0]) <= KEPT_TRAIN_ENTRIES
+    now = [[i for i, option in enumerate(options) if not option.waits] for options in candidates]
+    later = [[i for i, option in enumerate(options) if option.waits] for options in candidates]
+    made = [(c, i) for c, waiting in enumerate(later) for i in waiting]
+    entries = len(folds) * sum(stats.entries for stats in folds[0])
+    keep = bool(made) and entries <= KEPT_TRAIN_ENTRIES
+    ready = [[option.whole for option in options] for options in candidates]
+    scores = [[0.0] * len(options) for options in candidates]
 
     def train(c: int, f: int) -> ConsumerStats:
         return sum_stats([other[c] for g, other in enumerate(folds) if g != f])
 
-    def score(c: int, f: int, stats: ConsumerStats, chosen: list[int], wholes: list) -> list[float]:
-        return [residual_energy(folds[f][c], kept[c], candidates[c][i].fold(stats, kept[c], wholes[i]))
+    def score(c: int, f: int, stats: ConsumerStats, chosen: list[int]) -> list[float]:
+        return [residual_energy(folds[f][c], kept[c], candidates[c][i].fold(stats, kept[c], ready[c][i]))
                 for i in chosen]
 
-    ready = [[option.whole for option in options] for options in candidates]
+    def add(c: int, chosen: list[int], values: list[float]) -> None:
+        for i, value in zip(chosen, values):
+            scores[c][i] += value
 
     def first(item: tuple) -> object:
         if item[0] == "whole":
             return candidates[item[1]][item[2]].whole()
         c, f = item[1:]
         stats = train(c, f)
-        chosen = [i for i, option in enumerate(candidates[c]) if not option.waits]
-        return score(c, f, stats, chosen, ready[c]), stats if keep else None
+        return score(c, f, stats, now[c]), stats if keep else None
 
-    entries = len(folds) * sum(stats.entries for stats in folds[0])
     results = each(first, [("whole", c, i) for c, i in made] + [("fold", c, f) for c, f in pairs], entries)
     for (c, i), whole in zip(made, results):
         ready[c][i] = whole
     firsts = results[len(made):]
-    scores = [[0.0] * len(options) for options in candidates]
-    for (c, f), (values, _) in zip(pairs, firsts):
-        for i, value in zip([i for i, o in enumerate(candidates[c]) if not o.waits], values):
-            scores[c][i] += value
+    for (c, _), (values, _) in zip(pairs, firsts):
+        add(c, now[c], values)
     if made:
         def second(index: int) -> list[float]:
             c, f = pairs[index]
             stats = firsts[index][1]
-            stats = train(c, f) if stats is None else stats
-            return score(c, f, stats, [i for i, o in enumerate(candidates[c]) if o.waits], ready[c])
+            return score(c, f, train(c, f) if stats is None else stats, later[c])
 
-        for (c, f), values in zip(pairs, each(second, range(len(pairs)), entries)):
-            for i, value in zip([i for i, o in enumerate(candidates[c]) if o.waits], values):
-                scores[c][i] += value
+        for (c, _), values in zip(pairs, each(second, range(len(pairs)), entries)):
+            add(c, later[c], values)
     return scores, ready
 
 
