@@ -100,9 +100,12 @@ def _cross_validated_refit(chosen: GroupSelection, consumers, folds, kept, fitti
     on all samples, whose strength the folds' shrunk fits take, are made side by side with the
     folds' least-squares fits."""
     shrunk = dict(fitting, shrink="refit")
-    candidates = [[Candidate(plain, lambda train, channels, whole: fit_consumer(train, channels, **fitting, like=whole)),
-                   Candidate(partial(fit_consumer, stats, channels, **shrunk),
-                             lambda train, channels, whole: fit_consumer(train, channels, **shrunk, like=whole))]
+
+    def on_fold(options: dict):
+        return lambda train, channels, whole: fit_consumer(train, channels, **options, like=whole)
+
+    candidates = [[Candidate(plain, on_fold(fitting)),
+                   Candidate(partial(fit_consumer, stats, channels, **shrunk), on_fold(shrunk))]
                   for plain, stats, channels in zip(chosen.fits, consumers, kept)]
     fits, explained, held_out = cross_validated_choice(consumers, folds, kept, candidates)
     return replace(chosen, fits=fits, explained=explained, explained_holdout=held_out)
