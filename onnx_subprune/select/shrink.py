@@ -44,7 +44,7 @@ import numpy as np
 from .parallel import all_cores
 from .linalg import psd_solve, psd_tolerance
 from .refit import Refit, Strength, dual_ridge, kept_columns
-from .stats import ConsumerStats, map_products
+from .stats import ConsumerStats
 
 SHRINK = ("cv", "none", "refit", "auto")
 """Refit modes: ``none``: least squares with the ridge toward zero (:func:`~.refit.refit`);
@@ -64,7 +64,8 @@ LAMBDA_GRID = np.logspace(-6.0, 4.0, 41)
 """Candidate lam / mean eigenvalue of B_S^T B_S tried by GCV (besides inf)."""
 
 MAP_FOLDS = 5
-"""Folds of the channel regression's cross-validation on row-form statistics."""
+"""Folds of the channel regression's cross-validation on row-form statistics that were not
+summed from cross-validation folds of their own (:func:`_map_folds`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,10 +179,12 @@ def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation:
     :meth:`Spectrum.lambdas` as follows.
 
     Gram form (N >= d: many rows per coefficient) chooses it by GCV on the pixel rows. Row form
-    (N < d) by :data:`MAP_FOLDS`-fold cross-validation over contiguous blocks of rows: the rows
-    are in sample order, so the folds split by sample, and the pixels of one sample, strongly
-    correlated, never both fit and score a fold (with GCV, 8 images of 3 x 3 pixels for 64 kept
-    channels were read as 72 independent rows and the anchor came out 25x the original weights).
+    (N < d) by cross-validation over the statistics' cross-validation folds, or where it has
+    none over :data:`MAP_FOLDS` contiguous blocks of rows (:func:`_map_folds`): either way the
+    folds split by sample, and the pixels of one sample, strongly correlated, never both fit
+    and score a fold (with GCV, 8 images of 3 x 3 pixels for 64 kept channels were read as 72
+    independent rows and the anchor came out 25x the original weights). Every fold's products
+    come from one pass over the rows (:meth:`~.stats.ConsumerStats.map_products`).
     """
     removed = np.setdiff1d(np.arange(stats.n_channels), kept)
     gram = stats.map_gram(bias_compensation)
@@ -195,13 +198,39 @@ def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation:
     if lam is None and (not stats.is_row_form or stats.n_rows < 2):
         lam = spec.best_lambda()
     elif lam is None:
-        n, r = stats.n_channels, stats.block
-        maps = stats.row_matrices(bias_compensation)[0].reshape(-1, n, r)
-        parts = [map_products(block) for block in np.array_split(maps, min(MAP_FOLDS, len(maps)))]
         lams = spec.lambdas()
-        errors = sum(_held_out_error(gram - part, part, kept, removed, lams, tol) for part in parts)
+        errors = 0.0
+        for part in _map_folds(stats):
+            test = _part_map_gram(part, stats.mean_b if bias_compensation else None)
+            errors = errors + _held_out_error(gram - test, test, kept, removed, lams, tol)
         lam = float(lams[int(np.argmin(errors))])
     return spec.correction(lam), lam
+
+
+def _map_folds(stats: ConsumerStats) -> tuple[ConsumerStats, ...]:
+    """The row sets the channel regression is cross-validated over: the statistics' own
+    :meth:`~.stats.ConsumerStats.parts` (the cross-validation folds, split by sample) when
+    there are several, else :data:`MAP_FOLDS` contiguous blocks of rows (in sample order)."""
+    parts = stats.parts()
+    if len(parts) > 1:
+        return parts
+    blocks = np.array_split(np.arange(stats.n_rows), min(MAP_FOLDS, stats.n_rows))
+    return tuple(ConsumerStats.from_rows(stats.rows[block], stats.targets[block], stats.weight, stats.block)
+                 for block in blocks)
+
+
+def _part_map_gram(part: ConsumerStats, mean: np.ndarray | None) -> np.ndarray:
+    """The channel map Gram matrix (n, n) of ``part``'s rows, centered on ``mean`` (d,) (the
+    whole set's column means) when given: U - S M^T - M S^T + N_p M M^T, with U the part's
+    uncentered products, S (n, block) its column sums and M (n, block) the mean, offset by
+    offset."""
+    test = part.map_products().copy()
+    if mean is not None:
+        sums, mu = part.b_sum.reshape(part.n_channels, part.block), mean.reshape(part.n_channels, part.block)
+        mixed = sums @ mu.T
+        test -= mixed + mixed.T
+        test += part.n_rows * (mu @ mu.T)
+    return test
 
 
 def _held_out_error(

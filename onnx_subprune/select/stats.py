@@ -192,12 +192,35 @@ class ConsumerStats:
         """
         n, r = self.n_channels, self.block
         if self.is_row_form:
-            return map_products(self.row_matrices(centered)[0].reshape(-1, n, r))
-        gram = np.einsum("iojo->ij", self.gram.reshape(n, r, n, r))
+            gram = self.map_products().copy()
+        else:
+            gram = np.einsum("iojo->ij", self.gram.reshape(n, r, n, r))
         if centered:
             mu = self.mean_b.reshape(n, r)
             gram -= self.n_rows * (mu @ mu.T)
         return gram
+
+    def parts(self) -> tuple[ConsumerStats, ...]:
+        """Statistics of disjoint row sets whose union is this one's rows: the parts
+        :func:`sum_stats` summed it from (cross-validation folds: split by sample), else itself."""
+        return self.__dict__.get("_parts", (self,))
+
+    def map_products(self) -> np.ndarray:
+        """Row form only: the uncentered channel map Gram matrix (n, n) of :meth:`map_gram`,
+        computed once and kept (callers must not change it); for statistics summed from
+        :meth:`parts`, the sum of theirs, so the folds of a cross-validation and their training
+        sets pass over each row once between them."""
+        if not self.is_row_form:
+            raise ValueError("map_products needs row-form statistics (rows/targets)")
+        products = self.__dict__.get("_map")  # a cache, not a field of the statistics
+        if products is None:
+            parts = self.parts()
+            if len(parts) > 1:
+                products = _total(part.map_products() for part in parts)
+            else:
+                products = map_products(self.rows.reshape(-1, self.n_channels, self.block))
+            self.__dict__["_map"] = products
+        return products
 
     def gram_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
         """New array G[cols, cols] (s, s) (all columns when ``cols`` is None), centered if asked."""
@@ -325,7 +348,9 @@ def sum_stats(parts: Sequence[ConsumerStats], inputs: ConsumerStats | None = Non
     )
     if first.is_row_form:
         rows = inputs.rows if inputs else np.concatenate([p.rows for p in parts])
-        return ConsumerStats(**common, rows=rows, targets=np.concatenate([p.targets for p in parts]))
+        total = ConsumerStats(**common, rows=rows, targets=np.concatenate([p.targets for p in parts]))
+        total.__dict__["_parts"] = tuple(parts)  # see ConsumerStats.parts
+        return total
     gram = inputs.gram if inputs else _total(p.gram for p in parts)
     return ConsumerStats(**common, gram=gram, cross=_total(p.cross for p in parts))
 

@@ -17,6 +17,7 @@ from onnx_subprune.select import (
     weight_norm_order,
 )
 from onnx_subprune.select.shrink import LAMBDA_GRID, anchor_weight, shrink_refit, spectrum
+from onnx_subprune.select.stats import ConsumerStats, sum_stats
 
 BLOCK = 3
 KEPT = np.array([0, 2, 3, 6])
@@ -106,6 +107,22 @@ def test_shrunk_refit_matches_dense_solve(problem, form, bias_compensation, lam,
         design = b[:, columns(KEPT, BLOCK)]
         bias = y.mean(0) - design.mean(0) @ fit.weight if bias_compensation else np.zeros(y.shape[1])
         np.testing.assert_allclose(fit.bias_shift, bias, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("bias_compensation", [True, False])
+def test_channel_regression_of_summed_folds_cross_validates_over_them(problem, bias_compensation):
+    """Row-form statistics summed from folds (as the calibration's are) take the channel map
+    products from the folds, and cross-validate the channel regression over those folds: the
+    same anchor as the dense computation with those folds, and the same map Gram matrix."""
+    b, y, w = problem
+    folds = [ConsumerStats.from_rows(b[rows], y[rows], w, BLOCK) for rows in np.array_split(np.arange(len(b)), 4)]
+    summed = sum_stats(folds)
+    assert summed.parts() == tuple(folds)
+    expected = _dense_map_regression(b, w, KEPT, BLOCK, bias_compensation, folds=4)
+    found = anchor_weight(summed, KEPT, "channel-regression", bias_compensation=bias_compensation)
+    np.testing.assert_allclose(found, expected, rtol=1e-7, atol=1e-9)
+    direct = make_stats("rows", b, y, w, BLOCK)
+    np.testing.assert_allclose(summed.map_gram(bias_compensation), direct.map_gram(bias_compensation), rtol=1e-9)
 
 
 @pytest.mark.parametrize("form", FORMS)
