@@ -101,6 +101,20 @@ def test_row_statistics_run_in_the_gram_form_only_with_a_ridge_and_few_picks():
     assert (gram.n_rows, gram.y_sq, gram.block) == (stats.n_rows, stats.y_sq, stats.block)
 
 
+def test_large_gram_matrices_come_from_float32_products(monkeypatch):
+    """Above SINGLE_GRAM_ENTRIES the Gram form is summed from float32 products of GRAM_ROWS rows,
+    within 1e-6 of the largest float64 entry."""
+    from onnx_subprune.select import stats as stats_module
+    rng = np.random.default_rng(6)
+    b, y, w = random_problem(rng, 16, 4, 300, 8, mixing=1.0)
+    monkeypatch.setattr(stats_module, "SINGLE_GRAM_ENTRIES", 0)
+    monkeypatch.setattr(stats_module, "GRAM_ROWS", 64)
+    gram = make_stats("rows", b, y, w, 4).as_gram()
+    for found, exact in ((gram.gram, b.T @ b), (gram.cross, b.T @ y)):
+        np.testing.assert_allclose(found, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+        assert not np.array_equal(found, exact)  # the float32 path ran
+
+
 def test_full_order_is_nested_and_total_is_f():
     """k == n works, every prefix of the order is the greedy for that k, F(all) = explained."""
     rng = np.random.default_rng(3)
