@@ -24,7 +24,7 @@ from .refit import (
 from .parallel import each
 from .rankers import METHODS, RANKERS, RankOptions, Ranker, schedule_of
 from .shrink import SHRINK, SHRUNK, shrink_refit
-from .stats import ConsumerStats, check_k, group_channels, sum_stats
+from .stats import ConsumerStats, check_k, group_channels, leave_out, sum_stats
 
 __all__ = [
     "METHODS",
@@ -132,10 +132,13 @@ ResNet-50's last-stage 3 x 3 groups (d = 4608, four folds: 94M entries) are summ
 
 
 def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], kept: Sequence[np.ndarray],
-                  candidates: Sequence[Sequence[Candidate]]) -> tuple[list[list[float]], list[list[Refit | None]]]:
+                  candidates: Sequence[Sequence[Candidate]], totals: Sequence[ConsumerStats] | None = None,
+                  ) -> tuple[list[list[float]], list[list[Refit | None]]]:
     """Per consumer c, per candidate of ``candidates[c]``: c's residual energy summed over the
     folds, each fold scored with the candidate's fit on the sum of the other folds' statistics
-    (summed once per fold for all of c's candidates); and each candidate's fit on all samples.
+    (made once per fold for all of c's candidates: ``totals[c]`` less the fold where c's
+    statistics on all samples were summed from these folds, :func:`.stats.leave_out`); and each
+    candidate's fit on all samples.
 
     The fits on all samples still to be made and the (consumer, fold) pairs of the candidates
     that do not wait for them run side by side (:func:`.parallel.each`), then the pairs of the
@@ -151,7 +154,12 @@ def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], kept: Sequence[np.nd
     ready = [[option.whole for option in options] for options in candidates]
     scores = [[0.0] * len(options) for options in candidates]
 
+    summed = [None if totals is None or totals[c].parts() != tuple(fold[c] for fold in folds) else totals[c]
+              for c in range(len(kept))]
+
     def train(c: int, f: int) -> ConsumerStats:
+        if summed[c] is not None:
+            return leave_out(summed[c], folds[f][c])
         return sum_stats([other[c] for g, other in enumerate(folds) if g != f])
 
     def score(c: int, f: int, stats: ConsumerStats, chosen: list[int]) -> list[float]:
@@ -200,7 +208,7 @@ def cross_validated_choice(
     variance, their cross-validated explained variance: the choice itself is in-sample).
     """
     chosen, cv_residual, residual = [], 0.0, 0.0
-    all_scores, wholes = _cv_residuals(folds, kept, candidates)
+    all_scores, wholes = _cv_residuals(folds, kept, candidates, consumers)
     for stats, channels, made, scores in zip(consumers, kept, wholes, all_scores):
         best = int(np.argmin(scores))
         chosen.append(made[best])

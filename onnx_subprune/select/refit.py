@@ -117,8 +117,9 @@ def residual_energy(stats: ConsumerStats, kept: np.ndarray, fit: Refit) -> float
     if stats.is_row_form:
         diff = stats.rows[:, cols] @ w + b - stats.targets
         return float(np.sum(diff * diff))
-    fitted = float(np.sum(w * (stats.gram[np.ix_(cols, cols)] @ w)))
-    crossed = float(np.sum(w * stats.cross[cols]))
+    gram, cross = stats.kept_products(cols)
+    fitted = float(np.sum(w * (gram @ w)))
+    crossed = float(np.sum(w * cross))
     shift = 2.0 * float(b @ (w.T @ stats.b_sum[cols] - stats.y_sum)) + stats.n_rows * float(b @ b)
     return max(fitted - 2.0 * crossed + stats.y_sq + shift, 0.0)
 

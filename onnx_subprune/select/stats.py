@@ -22,6 +22,10 @@ SINGLE_GRAM_ENTRIES = 1 << 21
 products (:meth:`ConsumerStats.as_gram`): only the greedy asks for it, and from this size on the
 greedy keeps its factor in float32 anyway (``residual.SINGLE_FACTOR_ENTRIES``)."""
 
+KEPT_PRODUCT_ENTRIES = 1 << 22
+"""Kept-column products (s x (s + m) entries, 32 MiB) that :meth:`ConsumerStats.kept_products`
+keeps for the next call; larger ones are made again."""
+
 GRAM_ROWS = 2048
 """Rows per float32 product in :meth:`ConsumerStats.as_gram` (capture's block size)."""
 
@@ -220,7 +224,8 @@ class ConsumerStats:
 
     def parts(self) -> tuple[ConsumerStats, ...]:
         """Statistics of disjoint row sets whose union is this one's rows: the parts
-        :func:`sum_stats` summed it from (cross-validation folds: split by sample), else itself."""
+        :func:`sum_stats` summed it from (cross-validation folds: split by sample; what
+        :func:`leave_out` takes one of), else itself."""
         return self.__dict__.get("_parts", (self,))
 
     def map_products(self) -> np.ndarray:
@@ -240,13 +245,32 @@ class ConsumerStats:
             self.__dict__["_map"] = products
         return products
 
+    def kept_products(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uncentered (G[cols, cols] (s, s), C[cols] (s, m)); those of the latest ``cols`` are
+        kept while they hold at most :data:`KEPT_PRODUCT_ENTRIES`, so a fold's least-squares and
+        shrunk refits, and the scoring of both on a held-out fold, gather (or in row form
+        multiply) them once. Callers must not change them."""
+        key = np.asarray(cols).tobytes()
+        latest = self.__dict__.get("_kept")  # a cache, not a field of the statistics
+        if latest is not None and latest[0] == key:
+            return latest[1]
+        if self.is_row_form:
+            rows = self.rows[:, cols]
+            with all_cores(float(self.n_rows) * rows.shape[1] * (rows.shape[1] + self.m)):
+                products = rows.T @ rows, rows.T @ self.targets
+        else:
+            products = self.gram[np.ix_(cols, cols)], self.cross[cols]
+        if len(cols) * (len(cols) + self.m) <= KEPT_PRODUCT_ENTRIES:
+            self.__dict__["_kept"] = (key, products)
+        return products
+
     def gram_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
         """New array G[cols, cols] (s, s) (all columns when ``cols`` is None), centered if asked."""
-        if self.is_row_form:
-            rows = self.row_matrices(centered, cols)[0]
+        if cols is None and self.is_row_form:
+            rows = self.row_matrices(centered)[0]
             return rows.T @ rows
         idx = np.arange(self.d) if cols is None else cols
-        gram = self.gram[np.ix_(idx, idx)]
+        gram = self.gram[np.ix_(idx, idx)] if cols is None else self.kept_products(cols)[0].copy()
         if centered:
             mu = self.mean_b[idx]
             gram -= self.n_rows * np.outer(mu, mu)
@@ -254,11 +278,11 @@ class ConsumerStats:
 
     def cross_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
         """C[cols] (s, m) (all columns when ``cols`` is None), centered if asked; a new array."""
-        if self.is_row_form:
-            rows, targets = self.row_matrices(centered, cols)
+        if cols is None and self.is_row_form:
+            rows, targets = self.row_matrices(centered)
             return rows.T @ targets
         idx = np.arange(self.d) if cols is None else cols
-        cross = self.cross[idx]
+        cross = self.cross[idx] if cols is None else self.kept_products(cols)[1].copy()
         if centered:
             cross -= self.n_rows * np.outer(self.mean_b[idx], self.mean_y)
         return cross
@@ -367,10 +391,29 @@ def sum_stats(parts: Sequence[ConsumerStats], inputs: ConsumerStats | None = Non
     if first.is_row_form:
         rows = inputs.rows if inputs else np.concatenate([p.rows for p in parts])
         total = ConsumerStats(**common, rows=rows, targets=np.concatenate([p.targets for p in parts]))
-        total.__dict__["_parts"] = tuple(parts)  # see ConsumerStats.parts
-        return total
-    gram = inputs.gram if inputs else _total(p.gram for p in parts)
-    return ConsumerStats(**common, gram=gram, cross=_total(p.cross for p in parts))
+    else:
+        gram = inputs.gram if inputs else _total(p.gram for p in parts)
+        total = ConsumerStats(**common, gram=gram, cross=_total(p.cross for p in parts))
+    total.__dict__["_parts"] = tuple(parts)  # see ConsumerStats.parts
+    return total
+
+
+def leave_out(total: ConsumerStats, part: ConsumerStats) -> ConsumerStats:
+    """The statistics of the rows of ``total`` outside ``part``, one of ``total.parts()`` (a
+    cross-validation fold's training set): in Gram form the total less the part, one pass over
+    G where summing the other parts takes one per part; in row form the other parts summed."""
+    parts = total.parts()
+    if not any(p is part for p in parts) or len(parts) < 2:
+        raise ValueError("leave_out needs one of the parts the statistics were summed from")
+    others = [p for p in parts if p is not part]
+    if total.is_row_form or len(others) == 1:
+        return sum_stats(others)
+    result = ConsumerStats(
+        block=total.block, n_rows=total.n_rows - part.n_rows, y_sq=max(total.y_sq - part.y_sq, 0.0),
+        b_sum=total.b_sum - part.b_sum, y_sum=total.y_sum - part.y_sum, weight=total.weight,
+        gram=total.gram - part.gram, cross=total.cross - part.cross)
+    result.__dict__["_parts"] = tuple(others)
+    return result
 
 
 def merge_shared(consumers: Sequence[ConsumerStats]) -> list[ConsumerStats]:

@@ -113,3 +113,41 @@ def test_waiting_folds_get_the_fit_on_all_samples(kept_entries, monkeypatch):
     assert (explained, held_out) == pytest.approx(want[1:], rel=1e-12)
     for got, expected in zip(fits, want[0]):
         np.testing.assert_allclose(got.weight, expected.weight, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_statistics_summed_from_the_folds_train_on_the_total_less_each_fold(form, monkeypatch):
+    """Where the statistics on all samples were summed from the folds (as calibration sums them),
+    each fold's training statistics are the total less that fold (``leave_out``: the other
+    folds summed, up to rounding), and the choice scores as with totals made directly."""
+    from onnx_subprune import select
+    from onnx_subprune.select.stats import leave_out, sum_stats
+
+    rng = np.random.default_rng(9)
+    problems = [random_problem(rng, 8, BLOCK, 60, m, mixing=1.0) for m in (3, 2)]
+    folds = np.array_split(rng.permutation(60), 4)
+    stats = [[make_stats(form, b[f], y[f], w, BLOCK) for b, y, w in problems] for f in folds]
+    summed = [sum_stats([fold[c] for fold in stats]) for c in range(2)]
+    for c in range(2):
+        for f in range(4):
+            others = [stats[g][c] for g in range(4) if g != f]
+            train, expected = leave_out(summed[c], stats[f][c]), sum_stats(others)
+            assert train.parts() == tuple(others) and train.n_rows == expected.n_rows
+            for name in ("gram", "cross", "rows", "targets", "b_sum", "y_sum"):
+                if getattr(expected, name) is not None:
+                    np.testing.assert_allclose(getattr(train, name), getattr(expected, name), rtol=1e-12, atol=1e-9)
+            assert train.y_sq == pytest.approx(expected.y_sq, rel=1e-12)
+    with pytest.raises(ValueError, match="one of the parts"):
+        leave_out(summed[0], stats[0][1])
+    used = []
+    monkeypatch.setattr(select, "leave_out", lambda total, part: used.append(part) or leave_out(total, part))
+    whole = [make_stats(form, b, y, w, BLOCK) for b, y, w in problems]
+    fit = partial(fit_consumer, refit_weights=True, shrink="none", ridge=0.0, bias_compensation=True)
+
+    def candidates(totals):
+        return [[Candidate(fit(total, KEPT), lambda train, kept, _: fit(train, kept))] for total in totals]
+
+    got = cross_validated_choice(summed, stats, [KEPT, KEPT], candidates(summed))
+    assert len(used) == 8
+    want = cross_validated_choice(whole, stats, [KEPT, KEPT], candidates(whole))
+    assert got[1:] == pytest.approx(want[1:], rel=1e-9)

@@ -55,6 +55,28 @@ def test_accessors_do_not_mutate(problem):
         stats.row_matrices(True)
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_kept_products_are_made_once_per_column_set(problem, form, monkeypatch):
+    """The uncentered products of the latest kept columns are kept (the centered copies handed
+    out can be changed freely), made again for other columns, and not kept above the limit."""
+    from onnx_subprune.select import stats as stats_module
+
+    b, y, w = problem
+    stats = make_stats(form, b, y, w, 3)
+    cols, other = columns([1, 4], 3), columns([0, 2], 3)
+    gram, cross = stats.kept_products(cols)
+    np.testing.assert_allclose(gram, b[:, cols].T @ b[:, cols])
+    np.testing.assert_allclose(cross, b[:, cols].T @ y)
+    stats.gram_matrix(True, cols)[:] = 0
+    stats.cross_matrix(True, cols)[:] = 0
+    assert stats.kept_products(cols.copy())[0] is gram
+    np.testing.assert_allclose(stats.gram_matrix(False, cols), b[:, cols].T @ b[:, cols])
+    assert stats.kept_products(other)[0] is not gram and stats.kept_products(cols)[0] is not gram
+    monkeypatch.setattr(stats_module, "KEPT_PRODUCT_ENTRIES", 0)
+    fresh = make_stats(form, b, y, w, 3)
+    assert fresh.kept_products(cols)[0] is not fresh.kept_products(cols)[0]
+
+
 def _gram_kwargs(b, y, w):
     return dict(
         gram=b.T @ b, cross=b.T @ y, y_sq=float(np.sum(y * y)), b_sum=b.sum(0), y_sum=y.sum(0),
