@@ -8,6 +8,7 @@ owning columns ``[j*block, (j+1)*block)``; W (d, m) is the consumer weight and Y
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -311,8 +312,18 @@ class ConsumerStats:
         latest = self.__dict__.get("_dual")  # a cache, not a field of the statistics
         if latest is None or latest[0] != key:
             rows, targets = self.row_matrices(centered, cols)
-            with all_cores(float(self.n_rows) ** 2 * rows.shape[1]):
-                kernel = rows @ rows.T
+            parts = self.parts()
+            if len(parts) == 1:
+                with all_cores(float(self.n_rows) ** 2 * rows.shape[1]):
+                    kernel = rows @ rows.T
+            else:  # from the parts' blocks, which the folds' training sets share
+                kernel = np.block([[_kernel_block(p, q, cols) for q in parts] for p in parts])
+                if centered:  # (B - 1 mu^T)(B - 1 mu^T)^T with B mu = rows mu + mu^T mu
+                    mu = self.mean_b[cols]
+                    square = float(mu @ mu)
+                    spread = rows @ mu + square
+                    kernel -= spread[:, None] + spread[None, :]
+                    kernel += square
             latest = self.__dict__["_dual"] = (key, (rows, targets, kernel))
         return latest[1]
 
@@ -396,6 +407,27 @@ def sum_stats(parts: Sequence[ConsumerStats], inputs: ConsumerStats | None = Non
         total = ConsumerStats(**common, gram=gram, cross=_total(p.cross for p in parts))
     total.__dict__["_parts"] = tuple(parts)  # see ConsumerStats.parts
     return total
+
+
+def _kernel_block(first: ConsumerStats, second: ConsumerStats, cols: np.ndarray) -> np.ndarray:
+    """B1[:, cols] B2[:, cols]^T (N1, N2), uncentered, for two parts of row-form statistics
+    (:meth:`ConsumerStats.parts`). The blocks of the latest ``cols`` are kept on one of the two,
+    under its lock while they are made: the folds' training sets, fitted side by side, and the
+    whole set share them, so their kernels (:meth:`ConsumerStats.dual`) cost one N x N x s
+    product between them instead of one each."""
+    if id(second) < id(first):
+        return _kernel_block(second, first, cols).T
+    key = np.asarray(cols).tobytes()
+    with first.__dict__.setdefault("_kernel_lock", threading.Lock()):
+        kept = first.__dict__.get("_kernels")  # a cache, not a field of the statistics
+        if kept is None or kept[0] != key:
+            kept = first.__dict__["_kernels"] = (key, {})
+        other, block = kept[1].get(id(second), (None, None))
+        if other is not second:
+            with all_cores(float(first.n_rows) * second.n_rows * len(cols)):
+                block = first.rows[:, cols] @ second.rows[:, cols].T
+            kept[1][id(second)] = (second, block)
+    return block
 
 
 def leave_out(total: ConsumerStats, part: ConsumerStats) -> ConsumerStats:

@@ -77,6 +77,27 @@ def test_kept_products_are_made_once_per_column_set(problem, form, monkeypatch):
     assert fresh.kept_products(cols)[0] is not fresh.kept_products(cols)[0]
 
 
+@pytest.mark.parametrize("centered", [True, False])
+def test_dual_kernels_of_summed_folds_come_from_shared_blocks(problem, centered):
+    """Row-form statistics summed from folds, and each fold's training set (``leave_out``), form
+    their dual kernels from blocks that the folds keep: the same kernels as from their own rows,
+    each block made once."""
+    from onnx_subprune.select.stats import leave_out
+
+    b, y, w = problem
+    folds = [ConsumerStats.from_rows(b[rows], y[rows], w, 3) for rows in np.array_split(np.arange(len(b)), 4)]
+    total = sum_stats(folds)
+    cols = columns([0, 2, 3], 3)
+    trains = [leave_out(total, fold) for fold in folds]
+    for stats in [total] + trains:
+        rows, targets, kernel = stats.dual(centered, cols)
+        direct = ConsumerStats.from_rows(stats.rows, stats.targets, w, 3).dual(centered, cols)
+        for found, expected in zip((rows, targets, kernel), direct):
+            np.testing.assert_allclose(found, expected, rtol=1e-10, atol=1e-10)
+    blocks = [fold.__dict__["_kernels"][1] for fold in folds if "_kernels" in fold.__dict__]
+    assert sum(len(kept) for kept in blocks) == 4 * 5 // 2  # one per pair of folds
+
+
 def _gram_kwargs(b, y, w):
     return dict(
         gram=b.T @ b, cross=b.T @ y, y_sq=float(np.sum(y * y)), b_sum=b.sum(0), y_sum=y.sum(0),
