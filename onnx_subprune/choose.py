@@ -20,6 +20,7 @@ from .config import PruneConfig
 from .rewrite import channel_masks
 from .select import Candidate, GroupSelection, cross_validated, cross_validated_choice, fit_consumer, select_group
 from .select.coupling import consumer_kept, restrict, select_coupled
+from .select.stats import forget_caches
 from .types import ChannelGroup, GroupPlan
 
 
@@ -74,7 +75,16 @@ def choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     """Select ``k`` channels of ``group`` (``given``: keep these, as a plan says); ``stats`` are in
     the coordinates of the model pruned by ``plans``. Each fit has one row block per input
     channel the consumer keeps. With ``stats.folds``, ``explained_holdout`` is cross-validated
-    over them (:func:`select.cross_validated`)."""
+    over them (:func:`select.cross_validated`). What the statistics kept between the steps is
+    dropped at the end (:func:`~.select.stats.forget_caches`)."""
+    try:
+        return _choose(group, stats, k, config, plans, refit, given)
+    finally:
+        forget_caches([*stats.calibration, *(stats.holdout or ()), *(s for fold in stats.folds or () for s in fold)])
+
+
+def _choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig, plans: Sequence[GroupPlan],
+            refit: bool | None, given: Sequence[int] | None) -> GroupSelection:
     fitting = dict(refit_weights=config.refit if refit is None else refit, shrink=config.shrink,
                    ridge=config.ridge, bias_compensation=config.bias_compensation)
     options = dict(method=config.method, **fitting, seed=config.seed, holdout=stats.holdout, given=given)

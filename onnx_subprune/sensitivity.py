@@ -30,6 +30,7 @@ from .config import PruneConfig
 from .files import write_atomic
 from .masked import MaskedRunner
 from .select import RANKERS, greedy_select, refit
+from .select.stats import forget_caches
 from .types import ChannelGroup, ConsumerUpdate, GroupPlan
 from .verify import fidelity, output_error as one_output_error, predict
 
@@ -120,6 +121,7 @@ def group_plan(group: ChannelGroup, stats: GroupStats, order: np.ndarray, k: int
     elif config.refit:
         fits = [refit(c, kept, ridge=config.ridge, bias_compensation=config.bias_compensation)
                 for c in stats.calibration]
+        forget_caches(stats.calibration)
     if not config.refit:
         updates = tuple(ConsumerUpdate(c.node) for c in group.consumers)
     else:

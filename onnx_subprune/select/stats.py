@@ -409,6 +409,21 @@ def sum_stats(parts: Sequence[ConsumerStats], inputs: ConsumerStats | None = Non
     return total
 
 
+_CACHES = ("_dual", "_kept", "_map", "_kernels")
+"""What statistics keep between calls (see :func:`forget_caches`)."""
+
+
+def forget_caches(stats: Iterable[ConsumerStats]) -> None:
+    """Drop what ``stats`` and their parts keep between calls (the dual arrays, the kept
+    columns' and channel maps' products, the kernel blocks): for the end of a group's selection,
+    so that statistics that stay alive after it (every group's, under the layer schedule and the
+    sensitivity allocation) do not hold them."""
+    for item in stats:
+        for holder in (item, *item.parts()):
+            for name in _CACHES:
+                holder.__dict__.pop(name, None)
+
+
 def _kernel_block(first: ConsumerStats, second: ConsumerStats, cols: np.ndarray) -> np.ndarray:
     """B1[:, cols] B2[:, cols]^T (N1, N2), uncentered, for two parts of row-form statistics
     (:meth:`ConsumerStats.parts`). The blocks of the latest ``cols`` are kept on one of the two,

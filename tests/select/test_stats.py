@@ -98,6 +98,21 @@ def test_dual_kernels_of_summed_folds_come_from_shared_blocks(problem, centered)
     assert sum(len(kept) for kept in blocks) == 4 * 5 // 2  # one per pair of folds
 
 
+def test_forget_caches_drops_what_statistics_and_their_parts_keep(problem):
+    from onnx_subprune.select.stats import forget_caches
+
+    b, y, w = problem
+    folds = [ConsumerStats.from_rows(b[rows], y[rows], w, 3) for rows in np.array_split(np.arange(len(b)), 4)]
+    total = sum_stats(folds)
+    cols = columns([0, 2, 3], 3)
+    total.dual(True, cols), total.kept_products(cols), total.map_products()
+    holders = [total, *folds]
+    assert all(any(name.startswith("_") and name != "_parts" for name in h.__dict__) for h in holders)
+    forget_caches([total])
+    assert all({n for n in h.__dict__ if n.startswith("_")} <= {"_parts", "_kernel_lock"} for h in holders)
+    np.testing.assert_allclose(total.map_gram(False), sum(f.map_gram(False) for f in folds))
+
+
 def _gram_kwargs(b, y, w):
     return dict(
         gram=b.T @ b, cross=b.T @ y, y_sq=float(np.sum(y * y)), b_sum=b.sum(0), y_sum=y.sum(0),
