@@ -125,10 +125,10 @@ class Candidate:
 KEPT_TRAIN_ENTRIES = 1 << 26
 """Training statistics of the folds (float64 entries, 512 MiB) kept from the scoring of the
 candidates that need no fit on all samples to the scoring of those that wait for one; more are
-summed again. Counted as :attr:`ConsumerStats.entries`, d x (d + m) each; row-form statistics
+made again. Counted as :attr:`ConsumerStats.entries`, d x (d + m) each; row-form statistics
 fitted in the dual (more kept columns than rows) also hold their dual arrays
 (:meth:`ConsumerStats.dual`, under twice that count again), which the second pass reuses.
-ResNet-50's last-stage 3 x 3 groups (d = 4608, four folds: 94M entries) are summed again."""
+ResNet-50's last-stage 3 x 3 groups (d = 4608, four folds: 94M entries) are made again."""
 
 
 def _cv_residuals(folds: Sequence[Sequence[ConsumerStats]], kept: Sequence[np.ndarray],

@@ -317,7 +317,8 @@ class ConsumerStats:
                 with all_cores(float(self.n_rows) ** 2 * rows.shape[1]):
                     kernel = rows @ rows.T
             else:  # from the parts' blocks, which the folds' training sets share
-                kernel = np.block([[_kernel_block(p, q, cols) for q in parts] for p in parts])
+                kernel = np.block([[_kernel_block(p, q, cols) if i <= j else _kernel_block(q, p, cols).T
+                                    for j, q in enumerate(parts)] for i, p in enumerate(parts)])
                 if centered:  # (B - 1 mu^T)(B - 1 mu^T)^T with B mu = rows mu + mu^T mu
                     mu = self.mean_b[cols]
                     square = float(mu @ mu)
@@ -426,12 +427,11 @@ def forget_caches(stats: Iterable[ConsumerStats]) -> None:
 
 def _kernel_block(first: ConsumerStats, second: ConsumerStats, cols: np.ndarray) -> np.ndarray:
     """B1[:, cols] B2[:, cols]^T (N1, N2), uncentered, for two parts of row-form statistics
-    (:meth:`ConsumerStats.parts`). The blocks of the latest ``cols`` are kept on one of the two,
-    under its lock while they are made: the folds' training sets, fitted side by side, and the
-    whole set share them, so their kernels (:meth:`ConsumerStats.dual`) cost one N x N x s
-    product between them instead of one each."""
-    if id(second) < id(first):
-        return _kernel_block(second, first, cols).T
+    (:meth:`ConsumerStats.parts`), ``first`` not after ``second`` in them (so every set that
+    holds both asks for the same product, rounded the same way). The blocks of the latest
+    ``cols`` are kept on ``first``, under its lock while they are made: the folds' training
+    sets, fitted side by side, and the whole set share them, so their kernels
+    (:meth:`ConsumerStats.dual`) cost one N x N x s product between them instead of one each."""
     key = np.asarray(cols).tobytes()
     with first.__dict__.setdefault("_kernel_lock", threading.Lock()):
         kept = first.__dict__.get("_kernels")  # a cache, not a field of the statistics
