@@ -86,6 +86,36 @@ def test_selection_and_cross_validated_refit_equal_the_serial_run(form, monkeypa
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("rows", [64, 16])  # 16: the row form's folds are fitted in the dual
+def test_folds_sharing_their_totals_products_equal_the_serial_run(form, rows, monkeypatch):
+    """Totals summed from the folds, as calibration makes them: the training sets are the total
+    less a fold, and the folds' channel map products, kept-column products and dual kernel
+    blocks are shared between sets fitted side by side. Bit for bit the serial run."""
+    from onnx_subprune.select.stats import sum_stats
+
+    rng = np.random.default_rng(4)
+    problems = [random_problem(rng, 10, 3, rows, m, mixing=1.0) for m in (4, 3)]
+    folds = np.array_split(np.arange(rows), 4)
+    fitting = dict(refit_weights=True, shrink="cv", ridge=1e-3, bias_compensation=True)
+
+    def run():  # fresh statistics: nothing kept from the other run
+        fold_stats = [[make_stats(form, b[f], y[f], w, 3) for b, y, w in problems] for f in folds]
+        whole = [sum_stats([fold[c] for fold in fold_stats]) for c in range(len(problems))]
+        chosen = select_group(whole, 5, method="asym", **fitting)
+        return _cross_validated_refit(chosen, whole, fold_stats, [chosen.kept] * len(problems), fitting)
+
+    monkeypatch.setattr(parallel, "WORKERS", 1)
+    serial = run()
+    monkeypatch.setattr(parallel, "WORKERS", 4)
+    monkeypatch.setattr(parallel, "SHARED_ENTRIES", 0)
+    side_by_side = run()
+    assert np.array_equal(serial.kept, side_by_side.kept)
+    assert (serial.explained, serial.explained_holdout) == (side_by_side.explained, side_by_side.explained_holdout)
+    for a, b in zip(serial.fits, side_by_side.fits):
+        assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias_shift, b.bias_shift)
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("block", [1, 3])
 @pytest.mark.parametrize("ridge", [0.0, 1e-3])  # the row form stays rows without a ridge
 def test_greedy_steps_split_over_channel_ranges_pick_the_same(form, block, ridge, monkeypatch):
