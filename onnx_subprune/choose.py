@@ -101,7 +101,7 @@ def _choose(group: ChannelGroup, stats: GroupStats, k: int, config: PruneConfig,
     if config.shrink == "cv" and fitting["refit_weights"]:
         return _cross_validated_refit(chosen, consumers, stats.folds, kept, fitting)
     fits = [partial(fit_consumer, **fitting, like=fit) for fit in chosen.fits]
-    return replace(chosen, explained_holdout=cross_validated(stats.folds, kept, fits))
+    return replace(chosen, explained_holdout=cross_validated(stats.folds, kept, fits, consumers))
 
 
 def _cross_validated_refit(chosen: GroupSelection, consumers, folds, kept, fitting: dict) -> GroupSelection:

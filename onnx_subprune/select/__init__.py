@@ -87,19 +87,22 @@ def cross_validated(
     folds: Sequence[Sequence[ConsumerStats]],
     kept: Sequence[np.ndarray],
     fits: Sequence[Callable[[ConsumerStats, np.ndarray], Refit]],
+    totals: Sequence[ConsumerStats] | None = None,
 ) -> float:
     """Cross-validated explained variance of a group's chosen channels.
 
     ``folds``: K >= 2 folds, each one :class:`ConsumerStats` per consumer (disjoint samples);
     ``kept``: per consumer, its kept channels (sorted); ``fits``: per consumer,
-    ``fit(stats, kept)`` gives its new weights from ``stats``. For each fold f and consumer c, c
-    is fitted on the sum of the other folds' statistics and its residual measured on fold f; the
-    result is 1 - the sum of those residuals / the sum of ||Y||^2, over folds and consumers. The
-    kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``) are not chosen
-    again per fold: the estimate is held out for the fit, and in-sample for those choices.
+    ``fit(stats, kept)`` gives its new weights from ``stats``; ``totals``: per consumer, its
+    statistics on all samples, if at hand (see :func:`_cv_residuals`). For each fold f and
+    consumer c, c is fitted on the sum of the other folds' statistics and its residual measured
+    on fold f; the result is 1 - the sum of those residuals / the sum of ||Y||^2, over folds and
+    consumers. The kept channels (and a shrunk refit's strength, :func:`fit_consumer` ``like``)
+    are not chosen again per fold: the estimate is held out for the fit, and in-sample for those
+    choices.
     """
     candidates = [[Candidate(None, lambda train, channels, _, fit=fit: fit(train, channels))] for fit in fits]
-    residual = sum(scores[0] for scores in _cv_residuals(folds, kept, candidates)[0])
+    residual = sum(scores[0] for scores in _cv_residuals(folds, kept, candidates, totals)[0])
     return explained_fraction(residual, sum(held[c].y_sq for held in folds for c in range(len(kept))))
 
 

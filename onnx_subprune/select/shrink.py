@@ -199,10 +199,9 @@ def map_regression(stats: ConsumerStats, kept: np.ndarray, *, bias_compensation:
         lam = spec.best_lambda()
     elif lam is None:
         lams = spec.lambdas()
-        errors = 0.0
-        for part in _map_folds(stats):
-            test = _part_map_gram(part, stats.mean_b if bias_compensation else None)
-            errors = errors + _held_out_error(gram - test, test, kept, removed, lams, tol)
+        mean = stats.mean_b if bias_compensation else None
+        tests = (_part_map_gram(part, mean) for part in _map_folds(stats))
+        errors = sum(_held_out_error(gram - test, test, kept, removed, lams, tol) for test in tests)
         lam = float(lams[int(np.argmin(errors))])
     return spec.correction(lam), lam
 

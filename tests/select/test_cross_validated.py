@@ -149,5 +149,7 @@ def test_statistics_summed_from_the_folds_train_on_the_total_less_each_fold(form
 
     got = cross_validated_choice(summed, stats, [KEPT, KEPT], candidates(summed))
     assert len(used) == 8
+    held_out = cross_validated(stats, [KEPT, KEPT], [fit, fit], summed)
+    assert len(used) == 16 and held_out == pytest.approx(cross_validated(stats, [KEPT, KEPT], [fit, fit]), rel=1e-9)
     want = cross_validated_choice(whole, stats, [KEPT, KEPT], candidates(whole))
     assert got[1:] == pytest.approx(want[1:], rel=1e-9)
