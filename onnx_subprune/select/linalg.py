@@ -82,14 +82,16 @@ def project_off(basis: np.ndarray, x: np.ndarray) -> np.ndarray:
 def subtract_product(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
     """``target -= left @ right`` in place, without a temporary of ``target``'s size.
 
-    target (p, q) float64, C-contiguous; left (p, s); right (s, q). BLAS dgemm updates
-    ``target^T`` (F-contiguous, the same memory) as ``target^T - right^T left^T``; any other
-    layout takes the plain numpy path.
+    target (p, q) float64 or float32, C-contiguous; left (p, s); right (s, q), both rounded to
+    ``target``'s precision. BLAS gemm updates ``target^T`` (F-contiguous, the same memory) as
+    ``target^T - right^T left^T``; any other layout takes the plain numpy path.
     """
-    if target.dtype != np.float64 or not target.flags.c_contiguous or target.size == 0:
+    gemm = {np.dtype(np.float64): scipy.linalg.blas.dgemm,
+            np.dtype(np.float32): scipy.linalg.blas.sgemm}.get(target.dtype)
+    if gemm is None or not target.flags.c_contiguous or target.size == 0:
         target -= left @ right
         return
-    out = scipy.linalg.blas.dgemm(-1.0, np.asarray(right, np.float64).T, np.asarray(left, np.float64).T,
-                                  beta=1.0, c=target.T, overwrite_c=True)
+    out = gemm(-1.0, np.asarray(right, target.dtype).T, np.asarray(left, target.dtype).T,
+               beta=1.0, c=target.T, overwrite_c=True)
     if not np.shares_memory(out, target):  # BLAS had to copy: put the result back
         target[...] = out.T

@@ -5,7 +5,7 @@ For the kept set S and the effective Gram matrix G' = G (+ centering) + lambda I
 - ``diag`` (n, r, r): the diagonal blocks Gr[J, J] of Gr = G' - G'[:, S] G'[S, S]^+ G'[S, :];
 - ``cross`` (d, m'): Cr = C - G'[:, S] G'[S, S]^+ C[S], with m' = min(m, d) (Gram form) or
   min(m, N) (row form) after :func:`~onnx_subprune.select.linalg.compress_columns`, which leaves
-  every gain unchanged.
+  every gain unchanged; held in float32 when large (:data:`SINGLE_CROSS_ENTRIES`).
 
 Gains and updates need only one block column ``g = Gr[:, J]`` (d, r) per step; the two storage
 forms differ in how they produce it:
@@ -70,7 +70,7 @@ class Residual(ABC):
         self.floor = 0.0 if anchored else lam
         self.tol = psd_tolerance(stats.gram_diag(centered))
         self.diag = diag + lam * np.eye(self.r)
-        self.cross = cross
+        self.cross = cross.astype(np.float32) if cross.size > SINGLE_CROSS_ENTRIES else cross  # see the constant
         # (n,) channels not numerically dead in the original statistics
         self.live = np.linalg.eigvalsh(diag)[:, -1] > self.tol
         self.chunks = channel_chunks(self.n, stats.d * max(self.r, cross.shape[1]))
@@ -126,6 +126,7 @@ class Residual(ABC):
         """E[J] = Cr[J] Cr[J]^T (len(channels), r, r) from the cross statistics as stored (the
         pending updates applied)."""
         blocks = self.cross[self._columns(channels)].reshape(channels.stop - channels.start, self.r, -1)
+        blocks = blocks.astype(np.float64, copy=False)
         if self.r == 1:
             return np.einsum("nij,nij->n", blocks, blocks)[:, None, None]
         return blocks @ blocks.transpose(0, 2, 1)
@@ -163,12 +164,14 @@ class Residual(ABC):
         pending = self.pending
         folded = self.pending_right[:pending] @ right.T
         square = right @ right.T
+        right_t = right.T.astype(self.cross.dtype)
 
         def update(channels: slice) -> None:
             cols = self._columns(channels)
             vb = v[cols].reshape(channels.stop - channels.start, self.r, v.shape[1])
             self.diag[channels] -= vb @ vb.transpose(0, 2, 1)
-            across = self.cross[cols] @ right.T  # X = Cr R^T, Cr the stored rows less the pending terms
+            # X = Cr R^T (Cr the stored rows less the pending terms), in Cr's precision
+            across = (self.cross[cols] @ right_t).astype(np.float64, copy=False)
             if pending:
                 across -= self.pending_left[cols, :pending] @ folded
             mixed = vb @ across.reshape(vb.shape).transpose(0, 2, 1)
@@ -214,6 +217,17 @@ class Residual(ABC):
         the eigen-decomposition of Gr[J, J]."""
 
 
+SINGLE_CROSS_ENTRIES = 1 << 19
+"""A consumer whose cross statistics Cr (d x m') hold more entries than this (4 MiB in float64,
+beyond what stays in cache between steps) stores them in float32: each greedy step reads all of
+Cr (X = Cr R^T), memory-bound, so half the bytes are about half that time (ResNet-50's last
+stage, 256 of 512 3 x 3 blocks, Cr 4608 x 512: the greedy 2.6-3.1 s -> 2.3-2.8 s; with the
+factor below, the 2048-channel stage output 3.3 s -> 2.7 s). X, the energies and the picked
+rows of Cr are formed from it in float64. The rounding (about 6e-8 of Cr's entries) is below that
+of the float32 products the statistics were accumulated with; near-ties may be picked the other
+way: on those two groups the picked sets' float64 objective differed by +1e-6 and +2e-8."""
+
+
 PENDING_COLUMNS = 64
 """Columns of the greedy's rank-r' updates of Cr held back and then subtracted at once (one
 pass over Cr per this many columns instead of one per step)."""
@@ -238,14 +252,15 @@ def channel_chunks(n: int, entries: int) -> list[slice]:
     return even_ranges(n, parallel.WORKERS if entries > CHUNK_ENTRIES else 1)
 
 
-SINGLE_FACTOR_ENTRIES = 1 << 21
-"""A Gram-form greedy whose factor V would hold more entries than this (16 MiB in float64)
+SINGLE_FACTOR_ENTRIES = 1 << 20
+"""A Gram-form greedy whose factor V would hold more entries than this (8 MiB in float64)
 keeps V in float32: reading V for each block column is then most of the selection, memory-bound,
 and twice as fast (ResNet-50's last stage, 256 of 512 3 x 3 blocks, d = 4608 on 1568 rows: the
 greedy 5.9 s -> 3.9 s). The products V V[J]^T are still subtracted from the float64 Gram column;
 the rounding (about 1e-7 of V's entries) is that of the float32 products the statistics were
 accumulated with. Near-ties may then be picked the other way: on that stage the picked set's
-float64 least-squares residual differed by 2e-7 of the target energy."""
+float64 least-squares residual differed by 2e-7 of the target energy. (At 1 << 21, ResNet-50's
+2048-channel stage output, 1024 picks on d = 2048, stayed in float64.)"""
 
 
 class GramResidual(Residual):
