@@ -98,6 +98,36 @@ def test_dual_kernels_of_summed_folds_come_from_shared_blocks(problem, centered)
     assert sum(len(kept) for kept in blocks) == 4 * 5 // 2  # one per pair of folds
 
 
+@pytest.mark.parametrize("centered", [True, False])
+def test_gram_training_sets_form_only_what_a_fit_reads(problem, centered):
+    """A Gram-form fold's training set (``leave_out``) gives every accessor as the other folds
+    summed, and a shrunk refit on it (strength by GCV: the spectrum, the map regression, the
+    solve) forms only the kept columns' products, from the total's and the fold's kept ones,
+    never the full d x d difference."""
+    from onnx_subprune.select.shrink import shrink_refit
+    from onnx_subprune.select.stats import leave_out
+
+    b, y, w = problem
+    folds = [make_stats("gram", b[rows], y[rows], w, 3) for rows in np.array_split(np.arange(len(b)), 4)]
+    total = sum_stats(folds)
+    kept = np.array([0, 2, 3])
+    cols = columns(kept, 3)
+    for f, fold in enumerate(folds):
+        train = leave_out(total, fold)
+        fit = shrink_refit(train, kept, bias_compensation=centered)
+        assert "_gram" not in train.__dict__ and "_cross" not in train.__dict__
+        expected = sum_stats([other for g, other in enumerate(folds) if g != f])
+        assert np.isfinite(fit.weight).all() and train.n_rows == expected.n_rows
+        for name in ("gram_diag", "map_gram", "gram_matrix", "cross_matrix"):
+            np.testing.assert_allclose(getattr(train, name)(centered), getattr(expected, name)(centered),
+                                       rtol=1e-12, atol=1e-9)
+        for found, want in zip(train.kept_products(cols), expected.kept_products(cols)):
+            np.testing.assert_allclose(found, want, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(train.gram_matrix(centered, cols), expected.gram_matrix(centered, cols),
+                                   rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(train.gram, expected.gram, rtol=1e-12, atol=1e-9)  # formed when read
+
+
 def test_forget_caches_drops_what_statistics_and_their_parts_keep(problem):
     from onnx_subprune.select.stats import forget_caches
 
