@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .parallel import each
-from .residual import make_residual
+from . import residual
 from .stats import ConsumerStats, check_k, group_channels, merge_shared
 
 
@@ -53,9 +53,12 @@ def greedy_select(
     check_k(k, n)
     consumers = merge_shared(consumers)
     lams = [c.ridge_lambda(ridge, bias_compensation) for c in consumers]
-    states = each(lambda pair: make_residual(pair[0], lam=pair[1], centered=bias_compensation, capacity=k,
+    states = each(lambda pair: residual.make_residual(pair[0], lam=pair[1], centered=bias_compensation, capacity=k,
                                              anchored=anchored), list(zip(consumers, lams)),
                   sum(c.entries for c in consumers))
+    if sum(state.entries for state in states) > residual.SINGLE_STATE_ENTRIES:
+        for state in states:
+            state.to_single()
     step_entries = sum(state.cross.size + state.diag.size for state in states)  # what a step reads
     penalty = np.zeros(n)
     if anchored:

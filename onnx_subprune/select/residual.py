@@ -5,15 +5,14 @@ For the kept set S and the effective Gram matrix G' = G (+ centering) + lambda I
 - ``diag`` (n, r, r): the diagonal blocks Gr[J, J] of Gr = G' - G'[:, S] G'[S, S]^+ G'[S, :];
 - ``cross`` (d, m'): Cr = C - G'[:, S] G'[S, S]^+ C[S], with m' = min(m, d) (Gram form) or
   min(m, N) (row form) after :func:`~onnx_subprune.select.linalg.compress_columns`, which leaves
-  every gain unchanged; held in float32 when large (:data:`SINGLE_CROSS_ENTRIES`).
+  every gain unchanged.
 
 Gains and updates need only one block column ``g = Gr[:, J]`` (d, r) per step; the two storage
 forms differ in how they produce it:
 
 - Gram form (left-looking block Cholesky): Gr = G' - V V^T with V (d, s) grown by one block per
   step, so ``g = G'[:, J] - V V[J]^T``. The original Gram matrix is only read, never copied
-  (centering and ridge are applied to each block column as it is read). Memory: V, k*r x d,
-  held in float32 when that is large (:data:`SINGLE_FACTOR_ENTRIES`).
+  (centering and ridge are applied to each block column as it is read). Memory: V, k*r x d.
 - Row form: whitened rows Bw (N, d), updated in place, with Gr = Bw^T Bw + lambda I on the
   unpicked channels and Cr = Bw^T Yw (Yw itself is never stored: Cr is updated like in the Gram
   form, and tr(Cr[J]^T Gr[J,J]^+ Cr[J]) = ||Q_J^T Yw||^2 for an orthonormal basis Q_J of
@@ -31,6 +30,9 @@ so Cr itself is updated lazily (:meth:`Residual.commit`): a step reads Cr once (
 the energies' update) where an eager update read it twice and wrote it once, the memory traffic
 that bounded the wide groups (ResNet-50's 2048-channel stage output, three consumers: the greedy
 4.2 s -> 3.0 s, the same picks).
+
+A greedy whose states hold more than :data:`SINGLE_STATE_ENTRIES` keeps Cr and V in float32
+(:meth:`Residual.to_single`).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Residual(ABC):
         self.floor = 0.0 if anchored else lam
         self.tol = psd_tolerance(stats.gram_diag(centered))
         self.diag = diag + lam * np.eye(self.r)
-        self.cross = cross.astype(np.float32) if cross.size > SINGLE_CROSS_ENTRIES else cross  # see the constant
+        self.cross = cross
         # (n,) channels not numerically dead in the original statistics
         self.live = np.linalg.eigvalsh(diag)[:, -1] > self.tol
         self.chunks = channel_chunks(self.n, stats.d * max(self.r, cross.shape[1]))
@@ -79,6 +81,16 @@ class Residual(ABC):
         self.pending_left = np.empty((stats.d, width))
         self.pending_right = np.empty((width, cross.shape[1]))
         self.pending = 0
+
+    @property
+    def entries(self) -> int:
+        """Array entries a greedy step reads: the cross statistics and the form's own arrays."""
+        return self.cross.size
+
+    def to_single(self) -> None:
+        """Hold Cr (and the Gram form's factor V) in float32 from now on; before any pick
+        (see :data:`SINGLE_STATE_ENTRIES`)."""
+        self.cross = self.cross.astype(np.float32)
 
     def _span(self, j: int) -> slice:
         return slice(j * self.r, (j + 1) * self.r)
@@ -217,15 +229,20 @@ class Residual(ABC):
         the eigen-decomposition of Gr[J, J]."""
 
 
-SINGLE_CROSS_ENTRIES = 1 << 19
-"""A consumer whose cross statistics Cr (d x m') hold more entries than this (4 MiB in float64,
-beyond what stays in cache between steps) stores them in float32: each greedy step reads all of
-Cr (X = Cr R^T), memory-bound, so half the bytes are about half that time (ResNet-50's last
-stage, 256 of 512 3 x 3 blocks, Cr 4608 x 512: the greedy 2.6-3.1 s -> 2.3-2.8 s; with the
-factor below, the 2048-channel stage output 3.3 s -> 2.7 s). X, the energies and the picked
-rows of Cr are formed from it in float64. The rounding (about 6e-8 of Cr's entries) is below that
-of the float32 products the statistics were accumulated with; near-ties may be picked the other
-way: on those two groups the picked sets' float64 objective differed by +1e-6 and +2e-8."""
+SINGLE_STATE_ENTRIES = 1 << 20
+"""A greedy whose residual states hold more array entries than this in all (8 MiB in float64,
+beyond what stays in cache from one step to the next; :attr:`Residual.entries`) keeps every
+state's cross statistics Cr and factor V in float32 (:meth:`Residual.to_single`). Each step reads
+all of Cr (X = Cr R^T) and of V (the block column), memory-bound, so half the bytes are nearly
+half the time. ResNet-50's last stage, 256 of 512 3 x 3 blocks on d = 4608: 5.9 s -> 3.9 s with
+V alone in float32 (a per-consumer rule before), 2.6-3.1 s -> 2.3-2.8 s with Cr too; the
+2048-channel stage output, 1024 picks for three consumers: 3.3 s -> 1.8-2.3 s; the 1024-channel
+one, 512 picks for seven consumers of at most 4 MiB each: 2.2-2.4 s -> 1.7-1.8 s. The products
+are subtracted from float64 Gram columns, and X, the energies and the picked rows of Cr are
+formed from the float32 arrays in float64. The rounding (about 6e-8 of the entries) is below
+that of the float32 products the statistics were accumulated with; near-ties may be picked the
+other way: on those three groups the picked sets' float64 objective F(S) moved by +1.0e-5,
++2.1e-6 and +6.6e-7 of itself."""
 
 
 PENDING_COLUMNS = 64
@@ -252,17 +269,6 @@ def channel_chunks(n: int, entries: int) -> list[slice]:
     return even_ranges(n, parallel.WORKERS if entries > CHUNK_ENTRIES else 1)
 
 
-SINGLE_FACTOR_ENTRIES = 1 << 20
-"""A Gram-form greedy whose factor V would hold more entries than this (8 MiB in float64)
-keeps V in float32: reading V for each block column is then most of the selection, memory-bound,
-and twice as fast (ResNet-50's last stage, 256 of 512 3 x 3 blocks, d = 4608 on 1568 rows: the
-greedy 5.9 s -> 3.9 s). The products V V[J]^T are still subtracted from the float64 Gram column;
-the rounding (about 1e-7 of V's entries) is that of the float32 products the statistics were
-accumulated with. Near-ties may then be picked the other way: on that stage the picked set's
-float64 least-squares residual differed by 2e-7 of the target energy. (At 1 << 21, ResNet-50's
-2048-channel stage output, 1024 picks on d = 2048, stayed in float64.)"""
-
-
 class GramResidual(Residual):
     """Residual state over Gram-form statistics (left-looking block Cholesky)."""
 
@@ -276,10 +282,18 @@ class GramResidual(Residual):
         super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.gram = stats.gram
         self.scaled_mean = np.sqrt(stats.n_rows) * stats.mean_b if centered else None
-        entries = capacity * self.r * stats.d
-        self.factor_t = np.empty((capacity * self.r, stats.d),
-                                 dtype=np.float32 if entries > SINGLE_FACTOR_ENTRIES else np.float64)
+        self.factor_t = np.empty((capacity * self.r, stats.d))
         self.rank = 0
+
+    @property
+    def entries(self) -> int:
+        return super().entries + self.factor_t.size
+
+    def to_single(self) -> None:
+        if self.rank:
+            raise ValueError("to_single comes before any pick")
+        super().to_single()
+        self.factor_t = np.empty(self.factor_t.shape, dtype=np.float32)
 
     def column(self, j: int, part: slice) -> np.ndarray:
         span = self._span(j)
@@ -306,6 +320,10 @@ class RowResidual(Residual):
             cross = rows.T @ compress_columns(targets)
         super().__init__(stats, stats.diag_blocks(centered), cross, lam, centered, anchored)
         self.rows = rows
+
+    @property
+    def entries(self) -> int:
+        return super().entries + self.rows.size
 
     def column(self, j: int, part: slice) -> np.ndarray:
         span = self._span(j)

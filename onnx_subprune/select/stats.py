@@ -21,7 +21,7 @@ _ARRAYS = ("b_sum", "y_sum", "weight", "gram", "cross", "rows", "targets")
 SINGLE_GRAM_ENTRIES = 1 << 21
 """Row-form statistics whose Gram matrix holds more entries than this form it from float32
 products (:meth:`ConsumerStats.as_gram`): only the greedy asks for it, and from this size on the
-greedy keeps its factor in float32 anyway (``residual.SINGLE_FACTOR_ENTRIES``)."""
+greedy keeps its factor in float32 anyway (``residual.SINGLE_STATE_ENTRIES``)."""
 
 KEPT_PRODUCT_ENTRIES = 1 << 22
 """Kept-column products (s x (s + m) entries, 32 MiB) that :meth:`ConsumerStats.kept_products`

@@ -70,26 +70,27 @@ def test_row_form_equals_gram_form(rows, ridge, bias_compensation, monkeypatch):
         np.testing.assert_allclose(results[0].gains, other.gains, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.parametrize("single_part", ["factor", "cross", "both"])
+@pytest.mark.parametrize("form", ["gram", "rows"])
 @pytest.mark.parametrize("block", [1, 9])
-def test_single_precision_factor_picks_as_well(block, single_part, monkeypatch):
-    """A large Gram-form greedy keeps its factor and its cross statistics in float32
-    (:data:`residual.SINGLE_FACTOR_ENTRIES`, :data:`residual.SINGLE_CROSS_ENTRIES`): forced on
-    a conv-shaped problem it picks the same channels as the float64 run, or channels whose
-    float64 least-squares residual is as small within 1e-6 of the target energy."""
+def test_single_precision_state_picks_as_well(block, form, monkeypatch):
+    """A large greedy keeps its factor and cross statistics in float32
+    (:data:`residual.SINGLE_STATE_ENTRIES`): forced on a conv-shaped problem it picks the same
+    channels as the float64 run, or channels whose float64 least-squares residual is as small
+    within 1e-6 of the target energy (row form: its cross statistics)."""
     rng = np.random.default_rng([13, block])
     n = 48
     b, y, w = random_problem(rng, n, block, 40 * block + 400, 24, mixing=2.0)
-    stats = [make_stats("gram", b, y, w, block)]
+    stats = [make_stats(form, b, y, w, block)]
+    monkeypatch.setattr(residual, "prefers_gram", lambda *args: False)  # rows stay rows
     double = greedy_select(stats, n // 2, ridge=1e-3)
-    if single_part != "cross":
-        monkeypatch.setattr(residual, "SINGLE_FACTOR_ENTRIES", 0)
-    if single_part != "factor":
-        monkeypatch.setattr(residual, "SINGLE_CROSS_ENTRIES", 0)
+    made = []
+    make = residual.make_residual
+    monkeypatch.setattr(residual, "make_residual", lambda *args, **kwargs: made.append(make(*args, **kwargs)) or made[-1])
+    monkeypatch.setattr(residual, "SINGLE_STATE_ENTRIES", 0)
     single = greedy_select(stats, n // 2, ridge=1e-3)
-    state = residual.make_residual(stats[0], lam=1.0, centered=True, capacity=n // 2)
-    assert (state.factor_t.dtype == np.float32) == (single_part != "cross")
-    assert (state.cross.dtype == np.float32) == (single_part != "factor")
+    assert made[0].cross.dtype == np.float32
+    assert isinstance(made[0], residual.RowResidual if form == "rows" else residual.GramResidual)
+    assert form == "rows" or made[0].factor_t.dtype == np.float32
     picked = lambda result: np.sort(result.order)
     residuals = [lstsq_residual(b, y, columns(picked(r), block), intercept=True) for r in (double, single)]
     assert residuals[1] <= residuals[0] + 1e-6 * float(np.sum(y * y))
