@@ -22,10 +22,10 @@ from .config import PruneConfig
 from .data import share_scalars
 from .frontier import Cache, Frontier
 from .errors import InternalError, QualityError, SubpruneError, UnsupportedPattern
-from .graph import check_onnx, pin_input_dims, prepare, proto_attrs, read_constants
+from .graph import check_onnx, pin_input_dims, prepare, read_constants
 from .metrics import count_macs, count_macs_open, count_params
 from .ops import LAYERS
-from .rewrite import channel_masks, rewrite
+from .rewrite import channel_masks, latest_updates, rewrite, updated_weight
 from .choose import choose, current_positions, original_to_current, selection_threads
 from .sensitivity import Curve, measure_curves
 from .plans import Plan, group_fractions
@@ -649,20 +649,20 @@ def _current_matrices(model: onnx.ModelProto, group: ChannelGroup, weights: dict
                       plans: Sequence[GroupPlan]):
     """Consumer weights as they are in ``model`` pruned by ``plans`` for consumers whose input
     an earlier group already shrank (after a Concat), and their original weights as the
-    targets' weights; (``weights``, None) when no consumer was touched."""
+    targets' weights; (``weights``, None) when no consumer was touched. Each is the weight the
+    rewrite gives it (:func:`rewrite.updated_weight`), without rewriting the model."""
     masks = channel_masks(plans, {c.input for c in group.consumers})
     touched = [c for c in group.consumers if c.input in masks and not masks[c.input].all()]
     if not touched:
         return weights, None
-    pruned = rewrite(model, plans)
-    nodes = {node.name: node for node in pruned.graph.node}
-    names = {nodes[c.node].input[1] for c in touched}
-    values = read_constants(pruned, names)
+    latest = latest_updates(plans)
+    values = read_constants(model, {c.weight for c in touched})
     mine = dict(weights)
     for consumer in touched:
-        node, rule = nodes[consumer.node], LAYERS[consumer.op]
-        now = replace(consumer, scale=rule.scale(proto_attrs(node)))
-        mine[consumer.node] = rule.matrix(now, values[node.input[1]])
+        planned, update = latest.get(consumer.node, (consumer, ConsumerUpdate(consumer.node)))
+        weight = updated_weight(planned, update, masks[consumer.input], values[consumer.weight])
+        now = replace(consumer, scale=1.0 if update.weight is not None else consumer.scale)
+        mine[consumer.node] = LAYERS[consumer.op].matrix(now, weight)
     return mine, {c.node: weights[c.node] for c in touched}
 
 

@@ -51,13 +51,8 @@ def _pruned(model: onnx.ModelProto, plans: Sequence[GroupPlan], partial: bool = 
     nodes = {node.name: node for node in graph.nodes}
     here = (lambda name: name in nodes) if partial else (lambda name: True)
     masks = channel_masks(plans)
-    latest: dict[str, tuple[Consumer, ConsumerUpdate]] = {}
-    for plan in plans:
-        updates = {update.node: update for update in plan.updates}
-        for consumer in plan.group.consumers:
-            latest[consumer.node] = (consumer, updates.get(consumer.node, ConsumerUpdate(consumer.node)))
     added_bias: dict[str, gs.Node] = {}
-    for consumer, update in latest.values():
+    for consumer, update in latest_updates(plans).values():
         if here(consumer.node):
             _update_consumer(graph, nodes, consumer, update, masks[consumer.input], added_bias)
     sliced: set[str] = set()
@@ -94,18 +89,37 @@ def channel_masks(plans: Sequence[GroupPlan], names: Collection[str] | None = No
     return masks
 
 
-def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
-                     mask: np.ndarray, added_bias: dict[str, gs.Node]) -> None:
-    node, rule = nodes[consumer.node], LAYERS[consumer.op]
-    weight = const_value(node.inputs[WEIGHT])
+def latest_updates(plans: Sequence[GroupPlan]) -> dict[str, tuple[Consumer, ConsumerUpdate]]:
+    """Consumer node -> (the consumer, its update) of the last plan that touches it (a consumer
+    shared by several groups, after a Concat, takes that plan's update: it was fitted with the
+    earlier groups already pruned)."""
+    latest: dict[str, tuple[Consumer, ConsumerUpdate]] = {}
+    for plan in plans:
+        updates = {update.node: update for update in plan.updates}
+        for consumer in plan.group.consumers:
+            latest[consumer.node] = (consumer, updates.get(consumer.node, ConsumerUpdate(consumer.node)))
+    return latest
+
+
+def updated_weight(consumer: Consumer, update: ConsumerUpdate, mask: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The consumer's weight tensor in the pruned model, from its original ``weight``: the
+    update's re-fitted rows (the layer's scale then taken as 1), or the original rows of the input
+    channels that ``mask`` (one per input channel position) keeps."""
+    rule = LAYERS[consumer.op]
     if update.weight is not None:
         if update.weight.shape[0] != int(mask.sum()) * consumer.block:
             raise ValueError(f"{consumer.node}: update has {update.weight.shape[0]} rows, expected {int(mask.sum()) * consumer.block}")
-        new = rule.weight(consumer, update.weight, weight)
-        rule.reset_scale(node.attrs)
-    else:
-        new = np.take(weight, unit_columns(np.flatnonzero(mask), rule.row_block(consumer)), axis=consumer.in_axis)
-    set_const_value(graph, node, WEIGHT, new)
+        return rule.weight(consumer, update.weight, weight)
+    return np.take(weight, unit_columns(np.flatnonzero(mask), rule.row_block(consumer)), axis=consumer.in_axis)
+
+
+def _update_consumer(graph, nodes, consumer: Consumer, update: ConsumerUpdate,
+                     mask: np.ndarray, added_bias: dict[str, gs.Node]) -> None:
+    node = nodes[consumer.node]
+    weight = const_value(node.inputs[WEIGHT])
+    set_const_value(graph, node, WEIGHT, updated_weight(consumer, update, mask, weight))
+    if update.weight is not None:
+        LAYERS[consumer.op].reset_scale(node.attrs)
     if update.bias_shift is not None and np.any(update.bias_shift):
         _shift_bias(graph, nodes, consumer, update.bias_shift.astype(weight.dtype), added_bias)
 

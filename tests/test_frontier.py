@@ -34,10 +34,26 @@ def _recaptured(run, groups, index, plans):
     pruned = rewrite(run.model, plans) if plans else run.model
     current = runtime.session(pruned, run.providers, names)
     mine, targets = pipeline._current_matrices(run.model, group, run.weights, plans) if plans else (run.weights, None)
+    for node in targets or ():  # the consumers an earlier group shrank: their weights as the rewrite wrote them
+        _assert_rewritten_weight(pruned, next(c for c in group.consumers if c.node == node), mine[node])
     if run.config.method == "asym" and plans:
         reference = runtime.session(run.model, run.providers, names)
         return run.capture([group], current, reference, mine, targets)[0]
     return run.capture([group], current, None, mine)[0]
+
+
+def _assert_rewritten_weight(pruned, consumer, matrix):
+    """``matrix`` is the consumer's (d, m) weight as read from the rewritten model."""
+    from dataclasses import replace
+
+    from onnx_subprune.graph import proto_attrs, read_constants
+    from onnx_subprune.ops import LAYERS
+
+    node = next(n for n in pruned.graph.node if n.name == consumer.node)
+    rule = LAYERS[consumer.op]
+    value = read_constants(pruned, {node.input[1]})[node.input[1]]
+    written = rule.matrix(replace(consumer, scale=rule.scale(proto_attrs(node))), value)
+    np.testing.assert_array_equal(matrix, written, err_msg=consumer.node)
 
 
 def _assert_same(got, want, label):
