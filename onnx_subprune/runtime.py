@@ -251,10 +251,15 @@ def batch_size_for(model: onnx.ModelProto, requested: int, feeds: dict[str, np.n
 
 
 def batches(feeds: dict[str, np.ndarray], indices: np.ndarray, size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds for consecutive chunks of ``indices`` (sample indices into every array)."""
+    """Feeds for consecutive chunks of ``indices`` (sample indices into every array): views
+    where ``indices`` are consecutive (every calibration sample, as cross-validation takes
+    them), copies otherwise."""
+    indices = np.asarray(indices)
+    consecutive = len(indices) > 0 and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices)))
     for start in range(0, len(indices), size):
         chunk = indices[start : start + size]
-        yield {name: array[chunk] for name, array in feeds.items()}
+        picked = slice(int(chunk[0]), int(chunk[-1]) + 1) if consecutive else chunk
+        yield {name: array[picked] for name, array in feeds.items()}
 
 
 def run(sess, feeds: dict[str, np.ndarray], names: list[str] | None = None,

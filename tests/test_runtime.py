@@ -170,3 +170,14 @@ def test_sample_axis_prefers_a_dynamic_axis_and_says_when_none_fits():
     assert sample_axis([None, None], (7,)) == 0
     assert sample_axis([1, 3, 8], (3, 9)) is None
     assert sample_axis([], ()) is None
+
+
+def test_batches_are_views_of_consecutive_samples_and_copies_otherwise():
+    from onnx_subprune.runtime import batches
+
+    feeds = {"x": np.arange(40, dtype=np.float32).reshape(10, 4)}
+    for indices, shared in ((np.arange(2, 9), True), (np.array([0, 3, 4, 7, 9]), False)):
+        got = list(batches(feeds, indices, 3))
+        np.testing.assert_array_equal(np.concatenate([b["x"] for b in got]), feeds["x"][indices])
+        assert [len(b["x"]) for b in got] == [min(3, len(indices) - s) for s in range(0, len(indices), 3)]
+        assert all(np.shares_memory(b["x"], feeds["x"]) == shared for b in got)
