@@ -53,9 +53,9 @@ def greedy_select(
     check_k(k, n)
     consumers = merge_shared(consumers)
     lams = [c.ridge_lambda(ridge, bias_compensation) for c in consumers]
-    states = each(lambda pair: residual.make_residual(pair[0], lam=pair[1], centered=bias_compensation, capacity=k,
-                                             anchored=anchored), list(zip(consumers, lams)),
-                  sum(c.entries for c in consumers))
+    states = each(lambda pair: residual.make_residual(pair[0], lam=pair[1], centered=bias_compensation,
+                                                      capacity=k, anchored=anchored),
+                  list(zip(consumers, lams)), sum(c.entries for c in consumers))
     if sum(state.entries for state in states) > residual.SINGLE_STATE_ENTRIES:
         for state in states:
             state.to_single()
