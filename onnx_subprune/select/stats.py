@@ -179,10 +179,7 @@ class ConsumerStats:
 
     def gram_diag(self, centered: bool) -> np.ndarray:
         """Diagonal (d,) of G (or of G_c when ``centered``)."""
-        if self.is_row_form:
-            diag = np.einsum("ij,ij->j", self.rows, self.rows)
-        else:
-            diag = np.diag(self.gram).copy()
+        diag = self._uncentered_diag()
         if centered:
             diag -= self.n_rows * self.mean_b**2
         return diag
@@ -213,15 +210,24 @@ class ConsumerStats:
         Flatten consumer's column (j, o) its map at position o, so this is the Gram matrix of the
         channels over (nearly) every pixel of every sample: N * block rows instead of N.
         """
-        n, r = self.n_channels, self.block
-        if self.is_row_form:
-            gram = self.map_products().copy()
-        else:
-            gram = np.einsum("iojo->ij", self.gram.reshape(n, r, n, r))
+        gram = self._uncentered_map_gram()
         if centered:
-            mu = self.mean_b.reshape(n, r)
+            mu = self.mean_b.reshape(self.n_channels, self.block)
             gram -= self.n_rows * (mu @ mu.T)
         return gram
+
+    def _uncentered_diag(self) -> np.ndarray:
+        """New array: the diagonal (d,) of G."""
+        if self.is_row_form:
+            return np.einsum("ij,ij->j", self.rows, self.rows)
+        return np.diag(self.gram).copy()
+
+    def _uncentered_map_gram(self) -> np.ndarray:
+        """New array: the uncentered channel map Gram matrix (n, n) of :meth:`map_gram`."""
+        if self.is_row_form:
+            return self.map_products().copy()
+        n, r = self.n_channels, self.block
+        return np.einsum("iojo->ij", self.gram.reshape(n, r, n, r))
 
     def parts(self) -> tuple[ConsumerStats, ...]:
         """Statistics of disjoint row sets whose union is this one's rows: the parts
@@ -255,15 +261,18 @@ class ConsumerStats:
         latest = self.__dict__.get("_kept")  # a cache, not a field of the statistics
         if latest is not None and latest[0] == key:
             return latest[1]
-        if self.is_row_form:
-            rows = self.rows[:, cols]
-            with all_cores(float(self.n_rows) * rows.shape[1] * (rows.shape[1] + self.m)):
-                products = rows.T @ rows, rows.T @ self.targets
-        else:
-            products = self.gram[np.ix_(cols, cols)], self.cross[cols]
+        products = self._kept_products_of(cols)
         if len(cols) * (len(cols) + self.m) <= KEPT_PRODUCT_ENTRIES:
             self.__dict__["_kept"] = (key, products)
         return products
+
+    def _kept_products_of(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`kept_products` keeps, made anew."""
+        if self.is_row_form:
+            rows = self.rows[:, cols]
+            with all_cores(float(self.n_rows) * rows.shape[1] * (rows.shape[1] + self.m)):
+                return rows.T @ rows, rows.T @ self.targets
+        return self.gram[np.ix_(cols, cols)], self.cross[cols]
 
     def gram_matrix(self, centered: bool, cols: np.ndarray | None = None) -> np.ndarray:
         """New array G[cols, cols] (s, s) (all columns when ``cols`` is None), centered if asked."""
@@ -475,38 +484,28 @@ class _LeftOut(ConsumerStats):
 
     @property
     def gram(self) -> np.ndarray:
-        if "_gram" not in self.__dict__:
-            self.__dict__["_gram"] = self._total.gram - self._less.gram
-        return self.__dict__["_gram"]
+        return self._difference("gram")
 
     @property
     def cross(self) -> np.ndarray:
-        if "_cross" not in self.__dict__:
-            self.__dict__["_cross"] = self._total.cross - self._less.cross
-        return self.__dict__["_cross"]
+        return self._difference("cross")
 
-    def kept_products(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = np.asarray(cols).tobytes()
-        latest = self.__dict__.get("_kept")
-        if latest is not None and latest[0] == key:
-            return latest[1]
+    def _difference(self, name: str) -> np.ndarray:
+        """The total's array ``name`` less the part's, made on first use and kept."""
+        kept = self.__dict__.setdefault("_differences", {})
+        if name not in kept:
+            kept[name] = getattr(self._total, name) - getattr(self._less, name)
+        return kept[name]
+
+    def _kept_products_of(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (gram, cross), (less_gram, less_cross) = self._total.kept_products(cols), self._less.kept_products(cols)
-        products = gram - less_gram, cross - less_cross
-        self.__dict__["_kept"] = (key, products)
-        return products
+        return gram - less_gram, cross - less_cross
 
-    def gram_diag(self, centered: bool) -> np.ndarray:
-        diag = self._total.gram_diag(False) - self._less.gram_diag(False)
-        if centered:
-            diag -= self.n_rows * self.mean_b**2
-        return diag
+    def _uncentered_diag(self) -> np.ndarray:
+        return self._total.gram_diag(False) - self._less.gram_diag(False)
 
-    def map_gram(self, centered: bool) -> np.ndarray:
-        gram = self._total.map_gram(False) - self._less.map_gram(False)
-        if centered:
-            mu = self.mean_b.reshape(self.n_channels, self.block)
-            gram -= self.n_rows * (mu @ mu.T)
-        return gram
+    def _uncentered_map_gram(self) -> np.ndarray:
+        return self._total.map_gram(False) - self._less.map_gram(False)
 
 
 def merge_shared(consumers: Sequence[ConsumerStats]) -> list[ConsumerStats]:
