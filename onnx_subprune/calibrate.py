@@ -3,7 +3,8 @@
 Each batch is run through onnxruntime once per model; each consumer's input is unfolded into
 rows (:mod:`unfold`) and folded into Gram matrices, so memory is O(d^2) per consumer whatever
 the number of samples. When a consumer will see fewer rows than it has columns, its rows are
-kept instead (O(N d)).
+kept instead (O(N d)). Where the model that gives A is the original, each consumer's targets
+Y = A W are read off its output there (:class:`Product`) instead of being computed again.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def capture_stats(
     batch_size: int,
     progress: Progress | None = None,
     targets: dict[str, np.ndarray] | None = None,
+    products: dict[str, Product] | None = None,
 ) -> list[GroupStats]:
     """Statistics for every consumer of ``groups``.
 
@@ -156,13 +158,18 @@ def capture_stats(
     reference: gives A from the original model (the same kinds), or None for A = B;
     weights: consumer node name -> (d, m) weight matrix W whose rows match B's columns;
     targets: consumer node name -> (d_A, m) matrix W_A with Y = A W_A, when it differs from W
-    (a consumer whose other input channels were already pruned in the source model).
+    (a consumer whose other input channels were already pruned in the source model);
+    products: consumer node -> where its targets are read in the model that gives A (the
+    reference, else the source), for a model in which the consumer is the original's (its
+    weight is the target weight): the source and reference then give the tensors
+    :func:`capture_names` lists.
     With ``split.folds``, each fold's statistics are accumulated apart in the same pass over
     the calibration samples, and the calibration statistics are their sum.
     """
     consumers = list({c.node: c for group in groups for c in group.consumers}.values())  # shared once
     leads = _shared_inputs(consumers, weights)
-    capture = _SetCapture(consumers, leads, source, reference, weights, targets or {}, feeds, batch_size, progress)
+    capture = _SetCapture(consumers, leads, source, reference, weights, targets or {}, products or {}, feeds,
+                          batch_size, progress)
     folds = capture("calibration", split.calibration, split.fold_of()) if split.folds else None
     if folds:
         calibration = {}
@@ -198,6 +205,7 @@ class _SetCapture:
     reference: object
     weights: dict[str, np.ndarray]
     targets: dict[str, np.ndarray]
+    products: dict[str, Product]
     feeds: dict[str, np.ndarray]
     batch_size: int
     progress: Progress | None
@@ -208,30 +216,36 @@ class _SetCapture:
         parts = np.zeros(len(indices), dtype=np.int64) if parts is None else parts
         accumulators = [
             {c.node: _Accumulator(self.weights[c.node], self.targets.get(c.node, self.weights[c.node]), c.block,
-                                  len(indices))
+                                  len(indices), self.products.get(c.node))
              for c in self.consumers}
             for _ in range(int(parts.max()) + 1)
         ]
-        for part in accumulators:
-            for node, lead in self.leads.items():
-                if lead != node:
-                    part[node].follow(part[lead])
-        names = sorted({c.input for c in self.consumers})
+        members: dict[str, list[Consumer]] = {}  # lead -> it and its followers, in their accumulators' order
+        for consumer in self.consumers:
+            members.setdefault(self.leads[consumer.node], []).append(consumer)
+            for part in accumulators:
+                if self.leads[consumer.node] != consumer.node:
+                    part[consumer.node].follow(part[self.leads[consumer.node]])
+        b_names, a_names = capture_names(self.consumers, self.products)
         total = -(-len(indices) // self.batch_size)
         for key, feed in keyed_batches(label, self.feeds, indices, self.batch_size):
             done = key[1]
-            inputs_b = _tensors(self.source, key, feed, names)
-            inputs_a = _tensors(self.reference, key, feed, names) if self.reference is not None else inputs_b
-            check_finite(inputs_b, inputs_a)
+            if self.reference is None:
+                tensors_b = tensors_a = _tensors(self.source, key, feed, list(dict.fromkeys(b_names + a_names)))
+            else:
+                tensors_b = _tensors(self.source, key, feed, b_names)
+                tensors_a = _tensors(self.reference, key, feed, a_names)
+            check_finite(tensors_b, tensors_a)
             chunk = parts[(done - 1) * self.batch_size : done * self.batch_size]
             for part in np.unique(chunk):
                 picked = slice(None) if (chunk == part).all() else chunk == part  # no copy for one part
-                for consumer in self.consumers:
-                    if self.leads[consumer.node] != consumer.node:
-                        continue  # its lead folds it in
-                    x_b, x_a = inputs_b[consumer.input], inputs_a[consumer.input]
+                for lead, shared in members.items():
+                    x_b, x_a = tensors_b[shared[0].input], tensors_a.get(shared[0].input)
                     mine = x_b[picked]
-                    accumulators[part][consumer.node].add(consumer, mine, mine if x_a is x_b else x_a[picked])
+                    products = [tensors_a[self.products[c.node].output][picked] if c.node in self.products else None
+                                for c in shared]
+                    theirs = None if x_a is None else mine if x_a is x_b else x_a[picked]
+                    accumulators[part][lead].add(shared[0], mine, theirs, products)
             if self.progress:
                 self.progress(f"capture ({label})", done, total)
         return [{node: acc.stats() for node, acc in part.items()} for part in accumulators]
@@ -266,6 +280,47 @@ def consumer_weights(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> 
     return {c.node: LAYERS[c.op].matrix(c, values[c.weight]) for c in consumers}
 
 
+@dataclass(frozen=True)
+class Product:
+    """Where a consumer's targets Y = A W can be read in a model that has the consumer as it
+    is in the original (its weight W): ``output``, the consumer's output tensor, less ``bias``
+    ((m,) float32, None when the output holds none). Onnxruntime computes that output anyway,
+    so the capture need not unfold A to multiply it by W."""
+
+    output: str
+    bias: np.ndarray | None = None
+
+
+def consumer_products(model: onnx.ModelProto, groups: Sequence[ChannelGroup],
+                      weights: dict[str, np.ndarray]) -> dict[str, Product]:
+    """Consumer node -> its :class:`Product`, for the consumers whose output is exactly their
+    product plus a bias of their m output channels (or a scalar one): those with a float32
+    weight (``weights``: as :func:`consumer_weights` reads them) and a constant bias, or none
+    within the layer (a MatMul's is the Add after it)."""
+    consumers = {c.node: c for g in groups for c in g.consumers}
+    outputs = {node.name: node.output[0] for node in model.graph.node if node.name in consumers and node.output}
+    biases = read_constants(model, {c.bias for c in consumers.values() if c.bias and LAYERS[c.op].bias_input})
+    found = {}
+    for node, consumer in consumers.items():
+        m = weights[node].shape[1]
+        own_bias = consumer.bias if LAYERS[consumer.op].bias_input is not None else None
+        bias = biases.get(own_bias) if own_bias else None
+        if (node not in outputs or weights[node].dtype != np.float32
+                or (own_bias and (bias is None or bias.size not in (1, m)))):
+            continue
+        found[node] = Product(outputs[node], None if bias is None else
+                              np.broadcast_to(bias.reshape(-1).astype(np.float32), (m,)).copy())
+    return found
+
+
+def capture_names(consumers: Sequence[Consumer], products: dict[str, Product]) -> tuple[list[str], list[str]]:
+    """The tensors a capture asks for: B's (every consumer input) and A's (the outputs of the
+    consumers with a product, the inputs of the others), each without repeats."""
+    b_names = list(dict.fromkeys(c.input for c in consumers))
+    a_names = list(dict.fromkeys(products[c.node].output if c.node in products else c.input for c in consumers))
+    return b_names, a_names
+
+
 def unfold(consumer: Consumer, x: np.ndarray) -> np.ndarray:
     """Rows of ``consumer``'s least-squares problem from its input ``x`` (first axis = samples)."""
     if consumer.conv is not None:
@@ -281,7 +336,9 @@ def _concatenated(parts: list[np.ndarray]) -> np.ndarray:
 class _Accumulator:
     """Running B^T B, B^T Y, ||Y||^2 and column sums of one consumer (or its rows when few)."""
 
-    def __init__(self, weight: np.ndarray, target: np.ndarray, block: int, samples: int):
+    def __init__(self, weight: np.ndarray, target: np.ndarray, block: int, samples: int,
+                 product: Product | None = None):
+        self.product = product  # where the targets are read (the batches then bring them), or None
         self.weight = np.asarray(weight, dtype=np.float64)
         self.target = np.asarray(target, dtype=np.float64)
         self.target32 = self.target.astype(np.float32)
@@ -298,7 +355,7 @@ class _Accumulator:
         self.row_form: bool | None = None
         self.per_sample = self.step = 0
         self.consumer: Consumer | None = None
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # batches (B's input, A's) not yet folded in
+        self.pending: list[tuple[np.ndarray, np.ndarray | None, list]] = []  # (B's input, A's, products) not folded in
         self.lead: _Accumulator | None = None  # whose rows (B) these are, when shared
         self.followers: list[_Accumulator] = []
         self._joined: np.ndarray | None = None
@@ -309,14 +366,18 @@ class _Accumulator:
         self.lead = lead
         lead.followers.append(self)
 
-    def add(self, consumer: Consumer, x_b: np.ndarray, x_a: np.ndarray) -> None:
+    def add(self, consumer: Consumer, x_b: np.ndarray, x_a: np.ndarray | None,
+            products: Sequence[np.ndarray | None] | None = None) -> None:
         """Fold in one batch of the consumer's input from both models, (n, ...) each, and into
-        its followers' statistics (unfolded once for all of them). Small batches are gathered
-        up to :data:`GATHER_ROWS` rows or :data:`GATHER_ENTRIES` input entries (a fixed batch of 1
-        would otherwise make many small products); :meth:`flush` (called by :meth:`stats`) folds
-        in the rest, in chunks of about :data:`CHUNK_ELEMENTS` unfolded entries. The Gram form of a
-        stride-1 2-D Conv on large enough maps never unfolds every kernel offset
-        (:class:`RowWindows`), and its chunks hold more samples."""
+        its followers' statistics (unfolded once for all of them). ``products``: for this
+        consumer and each follower in turn, its output in the model that gives A ((n, m, ...)
+        for a Conv, (n, ..., m) else), from which its targets are read (:class:`Product`), or
+        None where they are computed from A; ``x_a`` may be None when none is. Small batches
+        are gathered up to :data:`GATHER_ROWS` rows or :data:`GATHER_ENTRIES` input entries (a
+        fixed batch of 1 would otherwise make many small products); :meth:`flush` (called by
+        :meth:`stats`) folds in the rest, in chunks of about :data:`CHUNK_ELEMENTS` unfolded
+        entries. The Gram form of a stride-1 2-D Conv on large enough maps never unfolds every
+        kernel offset (:class:`RowWindows`), and its chunks hold more samples."""
         d = self.weight.shape[0]
         if self.row_form is None:
             self.consumer = consumer
@@ -328,8 +389,8 @@ class _Accumulator:
                 accumulator.form = RowWindows if windows else UnfoldedRows
             shrink = consumer.conv.kernel[0] if windows else 1  # windows hold 1/kh of the unfolded entries
             self.step = max(1, CHUNK_ELEMENTS * shrink // (self.per_sample * d))
-        self.pending.append((x_b, x_a))
-        samples = sum(len(x) for x, _ in self.pending)
+        self.pending.append((x_b, x_a, list(products or [None] * (1 + len(self.followers)))))
+        samples = sum(len(x) for x, *_ in self.pending)
         if samples * self.per_sample >= GATHER_ROWS or samples * x_b[0].size >= GATHER_ENTRIES:
             self.flush()
 
@@ -337,47 +398,63 @@ class _Accumulator:
         """Fold in the gathered batches (:meth:`add`)."""
         if not self.pending:
             return
-        same = all(a is b for b, a in self.pending)
-        x_b = _concatenated([b for b, _ in self.pending])
-        x_a = x_b if same else _concatenated([a for _, a in self.pending])
+        members = [self, *self.followers]
+        same = all(a is b for b, a, _ in self.pending)
+        x_b = _concatenated([b for b, *_ in self.pending])
+        x_a = x_b if same else None if any(a is None for _, a, _ in self.pending) else _concatenated(
+            [a for _, a, _ in self.pending])
+        products = [None if parts[0] is None else _concatenated(parts)
+                    for parts in zip(*(given for *_, given in self.pending))]
         self.pending = []
         d = self.weight.shape[0]
         for start in range(0, len(x_b), self.step):
-            b = self._patches(self.consumer, x_b[start : start + self.step])
+            chunk = slice(start, start + self.step)
+            b = self._patches(self.consumer, x_b[chunk])
             if b.width != d:
                 raise ValueError(f"{self.consumer.node}: unfolded {b.width} columns, weight has {d}")
-            a = b if same else self._patches(self.consumer, x_a[start : start + self.step])
-            for accumulator in [self, *self.followers]:
-                if self.row_form:
-                    accumulator._keep(b.rows, a.rows)
+            a = None
+            for accumulator, product in zip(members, products):
+                if product is None:
+                    if a is None:
+                        a = b if same else self._patches(self.consumer, x_a[chunk])
+                    y = None
                 else:
-                    accumulator._fold(b, a)
+                    y = b.product_rows(product[chunk], accumulator.product.bias)
+                if self.row_form:
+                    accumulator._keep(b.rows, a.rows if y is None else None, y)
+                else:
+                    accumulator._fold(b, a, y)
 
     def _patches(self, consumer: Consumer, x: np.ndarray) -> UnfoldedRows | RowWindows:
         """One chunk of ``x`` (n, ...) in this consumer's form."""
         if self.form is RowWindows:
             return RowWindows(x, consumer.conv, GRAM_BLOCK)
-        return UnfoldedRows(unfold(consumer, x), GRAM_BLOCK)
+        return UnfoldedRows(unfold(consumer, x), GRAM_BLOCK, conv=consumer.conv is not None)
 
-    def _fold(self, b: UnfoldedRows | RowWindows, a: UnfoldedRows | RowWindows) -> None:
-        """Add a chunk of B and the chunk of A that gives its targets Y = A W_A. Y, B^T B and
-        B^T Y are computed in float32 (BLAS), summed over at most :data:`GRAM_BLOCK` rows, then
-        added to float64 totals."""
+    def _fold(self, b: UnfoldedRows | RowWindows, a: UnfoldedRows | RowWindows | None,
+              targets: np.ndarray | None = None) -> None:
+        """Add a chunk of B and its targets: ``targets`` (r, m) float32 in B's row order, or
+        None: Y = A W_A from ``a``, the chunk of A. Y, B^T B and B^T Y are computed in float32
+        (BLAS), summed over at most :data:`GRAM_BLOCK` rows, then added to float64 totals."""
         own = self.lead is None  # B's statistics are the lead's
         if self.totals is None:
             self.totals = b.new_totals(self.weight.shape[1], gram=own)
-        targets = a.times(self.target32)
+        if targets is None:
+            targets = a.times(self.target32)
         b.add(self.totals, targets)
         if own:
             self.n_rows += b.count
         self._add_target_sums(targets)
 
-    def _keep(self, rows: np.ndarray, source: np.ndarray) -> None:
-        """Row form: keep a chunk of rows B (r, d) and the targets Y = A W_A of its rows A
-        (r, d_A), in float64."""
+    def _keep(self, rows: np.ndarray, source: np.ndarray | None, product: np.ndarray | None = None) -> None:
+        """Row form: keep a chunk of rows B (r, d) and its targets in float64: ``product`` (r, m)
+        when given, else Y = A W_A of its rows A (r, d_A), ``source``."""
         own = self.lead is None
         wide = rows.astype(np.float64) if own else self.lead.rows[-1]
-        targets = (wide if source is rows else source.astype(np.float64)) @ self.target
+        if product is not None:
+            targets = product.astype(np.float64)
+        else:
+            targets = (wide if source is rows else source.astype(np.float64)) @ self.target
         if own:
             self.b_sum += wide.sum(axis=0)
             self.n_rows += rows.shape[0]

@@ -55,13 +55,29 @@ def _accumulate(total: np.ndarray, left: np.ndarray, right: np.ndarray, block: i
         total += left[:, start : start + block] @ right[start : start + block]
 
 
-class UnfoldedRows:
-    """B as its rows, (r, d) float32 (im2col of a Conv input, or a dense input's rows)."""
+def _product_rows(view: np.ndarray, bias: np.ndarray | None, count: int) -> np.ndarray:
+    """A layer's output ``view`` (..., m), its axes in the order of B's rows, as the (r, m)
+    float32 rows of its product: less ``bias`` (m,), one copy at most."""
+    if bias is None:
+        rows = np.ascontiguousarray(view, dtype=np.float32)
+    else:
+        rows = np.empty(view.shape, np.float32)
+        np.subtract(view, bias, out=rows)
+    rows = rows.reshape(-1, view.shape[-1])
+    if rows.shape[0] != count:
+        raise ValueError(f"an output of shape {list(view.shape)} has {rows.shape[0]} rows, B has {count}")
+    return rows
 
-    def __init__(self, rows: np.ndarray, block: int):
+
+class UnfoldedRows:
+    """B as its rows, (r, d) float32 (im2col of a Conv input, or a dense input's rows);
+    ``conv``: the rows are a Conv's (its output holds channels on axis 1, not last)."""
+
+    def __init__(self, rows: np.ndarray, block: int, conv: bool = False):
         self.rows = rows if rows.dtype == np.float32 else rows.astype(np.float32)
         self.count, self.width = self.rows.shape
         self.block = block
+        self.conv = conv
 
     def new_totals(self, m: int, gram: bool) -> Totals:
         d = self.width
@@ -70,6 +86,11 @@ class UnfoldedRows:
     def times(self, weight: np.ndarray) -> np.ndarray:
         """B @ weight: (r, m) float32, for weight (d, m) float32."""
         return self.rows @ weight
+
+    def product_rows(self, output: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """The layer's output on these rows' samples, (n, m, *positions) for a Conv, else
+        (n, ..., m), as its product's rows (r, m) float32 in B's row order, less ``bias``."""
+        return _product_rows(np.moveaxis(output, 1, -1) if self.conv else output, bias, self.count)
 
     def add(self, totals: Totals, y: np.ndarray) -> None:
         """Fold this chunk (and its targets ``y`` (r, m) float32) into ``totals``; B^T B only when
@@ -138,6 +159,11 @@ class RowWindows:
         for i in range(1, self.kh):
             y += self._kernel_row(i).T @ parts[:, i].reshape(self.channels * self.kw, -1)
         return y
+
+    def product_rows(self, output: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """The Conv's output on these samples (n, m, Ho, Wo) as its product's rows (r, m)
+        float32 in B's row order (oy, s, ox), less ``bias``."""
+        return _product_rows(output.transpose(2, 0, 3, 1), bias, self.count)
 
     def _product(self, first: int, stop: int, shift: int) -> np.ndarray:
         """sum over input rows y in [first, stop) of V[y] V[y + shift]^T: (C kw, C kw) float64,

@@ -119,14 +119,23 @@ def test_asym_verifies_against_the_original_outputs_its_capture_computed(build, 
     equal those of one."""
     from onnx_subprune import pipeline
 
+    from onnx_subprune.frontier import Frontier
+
     model = build()
     feeds = random_feeds(model, 40)
     config = PruneConfig(keep=0.5, method="asym", **CPU)
-    calls = []
+    calls, parts, verifying = [], [], []
     real = pipeline.predict
     monkeypatch.setattr(pipeline, "predict", lambda m, *a, **k: calls.append(len(m.graph.node)) or real(m, *a, **k))
+    outputs_from, submodel = pipeline._outputs_from, Frontier._submodel
+    monkeypatch.setattr(pipeline, "_outputs_from", lambda *a: verifying.append(1) or outputs_from(*a))
+    monkeypatch.setattr(Frontier, "_submodel", lambda self, *a, **k: (
+        parts.append(submodel(self, *a, **k)) if verifying else None) or submodel(self, *a, **k))
     fast = prune(model, feeds, config)
     assert len(calls) == 1  # the pruned model only
+    first = model.graph.node[0].output[0]  # computed by the capture when a group came before the last
+    assert verifying and (len(fast.report.groups) == 1 or
+                          not any(first in {o for n in part.graph.node for o in n.output} for part in parts))
     monkeypatch.setattr(pipeline, "_reference_on_the_way", lambda run, verified: False)
     slow = prune(model, feeds, config)
     assert len(calls) == 3
