@@ -255,10 +255,20 @@ def check_finite(*tensors: dict[str, np.ndarray]) -> None:
         if id(value) in seen:
             continue
         seen.add(id(value))
-        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        if value.dtype.kind in "fc" and not _all_finite(value):
             raise SubpruneError(
                 f"tensor {quote(name)} inside the model is NaN or Inf on the calibration data: the data or "
                 f"the weights are too large for the model's float type (overflow)")
+
+
+def _all_finite(value: np.ndarray) -> bool:
+    """Whether every entry of a float array is finite. Its sum is finite when they all are (NaN
+    and Inf carry into it), so the entries are only tested one by one when the sum is not,
+    which finite entries give only by overflowing (a SIMD sum, without a boolean array)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(value.sum()):
+            return True
+    return bool(np.isfinite(value).all())
 
 
 def check_labels(labels: np.ndarray, samples: int, source: str) -> np.ndarray:

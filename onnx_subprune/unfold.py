@@ -22,7 +22,7 @@ def unfold_conv(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     if x.ndim != dims + 2:
         raise ValueError(f"expected a rank-{dims + 2} input, got shape {x.shape}")
     pads = geometry.pads
-    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + dims]) for i in range(dims)])
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + dims]) for i in range(dims)]) if any(pads) else x
     reach = [(k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilations)]
     windows = sliding_window_view(padded, reach, axis=tuple(range(2, dims + 2)))
     windows = windows[

@@ -1035,3 +1035,18 @@ def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path):
         result = invoke(*args)
         assert_contract(result, 1, "producer_name is not valid UTF-8")
         assert snapshot(tmp_path) == before
+
+
+def test_internal_tensors_are_checked_entry_by_entry_where_their_sum_overflows():
+    """check_finite reads a tensor's sum first; finite entries whose float32 sum overflows pass,
+    a NaN or Inf anywhere does not."""
+    from onnx_subprune.data import check_finite
+    from onnx_subprune.errors import SubpruneError
+
+    large = np.full((4, 1000), 3e38, np.float32)  # finite, its sum is not
+    check_finite({"large": large}, {"negative": -large})
+    for bad in (np.nan, np.inf, -np.inf):
+        value = large.copy()
+        value[3, 999] = bad
+        with pytest.raises(SubpruneError, match="NaN or Inf"):
+            check_finite({"fine": large}, {"t": value})
