@@ -76,14 +76,12 @@ class _Run:
         return self.analysis.groups
 
     def capture(self, groups: Sequence[ChannelGroup], source, reference, weights=None,
-                targets=None, original: bool = False) -> list[GroupStats]:
+                targets=None) -> list[GroupStats]:
         """Statistics of ``groups`` with B from session ``source`` and A from ``reference``
-        (None: A = B); ``weights`` / ``targets`` as in :func:`calibrate.capture_stats`;
-        ``original``: the model that gives A is the original, whose consumer outputs give the
-        targets (``self.products``)."""
+        (None: A = B); ``weights`` / ``targets`` as in :func:`calibrate.capture_stats`; the
+        reference (the original) gives the targets of the consumers in ``self.products``."""
         return capture_stats(groups, source, reference, self.weights if weights is None else weights,
-                             self.feeds, self.split, self.batch_size, self.progress, targets,
-                             self.products if original else None)
+                             self.feeds, self.split, self.batch_size, self.progress, targets, self.products)
 
 
 def _analyzed(model: onnx.ModelProto, config: PruneConfig) -> tuple[onnx.ModelProto, Analysis, Analysis]:
@@ -121,14 +119,13 @@ def _start(model: onnx.ModelProto, analysis: Analysis, feeds: dict[str, np.ndarr
     if log:
         log(note)
     weights = consumer_weights(model, analysis.groups)
-    products = consumer_products(model, analysis.groups, weights)
-    b_names, a_names = capture_names([c for g in analysis.groups for c in g.consumers], products)
+    inputs = tuple(sorted({c.input for g in analysis.groups for c in g.consumers}))
     return _Run(
         model=model, analysis=analysis, feeds=feeds, config=config,
         split=split,
         batch_size=runtime.batch_size_for(model, config.batch_size, feeds), providers=providers,
-        weights=weights, products=products,
-        original=runtime.session(model, providers, tuple(dict.fromkeys(b_names + a_names))), progress=progress,
+        weights=weights, products=consumer_products(model, analysis.groups, weights),
+        original=runtime.session(model, providers, inputs), progress=progress,
     )
 
 
@@ -450,7 +447,7 @@ def _curves(run: _Run):
     """Sensitivity curves of every group, the original model's statistics they came from, and
     the samples the output error was measured on (held-out ones when there are enough)."""
     config, split = run.config, run.split
-    stats = run.capture(run.groups, run.original, None, original=True)
+    stats = run.capture(run.groups, run.original, None)
     indices = split.holdout if len(split.holdout) >= MIN_HELD_OUT else split.plain_calibration
     indices = indices[: config.sensitivity_samples]
     subset = {name: array[indices] for name, array in run.feeds.items()}
@@ -515,7 +512,7 @@ def _prune_groups(run: _Run, counts: Sequence[int], initial,
     clock = time.perf_counter()
     all_stats = None
     if schedule == "layer":
-        all_stats = initial if initial is not None else run.capture(groups, run.original, None, original=True)
+        all_stats = initial if initial is not None else run.capture(groups, run.original, None)
     timings["capture"] += time.perf_counter() - clock
     plans, entries = [], []
     fixed = runtime.fixed_batch(run.model, run.feeds)
@@ -583,15 +580,13 @@ def _capture_step(run: _Run, groups: Sequence[ChannelGroup], index: int, plans: 
     changing = [node for later in groups[index:] for node in later.changes]
     later = [c.input for later in groups[index + 1:] for c in later.consumers]
     reference = original_side if original_side is not None and plans else None
-    from_original = reference is not None or not plans  # the model that gives A is the original
-    pruned_side.step(run.model, b_names + a_names if not plans else b_names, changing, later, plans)
+    pruned_side.step(run.model, b_names, changing, later, plans)
     if reference is not None:
         later_a = capture_names([c for g in groups[index + 1:] for c in g.consumers], run.products)[1]
         outputs = [output.name for output in run.model.graph.output]  # kept for _outputs_from when computed
         reference.step(run.model, a_names, (), later_a + outputs)
     mine, targets = _current_matrices(run.model, group, run.weights, plans) if plans else (run.weights, None)
-    stats = run.capture([group], pruned_side, reference, mine, targets if reference is not None else None,
-                        original=from_original)[0]
+    stats = run.capture([group], pruned_side, reference, mine, targets if reference is not None else None)[0]
     for side in (pruned_side, reference):
         if side is not None:
             side.settle()

@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from onnx_subprune import pipeline, runtime
+from onnx_subprune.calibrate import capture_names
 from onnx_subprune.config import PruneConfig
 from onnx_subprune.frontier import Cache
 from onnx_subprune.rewrite import rewrite
@@ -37,7 +38,7 @@ def _recaptured(run, groups, index, plans):
     for node in targets or ():  # the consumers an earlier group shrank: their weights as the rewrite wrote them
         _assert_rewritten_weight(pruned, next(c for c in group.consumers if c.node == node), mine[node])
     if run.config.method == "asym" and plans:
-        reference = runtime.session(run.model, run.providers, names)
+        reference = runtime.session(run.model, run.providers, tuple(capture_names(group.consumers, run.products)[1]))
         return run.capture([group], current, reference, mine, targets)[0]
     return run.capture([group], current, None, mine)[0]
 

@@ -71,6 +71,7 @@ def test_targets_from_outputs_equal_targets_from_the_input(name, samples, monkey
     assert products.keys() == {c.node for c in consumers}
     b_names, a_names = capture_names(consumers, products)
     session = runtime.session(model, ["CPUExecutionProvider"], tuple(dict.fromkeys(b_names + a_names)))
+    reference = runtime.session(model, ["CPUExecutionProvider"], tuple(a_names))  # A from the original, apart
     feeds = random_feeds(model, samples)
     read = {UnfoldedRows: 0, RowWindows: 0}
     for form in read:
@@ -79,8 +80,8 @@ def test_targets_from_outputs_equal_targets_from_the_input(name, samples, monkey
             return original(self, output, bias)
         monkeypatch.setattr(form, "product_rows", counted)
     for split in (split_samples(samples, "auto", seed=1), split_samples(samples, 0.25, seed=1)):
-        read_off = capture_stats(groups, session, None, weights, feeds, split, 7, products=products)
-        computed = capture_stats(groups, session, None, weights, feeds, split, 7)
+        read_off = capture_stats(groups, session, reference, weights, feeds, split, 7, products=products)
+        computed = capture_stats(groups, session, session, weights, feeds, split, 7)  # Y = A W from A's rows
         captured = runtime.run(session, feeds)
         for group, got, want in zip(groups, read_off, computed):
             for part in ("calibration", "holdout"):
