@@ -233,11 +233,8 @@ class _SetCapture:
         total = -(-len(indices) // self.batch_size)
         for key, feed in keyed_batches(label, self.feeds, indices, self.batch_size):
             done = key[1]
-            if self.reference is None:
-                tensors_b = tensors_a = _tensors(self.source, key, feed, b_names)
-            else:
-                tensors_b = _tensors(self.source, key, feed, b_names)
-                tensors_a = _tensors(self.reference, key, feed, a_names)
+            tensors_b = _tensors(self.source, key, feed, b_names)
+            tensors_a = tensors_b if self.reference is None else _tensors(self.reference, key, feed, a_names)
             check_finite(tensors_b, tensors_a)
             chunk = parts[(done - 1) * self.batch_size : done * self.batch_size]
             for part in np.unique(chunk):
@@ -405,8 +402,10 @@ class _Accumulator:
         members = [self, *self.followers]
         same = all(a is b for b, a, _ in self.pending)
         x_b = _concatenated([b for b, *_ in self.pending])
-        x_a = x_b if same else None if any(a is None for _, a, _ in self.pending) else _concatenated(
-            [a for _, a, _ in self.pending])
+        if same or any(a is None for _, a, _ in self.pending):  # A is B, or every target is read off
+            x_a = x_b if same else None
+        else:
+            x_a = _concatenated([a for _, a, _ in self.pending])
         products = [None if parts[0] is None else _concatenated(parts)
                     for parts in zip(*(given for *_, given in self.pending))]
         self.pending = []

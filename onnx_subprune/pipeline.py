@@ -577,12 +577,11 @@ def _capture_step(run: _Run, groups: Sequence[ChannelGroup], index: int, plans: 
     (asym, once a group is pruned) A from the original, each computed from its frontier."""
     group = groups[index]
     b_names, a_names = capture_names(group.consumers, run.products)
+    later_b, later_a = capture_names([c for later in groups[index + 1:] for c in later.consumers], run.products)
     changing = [node for later in groups[index:] for node in later.changes]
-    later = [c.input for later in groups[index + 1:] for c in later.consumers]
     reference = original_side if original_side is not None and plans else None
-    pruned_side.step(run.model, b_names, changing, later, plans)
+    pruned_side.step(run.model, b_names, changing, later_b, plans)
     if reference is not None:
-        later_a = capture_names([c for g in groups[index + 1:] for c in g.consumers], run.products)[1]
         outputs = [output.name for output in run.model.graph.output]  # kept for _outputs_from when computed
         reference.step(run.model, a_names, (), later_a + outputs)
     mine, targets = _current_matrices(run.model, group, run.weights, plans) if plans else (run.weights, None)
