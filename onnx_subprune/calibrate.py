@@ -299,11 +299,12 @@ def consumer_products(model: onnx.ModelProto, groups: Sequence[ChannelGroup],
     within the layer (a MatMul's is the Add after it)."""
     consumers = {c.node: c for g in groups for c in g.consumers}
     outputs = {node.name: node.output[0] for node in model.graph.node if node.name in consumers and node.output}
-    biases = read_constants(model, {c.bias for c in consumers.values() if c.bias and LAYERS[c.op].bias_input})
+    own_biases = {node: c.bias for node, c in consumers.items() if c.bias and LAYERS[c.op].bias_input is not None}
+    biases = read_constants(model, set(own_biases.values()))
     found = {}
     for node, consumer in consumers.items():
         m = weights[node].shape[1]
-        own_bias = consumer.bias if LAYERS[consumer.op].bias_input is not None else None
+        own_bias = own_biases.get(node)
         bias = biases.get(own_bias) if own_bias else None
         if (node not in outputs or weights[node].dtype != np.float32
                 or (own_bias and (bias is None or bias.size not in (1, m)))):
