@@ -33,6 +33,20 @@ def test_import_is_cheap_and_exports_the_api():
     assert out[0] == onnx_subprune.__version__ and out[0][0].isdigit()
 
 
+@pytest.mark.parametrize("given, expected", [(None, "4"), ("20", "20")])
+def test_import_lets_openblas_threads_sleep_unless_told(given, expected):
+    """Importing the package (before NumPy, as the command line does) sets OpenBLAS's spin-wait
+    of idle threads to its least, keeping a value the environment already has."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    code = "import os, onnx_subprune, numpy; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    assert out.stdout.strip() == expected
+
+
 def test_version_matches_pyproject():
     import tomllib
 
