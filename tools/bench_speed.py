@@ -33,7 +33,8 @@ depth     Prune time against the depth of the model: plain chains of --depths 3x
           count, asym at the others) in a fresh child process (peak RSS from os.wait4) on
           --depth-samples random inputs. Reported: the report's stage seconds divided by the
           seconds of one forward pass of the same inputs through the original (onnxruntime CPU,
-          measured in this process, median of 3), and a plot of seconds vs depth
+          measured in this process, median of 3, right before and right after each prune:
+          their mean), and a plot of seconds vs depth
           (docs/speed_depth.png).
 
 Writes docs/results/speed_<section>.csv and .md and replaces the section's block in
@@ -287,7 +288,9 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
              device: str = "cpu") -> list[dict]:
     """Prune the model at ``path`` with each method in a fresh child process (keep 0.5, onnxruntime
     on ``device``, calibration ``feeds``): one row each, with the seconds of one forward pass of
-    ``feeds`` on the same device (batch 64, or the model's fixed batch)."""
+    ``feeds`` on the same device (batch 64, or the model's fixed batch), timed right before and
+    right after that prune and averaged, so that the machine's speed drifting between the
+    forward pass and the prune moves the ratio less."""
     import onnx
 
     from onnx_subprune import runtime
@@ -295,7 +298,11 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
     calib = tmp / f"{name.replace(' ', '_')}_calib.npz"
     np.savez(calib, **feeds)
     fixed = runtime.fixed_batch(onnx.load(str(path), load_external_data=False), feeds)
-    forward = forward_seconds(path, feeds, batch=fixed or 64, device=device)
+
+    def forward() -> float:
+        return forward_seconds(path, feeds, batch=fixed or 64, device=device)
+
+    before = forward()
     rows = []
     for method in methods:
         report = tmp / "report.json"
@@ -304,7 +311,10 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
                                    "--report", str(report)]
         print(f"[depth] {name} {method} on {device} ...", file=sys.stderr, flush=True)
         measure = run_measured(command, tmp, f"{name.replace(' ', '_')}_{method}_{device}")
-        row = {"model": name, "depth": depth or "", "method": method, "device": device, "forward_s": forward}
+        after = forward()
+        row = {"model": name, "depth": depth or "", "method": method, "device": device,
+               "forward_s": (before + after) / 2, "forward_before_s": before, "forward_after_s": after}
+        before = after
         if measure["returncode"] != 0:
             row["error"] = measure.get("stderr", "")[-300:]
         else:
@@ -313,7 +323,7 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
             row.update(groups=len(result["groups"]), prune_s=sum(seconds.values()),
                        capture_s=seconds.get("capture", 0.0), select_s=seconds.get("select", 0.0),
                        peak_rss_mib=measure["peak_rss_mib"], error="")
-            row["passes"] = row["prune_s"] / forward
+            row["passes"] = row["prune_s"] / row["forward_s"]
         print(f"[depth] row {json.dumps(row)}", file=sys.stderr, flush=True)  # kept even if a later case is cut off
         rows.append(row)
     return rows
@@ -392,7 +402,7 @@ def cmd_depth(args) -> int:
         f"Reproduce: `{command_line('depth', args, ['--depths', '--depth-samples', '--chain-channels', '--chain-size', '--architectures', '--zoo', '--resnet50-samples', '--resnet50-methods', '--devices'])}` (took {total:.0f} s).",
         f"`onnx-subprune prune MODEL --keep 0.5 --method M --device D` in a fresh process on {args.depth_samples} "
         f"random inputs ({args.chain_channels}-channel 3x3 Conv+Relu chains on {args.chain_size}x{args.chain_size} inputs; the architectures: their shipped calibration inputs; zoo models: their recipe's in-domain inputs); prune s = the report's stage seconds; "
-        "forward s = one pass of the same inputs through the original on the same device, batch 64 (or the model's fixed batch). Depth 64 / depth 16: "
+        "forward s = one pass of the same inputs through the original on the same device, batch 64 (or the model's fixed batch), the mean of its times right before and right after that prune. Depth 64 / depth 16: "
         + (", ".join(growth) or "not measured") + ".",
         *([_device_ratios(rows, devices)] if len(devices) > 1 else []),
         machine_line(),
