@@ -82,6 +82,7 @@ def test_bench_speed_lenet5(tmp_path):
     depth = _rows(tmp_path / "speed_depth.csv")
     assert [(r["model"], r["method"]) for r in depth][:3] == [("chain 2", m) for m in ("layer", "seq", "asym")]
     assert len(depth) == 9 and all(r["error"] == "" and float(r["passes"]) > 0 for r in depth)
+    assert all(r["runs"] == "3" for r in depth)  # quick prunes: the median of three runs
     for row, following in zip(depth, depth[1:]):  # the forward pass timed on both sides of each prune
         before, after = float(row["forward_before_s"]), float(row["forward_after_s"])
         assert float(row["forward_s"]) == pytest.approx((before + after) / 2, rel=1e-3)  # the CSV rounds
