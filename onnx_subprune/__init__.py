@@ -25,7 +25,7 @@ from typing import Any
 # OpenBLAS's idle worker threads spin-wait for 2**28 cycles (about 0.1 s) after each call before
 # they sleep, so between the statistics' matrix products they kept a core busy that onnxruntime
 # and NumPy's single-threaded copies needed; 2**4 cycles lets them sleep at once (asym on the
-# 66-group ddddocr_det, 2 cores: 43 -> 29-31 CPU seconds). Set before NumPy loads OpenBLAS, so it
+# 66-group ddddocr_det, 2 cores: 39-43 -> 29-35 CPU seconds). Set before NumPy loads OpenBLAS, so it
 # holds for the command line and for programs that import this package first (one that loaded
 # NumPy before keeps OpenBLAS's default); a value already in the environment wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")

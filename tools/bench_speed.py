@@ -333,8 +333,8 @@ def _measure(name: str, depth: int | None, path: Path, feeds: dict, methods, tmp
         runs = [prune(method)]
         if not runs[0]["error"] and runs[0]["prune_s"] < QUICK_PRUNE_S:
             runs += [prune(method) for _ in range(QUICK_RUNS - 1)]
-            runs = [run for run in runs if not run["error"]] or runs
-        measured = sorted(runs, key=lambda run: run.get("prune_s", 0.0))[(len(runs) - 1) // 2]
+        failed = [run for run in runs if run["error"]]  # any failed run makes the row a failure
+        measured = failed[0] if failed else sorted(runs, key=lambda run: run["prune_s"])[(len(runs) - 1) // 2]
         after = forward()
         row = {"model": name, "depth": depth or "", "method": method, "device": device,
                "forward_s": (before + after) / 2, "forward_before_s": before, "forward_after_s": after,
