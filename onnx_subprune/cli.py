@@ -338,6 +338,8 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
               help="How a target is split over groups: sensitivity (equal loss on measured per-group output-error curves), marginal (same curves, least squared loss per param saved) or uniform (one keep fraction). Groups measured alone need not add up, so sensitivity and marginal also prune the whole model to the uniform allocation and write whichever has the lower output error (a dry run shows the measured allocation).  [default: sensitivity]")
 @click.option("--min-keep", type=float, metavar="FRACTION",
               help="Fewest channels any group keeps, as a fraction (rounded up, at least 1).  [default: 1/16 with a target, else 1 channel]")
+@click.option("--sensitivity-samples", default=DEFAULTS.sensitivity_samples, show_default=True, type=click.IntRange(min=1),
+              metavar="N", help="Samples the sensitivity curves of --allocation sensitivity/marginal are measured on (the first N held-out ones, else calibration ones). Each curve point runs the model on them, so on large inputs this stage dominates: layout_cdla (800x608 pages) with 48 calibration pages took 347 s with 16 and allocated as well as with all 48.")
 @click.option("--round-to", type=click.IntRange(min=1), metavar="N",
               help="Kept counts are multiples of N in groups with at least N channels (or all channels); multiples of 8 keep onnxruntime's CPU kernels fast.  [default: 8 with a target in groups of >= 32 channels, else 1]")
 @click.option("--method", default=DEFAULTS.method, show_default=True, type=click.Choice(METHODS),
@@ -368,7 +370,7 @@ def analyze_cmd(model: str, include: tuple[str, ...], exclude: tuple[str, ...], 
 @_input_shapes
 @_plan_options
 @_user_errors
-def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, round_to,
+def prune_cmd(model, output, calib, keep, target_params, target_flops, allocation, min_keep, sensitivity_samples, round_to,
               method, no_refit, no_bias_compensation, ridge, shrink, holdout, augment, max_error, device, batch_size,
               cache_memory, seed, include, exclude, select_inputs, report_path, external_data, as_json, quiet, input_shapes, plan_path,
               group_keep, dry_run) -> None:
@@ -400,8 +402,8 @@ def prune_cmd(model, output, calib, keep, target_params, target_flops, allocatio
                          holdout=holdout, augment=tuple(augment), batch_size=batch_size, cache_memory=cache_memory,
                          seed=seed, device=device,
                          target_params=target_params, target_flops=target_flops, allocation=allocation or "sensitivity",
-                         min_keep=min_keep, round_to=round_to, include=include, exclude=exclude,
-                         select_inputs=select_inputs, max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
+                         min_keep=min_keep, sensitivity_samples=sensitivity_samples, round_to=round_to,
+                         include=include, exclude=exclude, select_inputs=select_inputs, max_error=max_error, input_shapes=input_shapes, group_keep=group_keep)
     plan = read_plan(plan_path) if plan_path is not None else None
     if output is None and not dry_run:
         raise click.UsageError("Missing option '-o' / '--output' (or give --dry-run).")

@@ -270,6 +270,20 @@ def test_cli_prune_target_text_and_json(calib64, tmp_path):
     assert report["macs"]["after"] / report["macs"]["before"] == report["target"]["achieved"]["macs"]
 
 
+def test_cli_prune_sensitivity_samples(calib64, tmp_path, monkeypatch):
+    """--sensitivity-samples N: the curves are measured on the first N samples only."""
+    measured = []
+    curves = pipeline.measure_curves
+    monkeypatch.setattr(pipeline, "measure_curves", lambda model, groups, stats, feeds, *a: measured.append(
+        len(next(iter(feeds.values())))) or curves(model, groups, stats, feeds, *a))
+    output = tmp_path / "p.onnx"
+    for extra, samples in (([], 64), (["--sensitivity-samples", "5"], 5)):
+        result = invoke("prune", MODELS / "lenet5.onnx", "-o", output, "--calib", calib64, "--target-params", "0.25",
+                        *extra, "--device", "cpu", "--quiet")
+        assert result.exit_code == 0, result.stderr
+        assert measured.pop() == samples
+
+
 @pytest.mark.parametrize("extra, contains, code", [
     (["--keep", "0.5", "--target-params", "0.5"], "cannot be combined", 2),
     (["--allocation", "uniform"], "needs --target-params", 2),
@@ -277,6 +291,7 @@ def test_cli_prune_target_text_and_json(calib64, tmp_path):
     (["--target-flops", "2"], "--target-flops must be in (0, 1]", 1),
     (["--target-params", "0.5", "--min-keep", "1.5"], "--min-keep", 1),
     (["--target-params", "0.5", "--round-to", "0"], "--round-to", 2),
+    (["--target-params", "0.5", "--sensitivity-samples", "0"], "--sensitivity-samples", 2),
     (["--target-params", "0.001"], "cannot be met", 1),
 ])
 def test_cli_prune_target_errors(calib64, tmp_path, extra, contains, code):

@@ -23,6 +23,8 @@ Usage:
   python tools/bench_zoo.py latency [--models NAME ...] [--keeps 0.75 0.5] [--round-to 1 8]
   python tools/bench_zoo.py remeasure [--models NAME ...] [--task [--eval N]]   # latency (or task metric) of the kept pruned models again
   python tools/bench_zoo.py report
+  python tools/bench_zoo.py scores MODEL PRUNED.onnx ...   # a detector's boxes: how pruning moved their scores
+  python tools/bench_zoo.py noise MODEL [--scales 0.001 0.003 0.01]  # task metric against output error from weight noise
 """
 
 from __future__ import annotations
@@ -573,6 +575,39 @@ def scores(args) -> None:
               f"{int(np.sum(lost & ~near))} of {int(np.sum(~near))} |")
 
 
+def noise(args) -> None:
+    """How much output error a model's task metric tolerates, whatever causes it: every Conv,
+    Gemm and MatMul constant weight is multiplied elementwise by (1 + s * N(0, 1)) for each
+    scale s, and the noisy model's output error and task metric are measured against the
+    original on the eval inputs, as for a pruned model."""
+    from onnx import numpy_helper
+
+    entry = zoo.get_entry(args.model)
+    original = str(zoo.cached_path(entry) or zoo.fetch(entry))
+    evaluation = zoo.feeds(entry, args.eval, args.seed, "eval")
+    print("| weight noise s | output error | metric | value | confident |")
+    print("|---:|---:|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in args.scales:
+            model = onnx.load(original)
+            weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+            rng = np.random.default_rng(args.seed)
+            tensors = [init for init in model.graph.initializer if init.name in weights]
+            tensors += [a.t for n in model.graph.node if n.op_type == "Constant" and n.output[0] in weights
+                        for a in n.attribute if a.name == "value"]
+            for tensor in tensors:
+                value = numpy_helper.to_array(tensor)
+                if value.dtype.kind == "f":
+                    noisy = value * (1 + scale * rng.standard_normal(value.shape))
+                    tensor.CopyFrom(numpy_helper.from_array(noisy.astype(value.dtype), tensor.name))
+            path = str(Path(tmp) / f"noise_{scale}.onnx")
+            onnx.save(model, path)
+            metric = task_metric(entry, original, path, args.eval, args.seed)
+            confident = metric.get("confident_value")
+            print(f"| {scale:g} | {output_error(entry, original, path, evaluation):.4f} | {metric['metric']} | "
+                  f"{metric['value']:.3f} | {'-' if confident is None else f'{confident:.3f}'} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -602,9 +637,15 @@ def main() -> None:
     shifts.add_argument("--eval", type=int, default=32, help="eval inputs (default 32)")
     shifts.add_argument("--near", type=float, default=0.1, help="boxes scored within this of the threshold (default 0.1)")
     shifts.add_argument("--seed", type=int, default=0)
+    noisy = sub.add_parser("noise", help="a model's task metric against the output error that random weight noise causes")
+    noisy.add_argument("model", help="zoo entry")
+    noisy.add_argument("--scales", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1],
+                       help="relative weight noise levels (default 0.001 0.003 0.01 0.03 0.1)")
+    noisy.add_argument("--eval", type=int, default=32, help="eval inputs (default 32)")
+    noisy.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     {"quality": quality, "latency": latency, "report": report, "remeasure": remeasure,
-     "scores": scores}[args.command](args)
+     "scores": scores, "noise": noise}[args.command](args)
 
 
 if __name__ == "__main__":
