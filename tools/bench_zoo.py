@@ -19,7 +19,7 @@ report: the markdown tables, a plot, and the zoo block of docs/RESULTS.md from t
 Usage:
   python tools/zoo.py fetch
   python tools/bench_zoo.py quality [--models NAME ...] [--targets 0.75 0.5] [--calib 16] [--eval 8]
-         [--allocation sensitivity] [--round-to 1] [--no-peer]
+         [--allocation sensitivity] [--round-to 1] [--sensitivity-samples N] [--no-peer]
   python tools/bench_zoo.py latency [--models NAME ...] [--keeps 0.75 0.5] [--round-to 1 8]
   python tools/bench_zoo.py remeasure [--models NAME ...] [--task [--eval N]]   # latency (or task metric) of the kept pruned models again
   python tools/bench_zoo.py report
@@ -120,8 +120,9 @@ def prune_ours(model: onnx.ModelProto, calib: dict, target: float, args) -> tupl
     from onnx_subprune.config import PruneConfig
     from onnx_subprune.pipeline import prune
 
+    extra = {} if args.sensitivity_samples is None else {"sensitivity_samples": args.sensitivity_samples}
     config = PruneConfig(target_params=target, method="asym", allocation=args.allocation,
-                         round_to=args.round_to, device="cpu", seed=args.seed)
+                         round_to=args.round_to, device="cpu", seed=args.seed, **extra)
     result = prune(model, calib, config)
     return result.model, result.report
 
@@ -618,6 +619,7 @@ def main() -> None:
     q.add_argument("--eval", type=int, default=8, help="held-out evaluation inputs (default 8)")
     q.add_argument("--allocation", default="sensitivity")
     q.add_argument("--round-to", type=int, default=None, help="default: the tool's (8 with a target)")
+    q.add_argument("--sensitivity-samples", type=int, default=None, help="default: the tool's (256)")
     q.add_argument("--no-peer", action="store_true")
     q.add_argument("--verbose", action="store_true")
     lat = sub.add_parser("latency")
